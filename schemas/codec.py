@@ -1,0 +1,223 @@
+"""Wire encoding and decoding of chunks and events, with validation that names the fault.
+
+Pure: no Kafka or database imports. Decoding never decodes terminal bytes as text.
+
+Chunk wire format (v1): ``b"SVCK" | u32 BE header length | header JSON | payload``, where the
+header satisfies ``schemas/json/chunk.v1.json`` and the payload is the frames' bytes
+concatenated in order. Events are JSON objects satisfying ``schemas/json/event.v1.json``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from schemas.chain import chain_hash
+from schemas.models import (
+    CHUNK_VERSION,
+    EVENT_VERSION,
+    AuditEvent,
+    Chunk,
+    Frame,
+    SessionInfo,
+    Stream,
+)
+from schemas.validate import event_errors
+from sessionvault.errors import UnknownVersionError, ValidationError
+
+CHUNK_MAGIC = b"SVCK"
+_HLEN = struct.Struct(">I")
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_SID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+_STREAMS = {s.value: s for s in Stream}
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    header: dict[str, Any] = {
+        "sv_version": CHUNK_VERSION,
+        "tenant": chunk.tenant,
+        "sid": chunk.sid,
+        "seq": chunk.seq,
+        "frames": [[f.offset_ms, f.stream.value, len(f.data)] for f in chunk.frames],
+        "prev_hash": chunk.prev_hash,
+        "hash": chunk.hash,
+    }
+    if chunk.final:
+        header["final"] = True
+        header["exit_code"] = chunk.exit_code
+    if chunk.session is not None:
+        header["session"] = chunk.session.to_json()
+    h = orjson.dumps(header)
+    return b"".join([CHUNK_MAGIC, _HLEN.pack(len(h)), h, *(f.data for f in chunk.frames)])
+
+
+def _bad(reason: str, message: str) -> ValidationError:
+    return ValidationError(reason, message)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_rfc3339(value: object) -> bool:
+    if not isinstance(value, str) or "T" not in value:
+        return False
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return dt.tzinfo is not None
+
+
+def decode_chunk_header(value: bytes, max_bytes: int) -> tuple[dict[str, Any], int]:
+    """Parse and check the framing and header; return (header, payload start)."""
+    if len(value) > max_bytes:
+        raise _bad("oversize", f"chunk record is {len(value)} bytes, limit is {max_bytes}")
+    if len(value) < 8 or value[:4] != CHUNK_MAGIC:
+        raise _bad("bad_framing", "chunk record does not start with the SVCK magic")
+    (hlen,) = _HLEN.unpack_from(value, 4)
+    if 8 + hlen > len(value):
+        raise _bad("bad_framing", f"header length {hlen} runs past the end of the record")
+    try:
+        header = orjson.loads(value[8 : 8 + hlen])
+    except orjson.JSONDecodeError as exc:
+        raise _bad("bad_json", f"chunk header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _bad("wrong_type", "chunk header must be a JSON object")
+    return header, 8 + hlen
+
+
+def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True) -> Chunk:
+    """Decode and validate a chunk record. Raises :class:`ValidationError` with a reason code.
+
+    With ``verify`` the chunk's own hash is recomputed; a mismatch is ``bad_hash``.
+    """
+    header, start = decode_chunk_header(value, max_bytes)
+    version = header.get("sv_version")
+    if version is None:
+        raise _bad("missing_field", "chunk header: required field 'sv_version' is missing")
+    if version != CHUNK_VERSION:
+        raise UnknownVersionError(f"chunk header: sv_version {version!r} is not known (1)")
+    for name in ("tenant", "sid", "seq", "frames", "prev_hash", "hash"):
+        if name not in header:
+            raise _bad("missing_field", f"chunk header: required field {name!r} is missing")
+    tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise _bad(
+            "wrong_type",
+            f"chunk header: 'tenant' must match [A-Za-z0-9_.-]{{1,63}}, got {tenant!r}",
+        )
+    if not isinstance(sid, str) or not _SID_RE.fullmatch(sid):
+        raise _bad("wrong_type", f"chunk header: 'sid' must be a session id string, got {sid!r}")
+    if not _is_int(seq) or seq < 0:
+        raise _bad("wrong_type", f"chunk header: 'seq' must be an integer >= 0, got {seq!r}")
+    for name in ("prev_hash", "hash"):
+        if not isinstance(header[name], str) or not _HASH_RE.fullmatch(header[name]):
+            raise _bad("wrong_type", f"chunk header: {name!r} must be 64 lowercase hex digits")
+    raw_frames = header["frames"]
+    if not isinstance(raw_frames, list):
+        raise _bad("wrong_type", "chunk header: 'frames' must be an array")
+    frames: list[Frame] = []
+    pos = start
+    end = len(value)
+    for i, rf in enumerate(raw_frames):
+        if not (isinstance(rf, list) and len(rf) == 3):
+            raise _bad(
+                "wrong_type", f"chunk header: frames[{i}] must be [offset_ms, stream, length]"
+            )
+        off, st, ln = rf
+        if not _is_int(off) or off < 0:
+            raise _bad(
+                "wrong_type", f"chunk header: frames[{i}][0] offset_ms must be an integer >= 0"
+            )
+        stream = _STREAMS.get(st) if isinstance(st, str) else None
+        if stream is None:
+            raise _bad(
+                "wrong_type",
+                f"chunk header: frames[{i}][1] stream {st!r} is not one of o,i,r,m,e,x",
+            )
+        if not _is_int(ln) or ln < 0:
+            raise _bad("wrong_type", f"chunk header: frames[{i}][2] length must be an integer >= 0")
+        if pos + ln > end:
+            raise _bad("bad_framing", f"frames[{i}] needs {ln} bytes but the payload ends first")
+        frames.append(Frame(off, stream, value[pos : pos + ln]))
+        pos += ln
+    if pos != end:
+        raise _bad("bad_framing", f"payload has {end - pos} bytes beyond the last frame")
+    session = None
+    if "session" in header:
+        session = _decode_session(header["session"])
+    if seq == 0 and session is None:
+        raise _bad(
+            "missing_field", "chunk header: seq 0 must carry 'session' (it opens the session)"
+        )
+    final = header.get("final", False)
+    if not isinstance(final, bool):
+        raise _bad("wrong_type", "chunk header: 'final' must be a boolean")
+    exit_code = header.get("exit_code")
+    if exit_code is not None and not _is_int(exit_code):
+        raise _bad("wrong_type", "chunk header: 'exit_code' must be an integer or null")
+    chunk = Chunk(
+        tenant,
+        sid,
+        seq,
+        tuple(frames),
+        header["prev_hash"],
+        header["hash"],
+        final,
+        exit_code,
+        session,
+    )
+    if verify and chain_hash(chunk.prev_hash, sid, seq, chunk.frames) != chunk.hash:
+        raise _bad("bad_hash", f"sid {sid} seq {seq}: content does not match its hash")
+    return chunk
+
+
+def _decode_session(d: object) -> SessionInfo:
+    if not isinstance(d, dict):
+        raise _bad("wrong_type", "chunk header: 'session' must be an object")
+    if not is_rfc3339(d.get("started_at")):
+        raise _bad("wrong_type", "chunk header: session.started_at must be an RFC 3339 time")
+    for name in ("cols", "rows"):
+        v = d.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+            raise _bad("wrong_type", f"chunk header: session.{name} must be an integer 1..65535")
+    for k, v in d.items():
+        if k not in ("cols", "rows") and not isinstance(v, str):
+            raise _bad("wrong_type", f"chunk header: session.{k} must be a string")
+    return SessionInfo.from_json(d)
+
+
+def encode_event(fields: dict[str, Any]) -> bytes:
+    return orjson.dumps(fields)
+
+
+def decode_event(value: bytes, *, max_bytes: int = 4 * 1024 * 1024) -> AuditEvent:
+    """Decode and validate an audit event record (JSON). Unknown fields are kept."""
+    if len(value) > max_bytes:
+        raise _bad("oversize", f"event record is {len(value)} bytes, limit is {max_bytes}")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _bad("bad_json", f"event is not valid JSON: {exc}") from exc
+    return validate_event(data)
+
+
+def validate_event(data: object) -> AuditEvent:
+    if not isinstance(data, dict):
+        raise _bad("wrong_type", "event must be a JSON object")
+    version = data.get("sv_version")
+    if version is not None and version != EVENT_VERSION:
+        raise UnknownVersionError(f"event: sv_version {version!r} is not known (1)")
+    errors = event_errors(data)
+    if errors:
+        reason, message = errors[0]
+        raise _bad(reason, message)
+    if not is_rfc3339(data["time"]):
+        raise _bad("wrong_type", f"event field 'time': {data['time']!r} is not an RFC 3339 time")
+    return AuditEvent(data)

@@ -1,0 +1,181 @@
+"""Settings: the one place configuration is read.
+
+Everything comes from ``SESSIONVAULT_*`` environment variables. When a server address is not
+set, the addresses written by ``sessionvault up`` (``$SESSIONVAULT_HOME/stack.json``) are used,
+so that after ``up`` every command finds the local stack without further setup.
+
+Secrets (the PostgreSQL DSN's password, tokens) are held in :class:`Secret`, whose ``repr`` and
+``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sessionvault.errors import ConfigError
+
+ENV_PREFIX = "SESSIONVAULT_"
+STACK_FILE = "stack.json"
+
+
+class Secret:
+    """A string that must never be printed or logged."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by ``***`` (for display)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SESSIONVAULT_HOME") or Path.home() / ".sessionvault")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Build it with :func:`load_settings`, not by hand in apps."""
+
+    home: Path = field(default_factory=default_home)
+    tenant: str = "default"
+
+    kafka_bootstrap: str = ""
+    postgres_dsn: Secret = field(default_factory=lambda: Secret(""))
+    opensearch_url: str = ""
+
+    topic_chunks: str = "sv.chunks.v1"
+    topic_events: str = "sv.events.v1"
+    topic_deadletter: str = "sv.deadletter.v1"
+    topic_partitions: int = 4
+
+    # Producer side: frames are batched into a chunk until one of these limits is reached.
+    chunk_max_bytes: int = 64 * 1024
+    chunk_linger_ms: int = 50
+    spool_dir: Path | None = None  # default: <home>/spool
+    spool_max_bytes: int = 1024 * 1024 * 1024
+
+    # Consumer side.
+    max_record_bytes: int = 4 * 1024 * 1024
+    persist_batch_max_records: int = 2000
+    persist_batch_max_bytes: int = 32 * 1024 * 1024
+    persist_linger_ms: int = 20
+    zstd_level: int = 3
+    retry_backoff_max_ms: int = 30_000
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir or self.home / "spool"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as a dict safe to print: secrets redacted."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = redact_dsn(value.get()) if f.name == "postgres_dsn" else "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def _coerce(name: str, raw: str, current: Any) -> Any:
+    try:
+        if isinstance(current, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, Secret):
+            return Secret(raw)
+        if isinstance(current, Path) or name in {"spool_dir", "home"}:
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid value") from exc
+    return raw
+
+
+def read_stack_file(home: Path) -> dict[str, Any]:
+    """Addresses written by ``sessionvault up``; empty when the local stack never ran."""
+    path = home / STACK_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment, the local stack file, then ``overrides``."""
+    env = os.environ if env is None else env
+    base = Settings(home=Path(env.get("SESSIONVAULT_HOME") or default_home()))
+    values: dict[str, Any] = {}
+    stack = read_stack_file(base.home)
+    for key in ("kafka_bootstrap", "opensearch_url"):
+        if stack.get(key):
+            values[key] = str(stack[key])
+    if stack.get("postgres_dsn"):
+        values["postgres_dsn"] = Secret(str(stack["postgres_dsn"]))
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, raw, getattr(base, f.name))
+    values.update(overrides)
+    settings = Settings(**{**{f.name: getattr(base, f.name) for f in fields(Settings)}, **values})
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", s.tenant):
+        raise ConfigError(f"SESSIONVAULT_TENANT={s.tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+    for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+    if s.chunk_max_bytes > s.max_record_bytes // 2:
+        raise ConfigError("SESSIONVAULT_CHUNK_MAX_BYTES must be at most half of MAX_RECORD_BYTES")
+
+
+def require(settings: Settings, *names: str) -> None:
+    """Raise a one-line :class:`ConfigError` when a server address is not configured."""
+    missing = []
+    for name in names:
+        value = getattr(settings, name)
+        if not (value.get() if isinstance(value, Secret) else value):
+            missing.append(ENV_PREFIX + name.upper())
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not set and no local stack found; run `sessionvault up` "
+            "or point the settings at your servers"
+        )

@@ -1,0 +1,4 @@
+"""Persistence: PostgreSQL (migrations, chunk store, event store, retention) and OpenSearch.
+
+Nothing here knows Kafka.
+"""

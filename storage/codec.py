@@ -1,0 +1,107 @@
+"""How chunk payloads and frame indexes are stored. Pure (no database imports).
+
+Payloads are zstd-compressed. Small payloads (interactive typing, prompts) compress poorly on
+their own, so when a trained dictionary is available both plain and dictionary compression are
+tried for payloads up to ``DICT_MAX_INPUT`` bytes and the smaller result is kept; larger
+payloads carry enough context of their own and only get plain zstd.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zstandard
+
+from schemas.models import Frame, Stream
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODEC_ZSTD_DICT = 2
+DICT_MAX_INPUT = 16 * 1024
+
+_FRAME = struct.Struct(">QcI")
+_STREAMS = {s.value.encode(): s for s in Stream}
+
+
+def pack_frames(frames: Iterable[Frame]) -> bytes:
+    """Frame index as stored: per frame offset_ms (u64 BE), stream (1 byte), length (u32 BE)."""
+    return b"".join(_FRAME.pack(f.offset_ms, f.stream.value.encode(), len(f.data)) for f in frames)
+
+
+def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:
+    frames: list[Frame] = []
+    pos = 0
+    for off, st, ln in _FRAME.iter_unpack(index):
+        frames.append(Frame(off, _STREAMS[st], payload[pos : pos + ln]))
+        pos += ln
+    if pos != len(payload):
+        raise ValueError(f"frame index covers {pos} bytes, payload has {len(payload)}")
+    return frames
+
+
+@dataclass(frozen=True)
+class ZstdDict:
+    id: int
+    data: bytes
+
+
+class Compressor:
+    """Per-worker compressor (zstd contexts are not thread-safe: one per thread)."""
+
+    def __init__(self, level: int = 3, dictionary: ZstdDict | None = None) -> None:
+        self.level = level
+        self.dictionary = dictionary
+        self._plain = zstandard.ZstdCompressor(level=level)
+        self._dict = (
+            zstandard.ZstdCompressor(
+                level=level, dict_data=zstandard.ZstdCompressionDict(dictionary.data)
+            )
+            if dictionary
+            else None
+        )
+
+    def compress(self, payload: bytes) -> tuple[int, int | None, bytes]:
+        """Return (codec, dict id or None, stored bytes); never larger than raw + a few bytes."""
+        plain = self._plain.compress(payload)
+        best: tuple[int, int | None, bytes] = (CODEC_ZSTD, None, plain)
+        if self._dict is not None and self.dictionary and len(payload) <= DICT_MAX_INPUT:
+            with_dict = self._dict.compress(payload)
+            if len(with_dict) < len(plain):
+                best = (CODEC_ZSTD_DICT, self.dictionary.id, with_dict)
+        if len(best[2]) >= len(payload):
+            return (CODEC_RAW, None, payload)
+        return best
+
+
+class Decompressor:
+    def __init__(self, dictionaries: dict[int, bytes] | None = None) -> None:
+        self._plain = zstandard.ZstdDecompressor()
+        self._dicts = dict(dictionaries or {})
+        self._dict_ctx: dict[int, zstandard.ZstdDecompressor] = {}
+
+    def add_dictionary(self, dict_id: int, data: bytes) -> None:
+        self._dicts[dict_id] = data
+
+    def has_dictionary(self, dict_id: int) -> bool:
+        return dict_id in self._dicts
+
+    def decompress(self, codec: int, dict_id: int | None, data: bytes, raw_len: int) -> bytes:
+        if codec == CODEC_RAW:
+            return data
+        if codec == CODEC_ZSTD:
+            return bytes(self._plain.decompress(data, max_output_size=raw_len))
+        if codec == CODEC_ZSTD_DICT and dict_id is not None:
+            ctx = self._dict_ctx.get(dict_id)
+            if ctx is None:
+                ctx = zstandard.ZstdDecompressor(
+                    dict_data=zstandard.ZstdCompressionDict(self._dicts[dict_id])
+                )
+                self._dict_ctx[dict_id] = ctx
+            return bytes(ctx.decompress(data, max_output_size=raw_len))
+        raise ValueError(f"unknown payload codec {codec}")
+
+
+def train_dictionary(samples: list[bytes | bytearray | memoryview], dict_size: int = 64 * 1024) -> bytes:
+    return bytes(zstandard.train_dictionary(dict_size, samples).as_bytes())
