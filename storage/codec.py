@@ -103,5 +103,7 @@ class Decompressor:
         raise ValueError(f"unknown payload codec {codec}")
 
 
-def train_dictionary(samples: list[bytes | bytearray | memoryview], dict_size: int = 64 * 1024) -> bytes:
+def train_dictionary(
+    samples: list[bytes | bytearray | memoryview], dict_size: int = 64 * 1024
+) -> bytes:
     return bytes(zstandard.train_dictionary(dict_size, samples).as_bytes())

@@ -1,0 +1,96 @@
+"""PostgreSQL connection and migrations. asyncpg's exceptions are translated to StorageError here
+and in the other storage modules; nothing above storage/ sees a driver exception.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import asyncpg
+
+from sessionvault.errors import StorageError
+
+_MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+# Errors that mean "the server is unreachable or restarting": worth retrying with backoff.
+RETRIABLE_PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def translate(exc: BaseException, what: str) -> StorageError:
+    """Wrap a driver exception; retriable unless it is a definite SQL error."""
+    err = StorageError(f"{what}: {type(exc).__name__}: {exc}")
+    err.retriable = isinstance(exc, RETRIABLE_PG_ERRORS)
+    return err
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=10)
+    except Exception as exc:
+        raise translate(exc, "cannot connect to PostgreSQL") from exc
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+    except Exception as exc:
+        raise translate(exc, "cannot connect to PostgreSQL") from exc
+    assert pool is not None
+    return pool
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped in storage/migrations, in order."""
+    out = []
+    for entry in resources.files("storage").joinpath("migrations").iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(out)
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations, each in its own transaction; return the names applied.
+
+    A session-level advisory lock serialises concurrent callers (several workers starting at
+    once), so each migration runs exactly once.
+    """
+    conn = await connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock(7413001)")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS sv_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM sv_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO sv_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(name)
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise translate(exc, "migration failed") from exc
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock(7413001)")
+        finally:
+            await conn.close()
+    return applied
