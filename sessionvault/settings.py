@@ -89,6 +89,11 @@ class Settings:
     persist_linger_ms: int = 20
     zstd_level: int = 3
     retry_backoff_max_ms: int = 30_000
+    # Consumer-group timing. With the client defaults a group's first join on the local broker
+    # takes over 20 s; with these about 3 s. Raise them where a batch can take longer to handle.
+    consumer_session_timeout_ms: int = 6_000
+    consumer_heartbeat_interval_ms: int = 1_000
+    consumer_max_poll_interval_ms: int = 10_000
 
     log_level: str = "INFO"
 
