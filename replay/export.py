@@ -1,0 +1,261 @@
+"""Session exports, streamed in constant memory. Pure formats; the output is any binary file.
+
+Formats:
+
+``raw``
+    The output bytes exactly as the session produced them: the ``o`` and ``e`` frames' data
+    concatenated in order. The byte-exact format (``cat`` it to a terminal).
+``text``
+    What a reader saw, as plain text (:mod:`replay.text`).
+``json``
+    JSON lines. First a header ``{"type": "header", "format": "sessionvault.frames",
+    "version": 1, "sid", "tenant", ..., "cols", "rows", "started_at", "exit_code"}``, then one
+    line per frame ``{"t_ms", "stream", "data_b64"}`` for every stream (stdout and stderr stay
+    distinct), then ``{"type": "end", "frames", "bytes", "exit_code"}``. Lossless.
+``asciicast-v2`` / ``asciicast-v3``
+    See :mod:`replay.asciicast` for the exact text mapping.
+
+The exit code is the session row's (set from the final chunk); when it has none, the one the
+kubectl error channel (``x`` frames) reports.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+import orjson
+
+from replay.asciicast import CastHeader, V2Writer, V3Writer
+from replay.kube import exit_code_from_status
+from replay.text import TextRenderer
+from schemas.models import Frame, Stream
+
+FORMATS = ("asciicast-v2", "asciicast-v3", "raw", "text", "json")
+
+
+class SessionMeta(Protocol):
+    """What an export needs to know about a session (``storage.reader.SessionRecord`` fits)."""
+
+    @property
+    def sid(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def user_name(self) -> str: ...
+    @property
+    def login(self) -> str: ...
+    @property
+    def server_id(self) -> str: ...
+    @property
+    def cluster_name(self) -> str: ...
+    @property
+    def kubernetes_cluster(self) -> str: ...
+    @property
+    def command(self) -> str: ...
+    @property
+    def term(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def cols(self) -> int: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def exit_code(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ExportStats:
+    frames: int
+    bytes_in: int
+    bytes_out: int
+    exit_code: int | None
+
+
+class Encoder(Protocol):
+    def header(self) -> bytes: ...
+    def frame(self, f: Frame) -> bytes: ...
+    def end(self) -> bytes: ...
+
+
+class RawEncoder:
+    def header(self) -> bytes:
+        return b""
+
+    def frame(self, f: Frame) -> bytes:
+        return f.data if f.stream in (Stream.OUTPUT, Stream.STDERR) else b""
+
+    def end(self) -> bytes:
+        return b""
+
+
+class TextEncoder:
+    def __init__(self) -> None:
+        self._r = TextRenderer()
+
+    def header(self) -> bytes:
+        return b""
+
+    def frame(self, f: Frame) -> bytes:
+        if f.stream in (Stream.OUTPUT, Stream.STDERR):
+            return self._r.feed(f.data).encode("utf-8")
+        return b""
+
+    def end(self) -> bytes:
+        return self._r.finish().encode("utf-8")
+
+
+class JsonEncoder:
+    def __init__(self, session: SessionMeta) -> None:
+        self._s = session
+        self._frames = 0
+        self._bytes = 0
+        self._x_code: int | None = None
+
+    def header(self) -> bytes:
+        s = self._s
+        return (
+            orjson.dumps(
+                {
+                    "type": "header",
+                    "format": "sessionvault.frames",
+                    "version": 1,
+                    "sid": s.sid,
+                    "tenant": s.tenant,
+                    "kind": s.kind,
+                    "user": s.user_name,
+                    "login": s.login,
+                    "server_id": s.server_id,
+                    "cluster_name": s.cluster_name,
+                    "kubernetes_cluster": s.kubernetes_cluster,
+                    "command": s.command,
+                    "term": s.term,
+                    "cols": s.cols,
+                    "rows": s.rows,
+                    "started_at": s.started_at.isoformat(),
+                    "exit_code": s.exit_code,
+                }
+            )
+            + b"\n"
+        )
+
+    def frame(self, f: Frame) -> bytes:
+        self._frames += 1
+        self._bytes += len(f.data)
+        if f.stream is Stream.ERROR:
+            code = exit_code_from_status(f.data)
+            if code is not None:
+                self._x_code = code
+        return b'{"t_ms":%d,"stream":"%s","data_b64":"%s"}\n' % (
+            f.offset_ms,
+            f.stream.value.encode(),
+            base64.b64encode(f.data),
+        )
+
+    def end(self) -> bytes:
+        code = self._s.exit_code if self._s.exit_code is not None else self._x_code
+        end = {"type": "end", "frames": self._frames, "bytes": self._bytes, "exit_code": code}
+        return orjson.dumps(end) + b"\n"
+
+
+class CastEncoder:
+    def __init__(self, session: SessionMeta, version: int) -> None:
+        header = cast_header(session)
+        self._w = V2Writer(header) if version == 2 else V3Writer(header)
+        self._exit = session.exit_code
+
+    def header(self) -> bytes:
+        return self._w.header()
+
+    def frame(self, f: Frame) -> bytes:
+        return self._w.frame(f)
+
+    def end(self) -> bytes:
+        return self._w.end(self._exit)
+
+
+def cast_header(session: SessionMeta) -> CastHeader:
+    who = f"{session.login or session.user_name}@{session.server_id or session.kubernetes_cluster}"
+    return CastHeader(
+        cols=session.cols,
+        rows=session.rows,
+        timestamp=int(session.started_at.timestamp()),
+        term=session.term,
+        command=session.command,
+        title=f"{session.sid} {who}".strip(),
+    )
+
+
+def encoder(fmt: str, session: SessionMeta) -> Encoder:
+    """The streaming encoder for ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "raw":
+        return RawEncoder()
+    if fmt == "text":
+        return TextEncoder()
+    if fmt == "json":
+        return JsonEncoder(session)
+    if fmt == "asciicast-v2":
+        return CastEncoder(session, 2)
+    if fmt == "asciicast-v3":
+        return CastEncoder(session, 3)
+    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+class _Counter:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.frames = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.x_code: int | None = None
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.out.write(data)
+            self.bytes_out += len(data)
+
+    def saw(self, f: Frame) -> None:
+        self.frames += 1
+        self.bytes_in += len(f.data)
+        if f.stream is Stream.ERROR:
+            code = exit_code_from_status(f.data)
+            if code is not None:
+                self.x_code = code
+
+    def stats(self, session: SessionMeta) -> ExportStats:
+        code = session.exit_code if session.exit_code is not None else self.x_code
+        return ExportStats(self.frames, self.bytes_in, self.bytes_out, code)
+
+
+def export(frames: Iterable[Frame], session: SessionMeta, fmt: str, out: BinaryIO) -> ExportStats:
+    """Write ``frames`` of ``session`` to ``out`` in ``fmt``; one frame in memory at a time."""
+    enc = encoder(fmt, session)
+    c = _Counter(out)
+    c.write(enc.header())
+    for f in frames:
+        c.saw(f)
+        c.write(enc.frame(f))
+    c.write(enc.end())
+    out.flush()
+    return c.stats(session)
+
+
+async def export_async(
+    frames: AsyncIterable[Frame], session: SessionMeta, fmt: str, out: BinaryIO
+) -> ExportStats:
+    """:func:`export` over an asynchronous frame stream (``storage.reader.iter_frames``)."""
+    enc = encoder(fmt, session)
+    c = _Counter(out)
+    c.write(enc.header())
+    async for f in frames:
+        c.saw(f)
+        c.write(enc.frame(f))
+    c.write(enc.end())
+    out.flush()
+    return c.stats(session)

@@ -1,0 +1,281 @@
+"""The read side of the chunk store: sessions and their frames, always scoped by tenant.
+
+Invariants:
+
+* Every query names the tenant. A session that does not exist and a session of another tenant
+  raise the same :class:`NotFoundError` with the same message, so session ids of other tenants
+  cannot be probed.
+* :func:`iter_frames` streams: it fetches ``chunk_batch`` chunks at a time with keyset
+  pagination on ``(sid, seq)`` and decompresses one chunk at a time, so memory is bounded by
+  ``chunk_batch`` chunks, never by the session's size. No transaction or connection is held
+  between batches (a slow consumer such as a real-time player may take hours).
+* Frame offsets are non-decreasing across a session (the SDK stamps them from one monotonic
+  clock); the seek in :func:`iter_frames` relies on it.
+* asyncpg exceptions never leave this module: they are translated with
+  :func:`storage.pg.translate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from schemas.chain import chain_hash, verify_chain
+from schemas.models import Chunk, Frame
+from sessionvault.errors import NotFoundError, StorageError
+from storage.codec import Decompressor, unpack_frames
+from storage.pg import translate
+
+log = logging.getLogger(__name__)
+
+# An asyncpg Pool or Connection (asyncpg ships no type information).
+Executor: TypeAlias = Any
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One row of ``sessions`` (field names are the column names)."""
+
+    sid: str
+    tenant: str
+    kind: str
+    user_name: str
+    login: str
+    server_id: str
+    cluster_name: str
+    kubernetes_cluster: str
+    command: str
+    term: str
+    started_at: datetime
+    ended_at: datetime | None
+    cols: int
+    rows: int
+    duration_ms: int
+    bytes: int
+    stored_bytes: int
+    chunks: int
+    last_seq: int
+    last_hash: str
+    status: str
+    integrity: str
+    exit_code: int | None
+    legal_hold: bool
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> SessionRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """Outcome of :func:`verify_session`. ``message`` names the first fault when not ``ok``."""
+
+    ok: bool
+    chunks: int
+    message: str
+
+
+_SESSION_COLUMNS = ", ".join(f.name for f in fields(SessionRecord))
+
+
+def _not_found(sid: str) -> NotFoundError:
+    # Deliberately the same text whether the row is missing or belongs to another tenant.
+    return NotFoundError(f"session {sid!r} not found")
+
+
+async def get_session(db: Executor, tenant: str, sid: str) -> SessionRecord:
+    """The session row of ``sid`` within ``tenant``; :class:`NotFoundError` otherwise."""
+    try:
+        row = await db.fetchrow(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE sid = $1 AND tenant = $2", sid, tenant
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read session {sid}") from exc
+    if row is None:
+        raise _not_found(sid)
+    return SessionRecord.from_row(row)
+
+
+async def list_sessions(
+    db: Executor, tenant: str, *, limit: int = 50, before: datetime | None = None
+) -> list[SessionRecord]:
+    """The tenant's most recent sessions, newest first (``before`` pages further back)."""
+    try:
+        rows = await db.fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant = $1"
+            " AND ($2::timestamptz IS NULL OR started_at < $2)"
+            " ORDER BY started_at DESC, sid LIMIT $3",
+            tenant,
+            before,
+            limit,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot list sessions") from exc
+    return [SessionRecord.from_row(r) for r in rows]
+
+
+_CHUNK_BATCH_SQL = (
+    "SELECT seq, first_offset_ms, last_offset_ms, frames, codec, dict_id, raw_len, payload,"
+    " prev_hash, hash FROM chunks WHERE sid = $1 AND tenant = $2 AND seq > $3"
+    " ORDER BY seq LIMIT $4"
+)
+
+# The last chunk starting strictly before the seek point may still hold frames at or after it;
+# every earlier chunk ends at or before that chunk's first offset (offsets never decrease).
+# Served by the (sid, first_offset_ms) index.
+_SEEK_SQL = (
+    "SELECT seq FROM chunks WHERE sid = $1 AND tenant = $2 AND first_offset_ms < $3"
+    " ORDER BY first_offset_ms DESC, seq DESC LIMIT 1"
+)
+
+
+class _ChunkDecoder:
+    """Decompresses stored chunks, fetching zstd dictionaries the first time one is needed."""
+
+    def __init__(self, db: Executor, decompressor: Decompressor | None = None) -> None:
+        self._db = db
+        self._dec = decompressor or Decompressor()
+
+    async def payload(self, sid: str, row: Any) -> bytes:
+        dict_id = row["dict_id"]
+        if dict_id is not None and not self._dec.has_dictionary(dict_id):
+            try:
+                data = await self._db.fetchval("SELECT data FROM zstd_dicts WHERE id = $1", dict_id)
+            except Exception as exc:
+                raise translate(exc, f"cannot read zstd dictionary {dict_id}") from exc
+            if data is None:
+                raise StorageError(f"sid {sid} seq {row['seq']}: zstd dictionary {dict_id} is gone")
+            self._dec.add_dictionary(dict_id, bytes(data))
+        try:
+            payload = self._dec.decompress(
+                row["codec"], dict_id, bytes(row["payload"]), row["raw_len"]
+            )
+        except Exception as exc:
+            err = StorageError(f"sid {sid} seq {row['seq']}: cannot decompress payload: {exc}")
+            err.retriable = False
+            raise err from exc
+        return payload
+
+    async def frames(self, sid: str, row: Any) -> list[Frame]:
+        payload = await self.payload(sid, row)
+        try:
+            return unpack_frames(bytes(row["frames"]), payload)
+        except Exception as exc:
+            err = StorageError(f"sid {sid} seq {row['seq']}: frame index does not fit: {exc}")
+            err.retriable = False
+            raise err from exc
+
+
+async def _iter_chunk_rows(
+    db: Executor, tenant: str, sid: str, *, after_seq: int, chunk_batch: int
+) -> AsyncIterator[Sequence[Any]]:
+    last = after_seq
+    while True:
+        try:
+            rows = await db.fetch(_CHUNK_BATCH_SQL, sid, tenant, last, chunk_batch)
+        except Exception as exc:
+            raise translate(exc, f"cannot read chunks of session {sid} after seq {last}") from exc
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk_batch:
+            return
+        last = rows[-1]["seq"]
+
+
+async def _seek_seq(db: Executor, tenant: str, sid: str, start_ms: int) -> int:
+    """seq - 1 of the first chunk that may hold a frame at or after ``start_ms``."""
+    if start_ms <= 0:
+        return -1
+    try:
+        seq = await db.fetchval(_SEEK_SQL, sid, tenant, start_ms)
+    except Exception as exc:
+        raise translate(exc, f"cannot seek session {sid} to {start_ms} ms") from exc
+    return -1 if seq is None else int(seq) - 1
+
+
+async def iter_frames(
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    start_ms: int = 0,
+    chunk_batch: int = 8,
+    decompressor: Decompressor | None = None,
+) -> AsyncIterator[Frame]:
+    """Every frame of the session in order, streamed chunk by chunk.
+
+    With ``start_ms``, exactly the frames with ``offset_ms >= start_ms`` (reading starts at the
+    chunk that holds that offset, found through the ``(sid, first_offset_ms)`` index). Raises
+    :class:`NotFoundError` when the session is not visible to ``tenant``.
+    """
+    await get_session(db, tenant, sid)
+    after = await _seek_seq(db, tenant, sid, start_ms)
+    decoder = _ChunkDecoder(db, decompressor)
+    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after, chunk_batch=chunk_batch):
+        for row in rows:
+            if row["last_offset_ms"] < start_ms:
+                continue
+            for frame in await decoder.frames(sid, row):
+                if frame.offset_ms >= start_ms:
+                    yield frame
+
+
+async def verify_session(
+    db: Executor, tenant: str, sid: str, *, chunk_batch: int = 8
+) -> VerifyResult:
+    """Check the session's hash chain over the stored chunks (see :mod:`schemas.chain`).
+
+    Detects changed bytes, timings, streams or chunk boundaries (every later link breaks), a
+    missing chunk in the middle (seq gap), and a truncated tail (fewer chunks than the sessions
+    row recorded, or a last hash that differs from the row's ``last_hash``). Memory holds one
+    batch of chunks.
+    """
+    session = await get_session(db, tenant, sid)
+    decoder = _ChunkDecoder(db)
+    prev: Chunk | None = None
+    count = 0
+    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=-1, chunk_batch=chunk_batch):
+        for row in rows:
+            try:
+                frames = tuple(await decoder.frames(sid, row))
+            except StorageError as exc:
+                if exc.retriable:
+                    raise
+                return VerifyResult(False, count, str(exc))
+            chunk = Chunk(tenant, sid, row["seq"], frames, row["prev_hash"], row["hash"])
+            # The first link goes through the contract's own verify_chain (seq 0, genesis).
+            ok, message = verify_chain([chunk]) if prev is None else _verify_link(prev, chunk)
+            if not ok:
+                return VerifyResult(False, count, message)
+            prev = chunk
+            count += 1
+    if prev is None:
+        return VerifyResult(False, 0, f"sid {sid}: no chunks stored")
+    if count < session.last_seq + 1:
+        return VerifyResult(
+            False,
+            count,
+            f"sid {sid}: {count} chunks stored but the session recorded seq up to "
+            f"{session.last_seq} (tail missing)",
+        )
+    if session.last_seq == prev.seq and session.last_hash and session.last_hash != prev.hash:
+        return VerifyResult(
+            False, count, f"sid {sid}: last chunk hash differs from the session's last_hash"
+        )
+    return VerifyResult(True, count, f"{count} chunks verified")
+
+
+def _verify_link(prev: Chunk, chunk: Chunk) -> tuple[bool, str]:
+    """The rule of :func:`schemas.chain.verify_chain` for one link, given the previous chunk."""
+    if chunk.seq != prev.seq + 1:
+        return False, f"sid {chunk.sid}: expected seq {prev.seq + 1}, found {chunk.seq}"
+    if chunk.prev_hash != prev.hash:
+        return False, f"sid {chunk.sid} seq {chunk.seq}: prev_hash does not match chunk {prev.seq}"
+    if chain_hash(chunk.prev_hash, chunk.sid, chunk.seq, chunk.frames) != chunk.hash:
+        return False, f"sid {chunk.sid} seq {chunk.seq}: content does not match its hash"
+    return True, ""
