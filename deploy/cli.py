@@ -1,0 +1,166 @@
+"""``sessionvault up / down / status``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+
+from sessionvault.errors import StackError
+from sessionvault.settings import Settings
+
+if TYPE_CHECKING:
+    # deploy.stack needs the `local` extra; imported inside the commands so that an install
+    # without it still has a working CLI.
+    from deploy.stack import LocalStack, StackStatus
+
+# A short, non-interactive session with some colour and a pause, so replay shows timing.
+DEMO_SCRIPT = (
+    "printf '\\033[1;32msessionvault demo\\033[0m\\n'; uname -a; sleep 0.5; "
+    "ls -la /; sleep 0.5; printf 'bytes are bytes: \\377\\376\\n'; echo done"
+)
+
+_SID_RE = re.compile(
+    r"\b(?:sid|session)\b[\s:=]+([0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[A-Za-z0-9][A-Za-z0-9_.-]{7,})"
+)
+_UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    from sessionvault.cli import get_settings
+
+    return get_settings(ctx)
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _print_addresses(stack: LocalStack) -> None:
+    addr = stack.addresses()
+    click.echo(f"PostgreSQL  {addr['postgres']}")
+    click.echo(f"Kafka       {addr['kafka']}")
+    click.echo(f"OpenSearch  {addr['opensearch']}")
+    click.echo(f"state       {stack.state_file}")
+    click.echo(f"logs        {stack.logs}/")
+
+
+def _run_demo(ctx: click.Context, stack: LocalStack) -> None:
+    from deploy.stack import sessionvault_argv
+
+    group = ctx.find_root().command
+    if "record" not in getattr(group, "commands", {}):
+        _echo("demo: `sessionvault record` is not available in this build; skipped")
+        return
+    _echo("recording a demo session ...")
+    env = {**os.environ, "SESSIONVAULT_HOME": str(stack.home)}
+    try:
+        proc = subprocess.run(
+            [*sessionvault_argv(), "record", "--", "sh", "-c", DEMO_SCRIPT],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"demo recording failed: {exc}") from exc
+    out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise StackError(f"demo recording exited with {proc.returncode}: {out.strip()[-500:]}")
+    m = _SID_RE.search(out) or _UUID_RE.search(out)
+    sid = (m.group(1) if m and m.groups() else m.group(0)) if m else None
+    if sid:
+        click.echo(f"demo session recorded: {sid}")
+        click.echo(f"replay it with:  sessionvault play {sid}")
+    else:
+        click.echo("demo session recorded; list it with `sessionvault sessions`, "
+                   "then `sessionvault play SID`")
+
+
+@click.command("up")
+@click.option("--demo", is_flag=True, help="Also record a short demo session.")
+@click.option("--kafka-port", type=int, default=0, help="Broker port (default: previous/free).")
+@click.option("--opensearch-port", type=int, default=0, help="OpenSearch port (default: free).")
+@click.option("--no-workers", is_flag=True, help="Start only the servers.")
+@click.pass_context
+def up_cmd(
+    ctx: click.Context, demo: bool, kafka_port: int, opensearch_port: int, no_workers: bool
+) -> None:
+    """Start the embedded local stack (PostgreSQL, Kafka-protocol broker, OpenSearch-compatible
+    server, workers) under $SESSIONVAULT_HOME; idempotent."""
+    from deploy.stack import LocalStack
+
+    settings = _settings(ctx)
+    stack = LocalStack(settings.home, kafka_port=kafka_port, opensearch_port=opensearch_port,
+                       echo=_echo)
+    if stack.is_up():
+        _echo(f"local stack already running in {stack.home}")
+    else:
+        _echo(f"starting the local stack in {stack.home}")
+    stack.up(settings, workers=not no_workers)
+    _print_addresses(stack)
+    if demo:
+        _run_demo(ctx, stack)
+
+
+@click.command("down")
+@click.pass_context
+def down_cmd(ctx: click.Context) -> None:
+    """Stop the local stack (data in PostgreSQL is kept; the broker's topics are not)."""
+    from deploy.stack import LocalStack
+
+    stack = LocalStack(_settings(ctx).home, echo=_echo)
+    stopped = stack.down()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "local stack was not running")
+
+
+def format_status(status: StackStatus) -> str:
+    """The status as two small text tables."""
+    lines = [f"{'server':<16} {'pid':>8}  {'alive':<5}  {'reachable':<9}  address"]
+    for s in status.servers:
+        lines.append(
+            f"{s.name:<16} {s.pid or '-':>8}  {'yes' if s.alive else 'no':<5}  "
+            f"{'yes' if s.reachable else 'no':<9}  {s.address}"
+        )
+    lines.append("")
+    if status.lag_error:
+        lines.append(f"consumer lag: unavailable ({status.lag_error})")
+    elif not status.lag:
+        lines.append("consumer lag: no consumer group has committed offsets")
+    else:
+        lines.append(f"{'group':<20} {'topic':<24} {'committed':>10} {'end':>10} {'lag':>8}")
+        for row in status.lag:
+            lines.append(
+                f"{row['group']:<20} {row['topic']:<24} {row['committed']:>10} "
+                f"{row['end']:>10} {row['lag']:>8}"
+            )
+    return "\n".join(lines)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Health of each local server and consumer lag per group and topic."""
+    from deploy.stack import LocalStack
+
+    stack = LocalStack(_settings(ctx).home)
+    status = stack.status()
+    if as_json:
+        payload: dict[str, Any] = status.as_dict()
+        click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_status(status))
+    if not status.healthy:
+        ctx.exit(1)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(up_cmd)
+    main.add_command(down_cmd)
+    main.add_command(status_cmd)
