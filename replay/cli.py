@@ -1,0 +1,278 @@
+"""``sessionvault play | export | sessions | verify``: replay commands (thin layer over the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+
+import click
+
+from replay.export import FORMATS, export_async
+from replay.frames import format_offset, parse_offset
+from schemas.models import Frame
+from sessionvault.cli import get_settings
+from sessionvault.errors import ConfigError, IntegrityError
+from sessionvault.settings import Settings, require
+
+T = TypeVar("T")
+
+_PROGRESS_EVERY_BYTES = 8 * 1024 * 1024
+
+
+def _dsn(settings: Settings) -> str:
+    require(settings, "postgres_dsn")
+    return settings.postgres_dsn.get()
+
+
+def _tenant(ctx: click.Context, tenant: str | None) -> str:
+    return tenant or get_settings(ctx).tenant
+
+
+async def _with_pool(dsn: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from storage.pg import create_pool
+
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def _is_cast_file(target: str) -> bool:
+    return target.endswith(".cast") or Path(target).is_file()
+
+
+def _start_at(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return parse_offset(value)
+    except ValueError as exc:
+        raise ConfigError(f"--start-at: {exc}") from exc
+
+
+def _db_frames(dsn: str, tenant: str, sid: str) -> AsyncIterator[Frame]:
+    async def gen() -> AsyncIterator[Frame]:
+        from storage.pg import create_pool
+        from storage.reader import iter_frames
+
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async for f in iter_frames(pool, tenant, sid):
+                yield f
+        finally:
+            await pool.close()
+
+    return gen()
+
+
+def _play_cmd(
+    ctx: click.Context,
+    target: str,
+    speed: float,
+    idle_limit: float | None,
+    start_at: str | None,
+    tenant: str | None,
+) -> None:
+    from replay.asciicast import read_cast
+    from replay.bridge import iterate_in_thread
+    from replay.player import play, tty_keys
+
+    start_ms = _start_at(start_at)
+    if speed <= 0:
+        raise ConfigError("--speed must be positive")
+    out = sys.stdout.buffer
+    if _is_cast_file(target):
+        path = Path(target)
+        try:
+            fh = path.open("rb")
+        except OSError as exc:
+            raise ConfigError(f"cannot open {target}: {exc.strerror}") from exc
+        with fh:
+            header, frames = read_cast(fh)
+            limit = idle_limit if idle_limit is not None else header.idle_time_limit
+            with tty_keys() as keys:
+                play(frames, out, speed=speed, idle_limit_s=limit, start_at_ms=start_ms, keys=keys)
+        return
+    settings = get_settings(ctx)
+    dsn = _dsn(settings)
+    t = _tenant(ctx, tenant)
+    frames_it = iterate_in_thread(lambda: _db_frames(dsn, t, target))
+    try:
+        # Pull the first frame before touching the terminal: a missing session fails cleanly.
+        first = next(frames_it, None)
+        if first is None:
+            return
+
+        def all_frames() -> Any:
+            yield first
+            yield from frames_it
+
+        with tty_keys() as keys:
+            play(
+                all_frames(),
+                out,
+                speed=speed,
+                idle_limit_s=idle_limit,
+                start_at_ms=start_ms,
+                keys=keys,
+            )
+    finally:
+        frames_it.close()
+
+
+class _Progress:
+    """Counts bytes written and reports every few MB on stderr (export to a file)."""
+
+    def __init__(self, out: BinaryIO, label: str, enabled: bool) -> None:
+        self._out = out
+        self._label = label
+        self._enabled = enabled
+        self.written = 0
+        self._next = _PROGRESS_EVERY_BYTES
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self.written += len(data)
+        if self._enabled and self.written >= self._next:
+            self._next += _PROGRESS_EVERY_BYTES
+            click.echo(f"\r{self._label}: {self.written / 1e6:.0f} MB", err=True, nl=False)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def register(main: click.Group) -> None:
+    """Add the replay commands to the ``sessionvault`` group."""
+
+    @main.command("play")
+    @click.argument("target", metavar="SID|FILE.cast")
+    @click.option("--speed", type=float, default=1.0, show_default=True, help="Playback speed.")
+    @click.option("--idle-limit", type=float, default=None, help="Cap pauses at this many seconds.")
+    @click.option("--start-at", default=None, metavar="SECONDS|MM:SS", help="Seek (session time).")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def play_cmd(
+        ctx: click.Context,
+        target: str,
+        speed: float,
+        idle_limit: float | None,
+        start_at: str | None,
+        tenant: str | None,
+    ) -> None:
+        """Replay a session in real time (SPACE pause, . step, q quit)."""
+        _play_cmd(ctx, target, speed, idle_limit, start_at, tenant)
+
+    @main.command("export")
+    @click.argument("sid")
+    @click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="asciicast-v2", show_default=True
+    )
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, writable=True),
+        default=None,
+        help="Output file (default: stdout).",
+    )
+    @click.option(
+        "--start-at", default=None, metavar="SECONDS|MM:SS", help="Only frames from this offset on."
+    )
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def export_cmd(
+        ctx: click.Context,
+        sid: str,
+        fmt: str,
+        output: str | None,
+        start_at: str | None,
+        tenant: str | None,
+    ) -> None:
+        """Export a session (binary-safe; raw is byte-exact)."""
+        from storage.reader import get_session, iter_frames
+
+        dsn = _dsn(get_settings(ctx))
+        t = _tenant(ctx, tenant)
+        start_ms = _start_at(start_at)
+
+        async def work(pool: Any) -> None:
+            session = await get_session(pool, t, sid)
+            frames = iter_frames(pool, t, sid, start_ms=start_ms)
+            if output is None:
+                await export_async(frames, session, fmt, sys.stdout.buffer)
+                return
+            with open(output, "wb") as fh:
+                progress = _Progress(fh, f"export {sid}", sys.stderr.isatty())
+                stats = await export_async(frames, session, fmt, cast(BinaryIO, progress))
+            click.echo(
+                f"\rexported {stats.frames} frames ({stats.bytes_in} bytes) of {sid} as {fmt}"
+                f" to {output} ({stats.bytes_out} bytes)",
+                err=True,
+            )
+
+        asyncio.run(_with_pool(dsn, work))
+
+    @main.command("sessions")
+    @click.option("--limit", type=int, default=50, show_default=True)
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def sessions_cmd(ctx: click.Context, limit: int, tenant: str | None) -> None:
+        """List the tenant's recent sessions, newest first."""
+        from storage.reader import SessionRecord, list_sessions
+
+        dsn = _dsn(get_settings(ctx))
+        t = _tenant(ctx, tenant)
+
+        async def work(pool: Any) -> list[SessionRecord]:
+            return await list_sessions(pool, t, limit=limit)
+
+        rows = asyncio.run(_with_pool(dsn, work))
+        click.echo(format_sessions(rows))
+
+    @main.command("verify")
+    @click.argument("sid")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def verify_cmd(ctx: click.Context, sid: str, tenant: str | None) -> None:
+        """Verify a session's hash chain (tamper evidence)."""
+        from storage.reader import VerifyResult, verify_session
+
+        dsn = _dsn(get_settings(ctx))
+        t = _tenant(ctx, tenant)
+
+        async def work(pool: Any) -> VerifyResult:
+            return await verify_session(pool, t, sid)
+
+        result = asyncio.run(_with_pool(dsn, work))
+        if not result.ok:
+            raise IntegrityError(f"session {sid}: hash chain BROKEN: {result.message}")
+        click.echo(f"session {sid}: ok, {result.message}")
+
+
+def format_sessions(rows: Any) -> str:
+    """The ``sessions`` table (columns: sid, user, login, server, start, duration, bytes,
+    status)."""
+    head = ("SID", "USER", "LOGIN", "SERVER", "START (UTC)", "DURATION", "BYTES", "STATUS")
+    table = [head]
+    for r in rows:
+        table.append(
+            (
+                r.sid,
+                r.user_name,
+                r.login,
+                r.server_id or r.kubernetes_cluster,
+                r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                format_offset(r.duration_ms),
+                str(r.bytes),
+                r.status if r.integrity == "ok" else f"{r.status},{r.integrity}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
