@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,12 +23,6 @@ DEMO_SCRIPT = (
     "printf '\\033[1;32msessionvault demo\\033[0m\\n'; uname -a; sleep 0.5; "
     "ls -la /; sleep 0.5; printf 'bytes are bytes: \\377\\376\\n'; echo done"
 )
-
-_SID_RE = re.compile(
-    r"\b(?:sid|session)\b[\s:=]+([0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[A-Za-z0-9][A-Za-z0-9_.-]{7,})"
-)
-_UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
-
 
 def _settings(ctx: click.Context) -> Settings:
     from sessionvault.cli import get_settings
@@ -56,11 +50,18 @@ def _run_demo(ctx: click.Context, stack: LocalStack) -> None:
     if "record" not in getattr(group, "commands", {}):
         _echo("demo: `sessionvault record` is not available in this build; skipped")
         return
-    _echo("recording a demo session ...")
-    env = {**os.environ, "SESSIONVAULT_HOME": str(stack.home)}
+    sid = str(uuid.uuid4())
+    _echo(f"recording a demo session ({sid}) ...")
+    env = {
+        **os.environ,
+        "SESSIONVAULT_HOME": str(stack.home),
+        "SESSIONVAULT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "SESSIONVAULT_POSTGRES_DSN": stack.postgres_dsn,
+        "SESSIONVAULT_OPENSEARCH_URL": stack.opensearch_url,
+    }
     try:
         proc = subprocess.run(
-            [*sessionvault_argv(), "record", "--", "sh", "-c", DEMO_SCRIPT],
+            [*sessionvault_argv(), "record", "--sid", sid, "--", "sh", "-c", DEMO_SCRIPT],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=env,
@@ -72,14 +73,12 @@ def _run_demo(ctx: click.Context, stack: LocalStack) -> None:
     out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
     if proc.returncode != 0:
         raise StackError(f"demo recording exited with {proc.returncode}: {out.strip()[-500:]}")
-    m = _SID_RE.search(out) or _UUID_RE.search(out)
-    sid = (m.group(1) if m and m.groups() else m.group(0)) if m else None
-    if sid:
-        click.echo(f"demo session recorded: {sid}")
-        click.echo(f"replay it with:  sessionvault play {sid}")
-    else:
-        click.echo("demo session recorded; list it with `sessionvault sessions`, "
-                   "then `sessionvault play SID`")
+    click.echo(f"demo session recorded: {sid}")
+    if stack.is_running("worker-persist"):
+        _echo("waiting for the persist worker to store it ...")
+        if not stack.wait_for_session(sid, timeout_s=60):
+            _echo(f"not stored after 60 s; check {stack.logs}/worker-persist.log")
+    click.echo(f"replay it with:  sessionvault play {sid}")
 
 
 @click.command("up")

@@ -732,6 +732,24 @@ class LocalStack:
             error = "broker not reachable"
         return StackStatus(servers, rows, error)
 
+    def wait_for_session(self, sid: str, *, timeout_s: float) -> bool:
+        """Whether session ``sid`` appears in PostgreSQL within ``timeout_s`` (for the demo)."""
+        from storage import pg
+
+        async def poll() -> bool:
+            conn = await pg.connect(self.server_dsn(DATABASE))
+            try:
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline:
+                    if await conn.fetchval("SELECT 1 FROM sessions WHERE sid = $1", sid):
+                        return True
+                    await asyncio.sleep(0.2)
+                return False
+            finally:
+                await conn.close()
+
+        return asyncio.run(poll())
+
     def _pg_reachable(self) -> bool:
         from storage import pg
 
