@@ -1,0 +1,269 @@
+"""Persist throughput of ONE worker process: Kafka to durable PostgreSQL rows.
+
+1. Start PostgreSQL and the broker (``deploy.stack.LocalStack``), fresh topics.
+2. Pre-produce the realistic corpus as sessions of hash-chained chunks (built by the SDK's own
+   :class:`ingest.batching.ChunkBuilder`, cut at 64 KiB), keyed by session id.
+3. Measure single-core zstd-3 on the same chunk payloads (the yardstick, same run).
+4. Start one persist worker (``ingest.persist.run_persist_worker``) in a subprocess and poll
+   PostgreSQL until every chunk row is there, then the group's committed lag until it is 0.
+
+The consumer group's first join (about 3 s on the local broker) is not throughput: the rate is
+taken from the first durable row to the last, and the time to the first row is reported
+separately. The worker's own CPU seconds are reported too: on a shared 2-core machine the MB
+per worker CPU-second is steadier than wall-clock MB/s.
+
+Target: the worker persists at >= 25% of single-core zstd-3 speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bench._common import MIB, Figure, bench_main
+from bench.compression import MB, zstd_speed
+from bench.corpus import Corpus, build_corpus, session_frames
+from bench.servers import BenchStack, WorkerProcess, bench_stack, group_lag
+from ingest.batching import BatchLimits, ChunkBuilder
+from ingest.kafka import make_producer
+from schemas.codec import encode_chunk
+from schemas.models import Chunk, SessionInfo
+from storage import pg
+
+NAME = "persist"
+TENANT = "bench-persist"
+CHUNK_MAX_BYTES = 64 * 1024
+
+
+def session_chunks(
+    corpus: Corpus,
+    tenant: str,
+    sid: str,
+    seed: int,
+    total_bytes: int,
+    *,
+    max_bytes: int = CHUNK_MAX_BYTES,
+    linger_ms: int | None = None,
+) -> Iterator[Chunk]:
+    """The chunks an SDK recorder would ship for a session of ``total_bytes`` output: chunk 0,
+    chunks cut at ``max_bytes`` (or after ``linger_ms`` of frame time, when given), and a final
+    chunk. Without ``linger_ms`` every chunk but the last is full: the bulk-output case."""
+    start = 0.0
+    builder = ChunkBuilder(
+        tenant,
+        sid,
+        SessionInfo(
+            started_at="2026-01-05T10:00:00.000Z",
+            cols=160,
+            rows=48,
+            user="bench",
+            login="root",
+            server_id="node-1",
+            command="bash",
+            term="xterm-256color",
+        ),
+        BatchLimits(max_bytes, 10**9 if linger_ms is None else linger_ms),
+        clock=lambda: start,
+    )
+    yield builder.open()
+    for frame in session_frames(corpus, seed, total_bytes):
+        now = frame.offset_ms / 1000
+        if linger_ms is not None:
+            yield from builder.poll(now)
+        yield from builder.add(frame.stream, frame.data, now=now)
+    yield builder.finish(0)
+
+
+@dataclass
+class Produced:
+    chunks: int
+    records_bytes: int
+    raw_bytes: int
+    zlib6_bytes: int
+    payload_sample: list[bytes]
+
+
+def produce(bs: BenchStack, corpus: Corpus, sessions: int, per_session: int) -> Produced:
+    producer = make_producer(bs.settings, linger_ms=20, batch_size=1024 * 1024)
+    out = Produced(0, 0, 0, 0, [])
+    sample_budget = 32 * MIB
+    try:
+        for i in range(sessions):
+            sid = f"bench-persist-{i:04d}"
+            for chunk in session_chunks(corpus, TENANT, sid, 1000 + i, per_session):
+                record = encode_chunk(chunk)
+                producer.send(bs.settings.topic_chunks, value=record, key=sid.encode())
+                payload = chunk.payload
+                out.chunks += 1
+                out.records_bytes += len(record)
+                out.raw_bytes += len(payload)
+                out.zlib6_bytes += len(zlib.compress(payload, 6)) if payload else 0
+                if sample_budget > 0 and payload:
+                    out.payload_sample.append(payload)
+                    sample_budget -= len(payload)
+        producer.flush(120)
+    finally:
+        producer.close(10)
+    return out
+
+
+async def _progress(dsn: str) -> tuple[int, int, int]:
+    conn = await pg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(raw_len), 0) AS raw,"
+            " coalesce(sum(octet_length(payload)), 0) AS stored FROM chunks WHERE tenant = $1",
+            TENANT,
+        )
+    finally:
+        await conn.close()
+    return int(row["n"]), int(row["raw"]), int(row["stored"])
+
+
+@dataclass
+class Timeline:
+    t_first: float
+    raw_first: int
+    t_rows: float
+    t_lag0: float
+    rows: int
+    raw: int
+    stored: int
+    worker_cpu_s: float
+    pg_cpu_s: float
+
+
+def run_worker(bs: BenchStack, produced: Produced, timeout_s: float) -> Timeline:
+    """Start the worker and follow it until every chunk is durable and the lag is 0."""
+    pg_cpu0 = bs.postgres_cpu_s()
+    t0 = time.perf_counter()
+    worker = WorkerProcess(bs)
+    t_first = raw_first = None
+    n = raw = stored = 0
+    last_change = t0
+    last_n = -1
+    worker_cpu = float("nan")
+    pg_cpu = float("nan")
+    try:
+        while True:
+            worker.check()
+            n, raw, stored = asyncio.run(_progress(bs.dsn))
+            now = time.perf_counter()
+            if n and t_first is None:
+                t_first, raw_first = now, raw
+            if n != last_n:
+                last_n, last_change = n, now
+            if n >= produced.chunks:
+                t_rows = now
+                break
+            if now - last_change > 60 or now - t0 > timeout_s:
+                raise RuntimeError(
+                    f"persist stalled at {n}/{produced.chunks} chunk rows after "
+                    f"{now - t0:.0f}s (dead-lettered records? see {worker.logfile})"
+                )
+            time.sleep(0.05)
+        while True:
+            lag = group_lag(bs.settings.kafka_bootstrap, bs.settings.topic_chunks)
+            if lag == 0:
+                t_lag0 = time.perf_counter()
+                break
+            if time.perf_counter() - t_rows > 60:
+                raise RuntimeError(f"rows are durable but the committed lag stays at {lag}")
+            time.sleep(0.05)
+        worker_cpu = worker.cpu_s()
+        pg_cpu = bs.postgres_cpu_s() - pg_cpu0
+    finally:
+        worker.stop()
+    assert t_first is not None
+    assert raw_first is not None
+    return Timeline(
+        t_first - t0,
+        raw_first,
+        t_rows - t0,
+        t_lag0 - t0,
+        n,
+        raw,
+        stored,
+        worker_cpu,
+        pg_cpu,
+    )
+
+
+def run(quick: bool) -> list[Figure]:
+    corpus = build_corpus(8 * MIB if quick else 48 * MIB)
+    total = 20 * MIB if quick else 200 * MIB
+    sessions = 16 if quick else 64
+    per_session = total // sessions
+    with bench_stack(TENANT) as bs:
+        t = time.perf_counter()
+        produced = produce(bs, corpus, sessions, per_session)
+        produce_s = time.perf_counter() - t
+        print(
+            f"  produced {produced.chunks} chunks, {produced.raw_bytes / MB:.0f} MB raw in "
+            f"{produce_s:.1f}s",
+            flush=True,
+        )
+        zstd_mb_s, _ = zstd_speed(produced.payload_sample, repeat=3)
+        tl = run_worker(bs, produced, timeout_s=900)
+    steady_s = tl.t_rows - tl.t_first
+    rate = (tl.raw - tl.raw_first) / steady_s / MB if steady_s > 0 else float("nan")
+    chunks_steady = produced.chunks * (tl.raw - tl.raw_first) / max(1, tl.raw)
+    share = rate / zstd_mb_s
+    stored_ratio = tl.raw / tl.stored if tl.stored else float("nan")
+    zlib_ratio = produced.raw_bytes / produced.zlib6_bytes
+    cpu_rate = tl.raw / tl.worker_cpu_s / MB
+    return [
+        Figure(
+            NAME,
+            "raw terminal bytes persisted",
+            tl.raw / MB,
+            "MB",
+            note=(
+                f"{produced.chunks} chunks in {sessions} sessions, 64 KiB max; records "
+                f"{produced.records_bytes / MB:.0f} MB on the wire; pre-produced in "
+                f"{produce_s:.1f}s"
+            ),
+        ),
+        Figure(NAME, "time to first durable row (group join)", tl.t_first, "s"),
+        Figure(NAME, "persist rate after join, 1 worker", rate, "MB/s"),
+        Figure(NAME, "persist rate after join, chunks", chunks_steady / steady_s, "chunks/s"),
+        Figure(
+            NAME,
+            "persist rate incl. join, start to lag 0",
+            tl.raw / tl.t_lag0 / MB,
+            "MB/s",
+            note=f"rows durable at {tl.t_rows:.1f}s, committed lag 0 at {tl.t_lag0:.1f}s",
+        ),
+        Figure(NAME, "zstd-3 speed, same payloads, 1 core", zstd_mb_s, "MB/s"),
+        Figure(NAME, "persist rate / zstd-3 speed", share, "x", ">= 0.25", share >= 0.25),
+        Figure(
+            NAME,
+            "worker CPU per MB: MB per worker CPU-s",
+            cpu_rate,
+            "MB/cpu-s",
+            note=(
+                f"worker {tl.worker_cpu_s:.1f} CPU-s, PostgreSQL {tl.pg_cpu_s:.1f} CPU-s for "
+                f"{tl.raw / MB:.0f} MB"
+            ),
+        ),
+        Figure(
+            NAME,
+            "stored ratio raw/stored (payloads)",
+            stored_ratio,
+            "x",
+            ">= zlib-6",
+            stored_ratio >= zlib_ratio,
+        ),
+        Figure(NAME, "zlib-6 ratio, same chunk payloads", zlib_ratio, "x"),
+    ]
+
+
+def main() -> int:
+    return bench_main(run, "persist: one worker, Kafka -> durable PostgreSQL rows")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
