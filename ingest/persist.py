@@ -1,0 +1,528 @@
+"""The persist worker: Kafka (chunks + events) -> validate -> zstd -> PostgreSQL -> commit.
+
+The invariant, enforced by the order of the calls in :meth:`PersistWorker.handle_batch`:
+
+1. poll a batch (records in offset order per partition);
+2. decode and validate every record; a bad one becomes a dead letter, the rest go on;
+3. write the whole batch to PostgreSQL in ONE transaction and commit it (retried with
+   exponential backoff while PostgreSQL is unreachable; nothing later happens before it
+   succeeds);
+4. send the batch's dead letters and flush them (confirmed by the broker);
+5. only then commit the Kafka offsets (last processed + 1 per partition).
+
+A crash anywhere before 5 redelivers the batch; every write is idempotent (``(sid, seq)``,
+``(uid, time)``, counters folded from rows actually inserted, see :mod:`storage.chunkstore`),
+so a redelivered batch changes nothing. A crash between 4 and 5 may duplicate dead letters,
+never stored data.
+
+Kafka calls run on one dedicated thread (kafka-python's consumer is not thread-safe);
+PostgreSQL calls use asyncpg on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.deadletter import DeadLetterProducer
+from ingest.persist_logic import (
+    EventRow,
+    PreparedChunk,
+    Reject,
+    check_chunk_storable,
+    event_row,
+    month_of,
+)
+from schemas.codec import decode_chunk, decode_event
+from sessionvault.errors import StorageError, TransportError, ValidationError
+from sessionvault.settings import Settings, require
+from storage import pg
+from storage.chunkstore import ChunkWriteResult, DataRejectedError, storage_error, write_chunks
+from storage.codec import Compressor, pack_frames
+from storage.dicts import latest_dictionary
+from storage.eventstore import (
+    SESSION_END,
+    SESSION_START,
+    enrich_sessions,
+    ensure_partitions,
+    insert_events,
+    known_partitions,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_GROUP = "persist"
+BACKOFF_BASE_MS = 100
+DICT_REFRESH_S = 60.0
+POLL_WAIT_MS = 500
+
+
+def backoff_ms(attempt: int, cap_ms: int, *, base_ms: int = BACKOFF_BASE_MS) -> int:
+    """Delay before retry ``attempt`` (1-based): base * 2^(attempt-1), capped."""
+    return int(min(cap_ms, base_ms * 2 ** min(attempt - 1, 30)))
+
+
+@dataclass
+class PreparedBatch:
+    """A polled batch after decoding: what to store, what to dead-letter."""
+
+    records: Sequence[Record]
+    chunks: list[PreparedChunk] = field(default_factory=list)
+    events: list[tuple[int, EventRow]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def subset(self, ref: int) -> PreparedBatch:
+        """The part of this batch that came from record ``ref`` (for isolating a bad one)."""
+        return PreparedBatch(
+            self.records,
+            [c for c in self.chunks if c.ref == ref],
+            [e for e in self.events if e[0] == ref],
+        )
+
+    def refs(self) -> list[int]:
+        return sorted({c.ref for c in self.chunks} | {ref for ref, _ in self.events})
+
+
+def prepare_batch(
+    records: Sequence[Record], settings: Settings, compressor: Compressor
+) -> PreparedBatch:
+    """Decode, validate and compress a batch (pure CPU work, no I/O)."""
+    out = PreparedBatch(records)
+    for i, rec in enumerate(records):
+        value = rec.value
+        try:
+            if value is None:
+                raise ValidationError("empty", "record has no value")
+            if rec.topic == settings.topic_chunks:
+                chunk = decode_chunk(value, max_bytes=settings.max_record_bytes)
+                check_chunk_storable(chunk)
+                raw_len = chunk.payload_len
+                # The payload is the record's tail (decode_chunk checked the framing), so no
+                # copy of the frames' bytes is needed.
+                payload = value[len(value) - raw_len :] if raw_len else b""
+                codec, dict_id, stored = compressor.compress(payload)
+                out.chunks.append(
+                    PreparedChunk(
+                        i, chunk, codec, dict_id, stored, pack_frames(chunk.frames), raw_len
+                    )
+                )
+            elif rec.topic == settings.topic_events:
+                event = decode_event(value, max_bytes=settings.max_record_bytes)
+                out.events.append((i, event_row(event, value)))
+            else:
+                raise ValidationError("unknown_topic", f"no handler for topic {rec.topic!r}")
+        except ValidationError as exc:
+            out.rejects.append(Reject(i, exc.reason, str(exc)))
+    return out
+
+
+@dataclass
+class StoreResult:
+    chunks: ChunkWriteResult = field(default_factory=ChunkWriteResult)
+    events_offered: int = 0
+    events_inserted: int = 0
+    enriched: int = 0
+
+
+async def store_batch(
+    conn: asyncpg.Connection,
+    batch: PreparedBatch,
+    *,
+    partitions: set[str],
+    insert_method: str = "auto",
+) -> StoreResult:
+    """Write a prepared batch in ONE transaction (partitions are created before it).
+
+    ``partitions`` caches the event partitions known to exist (updated in place).
+    """
+    rows = [row for _, row in batch.events]
+    months = {m for m in (month_of(r.time) for r in rows) if m is not None}
+    await ensure_partitions(conn, months, partitions)
+    result = StoreResult(events_offered=len(rows))
+    try:
+        async with conn.transaction():
+            result.chunks = await write_chunks(conn, batch.chunks, method=insert_method)
+            result.events_inserted = await insert_events(conn, rows)
+            keys = {(r.tenant, r.sid) for r in rows if r.sid and r.event in _ENRICHING}
+            opened = set(result.chunks.opened)
+            keys |= {(c.chunk.tenant, c.sid) for c in batch.chunks if c.sid in opened}
+            result.enriched = await enrich_sessions(conn, keys)
+    except StorageError:
+        raise
+    except Exception as exc:  # commit itself failed (connection lost mid-commit, ...)
+        raise storage_error(exc, "cannot commit batch") from exc
+    return result
+
+
+_ENRICHING = frozenset({SESSION_START, SESSION_END})
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one batch did (passed to ``on_batch``)."""
+
+    records: int
+    bytes: int
+    chunks_inserted: int
+    chunks_duplicate: int
+    raw_bytes: int
+    stored_bytes: int
+    events_inserted: int
+    events_duplicate: int
+    dead_letters: int
+    offsets: dict[tuple[str, int], int]
+    committed: bool
+    db_attempts: int
+    seconds: float
+
+
+@dataclass
+class WorkerStats:
+    """Running totals since the worker started."""
+
+    batches: int = 0
+    records: int = 0
+    bytes: int = 0
+    chunks_inserted: int = 0
+    events_inserted: int = 0
+    dead_letters: int = 0
+    db_retries: int = 0
+    commits: int = 0
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting to retry: leave without committing."""
+
+
+class PersistWorker:
+    """One member of the persist consumer group. Use :meth:`run` (or
+    :func:`run_persist_worker`); :meth:`handle_batch` is the per-batch step (also for benches).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str = DEFAULT_GROUP,
+        consumer_factory: Callable[[], BatchConsumer] | None = None,
+        deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
+        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        insert_method: str = "auto",
+    ) -> None:
+        require(settings, "kafka_bootstrap", "postgres_dsn")
+        self.settings = settings
+        self.group_id = group_id
+        self.stats = WorkerStats()
+        self._consumer_factory = consumer_factory or (
+            lambda: BatchConsumer(
+                settings, group_id, [settings.topic_chunks, settings.topic_events]
+            )
+        )
+        self._deadletter_factory = deadletter_factory or (
+            lambda: DeadLetterProducer(settings, worker=group_id)
+        )
+        self._connect = connect
+        self._insert_method = insert_method
+        self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
+        self._consumer: BatchConsumer | None = None
+        self._deadletters: DeadLetterProducer | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._partitions: set[str] | None = None
+        self._compressor = Compressor(settings.zstd_level)
+        self._dict_checked_at = float("-inf")
+        self._stop = asyncio.Event()
+        self._last_lag: int | None = None
+
+    # -- Kafka on its own thread -------------------------------------------------------------
+
+    async def _kafka(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._kafka_thread, lambda: fn(*args, **kwargs))
+
+    # -- PostgreSQL --------------------------------------------------------------------------
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect(self.settings.postgres_dsn.get())
+            self._partitions = None
+        if self._partitions is None:
+            self._partitions = await known_partitions(self._conn)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:  # already broken; terminate() frees it regardless
+                conn.terminate()
+
+    async def _refresh_dictionary(self, conn: asyncpg.Connection) -> None:
+        now = time.monotonic()
+        if now - self._dict_checked_at < DICT_REFRESH_S:
+            return
+        self._dict_checked_at = now
+        latest = await latest_dictionary(conn)
+        current = self._compressor.dictionary
+        if latest is not None and (current is None or current.id != latest.id):
+            self._compressor = Compressor(self.settings.zstd_level, latest)
+            log.info("persist: using zstd dictionary %d for small payloads", latest.id)
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Stopped
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """Run ``op`` until it succeeds; retriable failures back off exponentially (capped),
+        with one log line per attempt. Returns (result, attempts). Raises _Stopped when the
+        worker is asked to stop while waiting, and DataRejectedError as is."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await op(), attempt
+            except DataRejectedError:
+                raise
+            except (StorageError, TransportError) as exc:
+                if isinstance(exc, CommitRejectedError):
+                    raise
+                if isinstance(exc, StorageError):
+                    await self._drop_connection()
+                    self.stats.db_retries += 1
+                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
+                delay *= 1 + random.random() * 0.2  # spread reconnect storms of many workers
+                # Not retriable (e.g. the schema is missing): still retried, never crashed on,
+                # but logged as an error so an operator looks.
+                level = logging.WARNING if exc.retriable else logging.ERROR
+                log.log(
+                    level,
+                    "persist: %s failed (attempt %d), retrying in %.1fs: %s",
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await self._sleep_or_stop(delay)
+
+    async def _store(self, batch: PreparedBatch) -> StoreResult:
+        conn = await self._connection()
+        await self._refresh_dictionary(conn)
+        assert self._partitions is not None
+        return await store_batch(
+            conn, batch, partitions=self._partitions, insert_method=self._insert_method
+        )
+
+    async def _store_with_retry(self, batch: PreparedBatch) -> tuple[StoreResult, int]:
+        """Store the batch; if PostgreSQL refuses a value, store record by record and
+        dead-letter the refused ones (reason ``storage_rejected``)."""
+        try:
+            return await self._retry("PostgreSQL write", lambda: self._store(batch))
+        except DataRejectedError as exc:
+            log.warning("persist: batch refused by PostgreSQL (%s); isolating records", exc)
+        total = StoreResult()
+        attempts = 0
+        for ref in batch.refs():
+            try:
+                res, n = await self._store_one(batch.subset(ref))
+            except DataRejectedError as exc:
+                batch.rejects.append(Reject(ref, "storage_rejected", str(exc)))
+                continue
+            attempts += n
+            c = total.chunks
+            c.rejects += res.chunks.rejects
+            c.offered += res.chunks.offered
+            c.inserted += res.chunks.inserted
+            c.raw_bytes += res.chunks.raw_bytes
+            c.stored_bytes += res.chunks.stored_bytes
+            total.events_offered += res.events_offered
+            total.events_inserted += res.events_inserted
+        return total, attempts
+
+    async def _store_one(self, part: PreparedBatch) -> tuple[StoreResult, int]:
+        return await self._retry("PostgreSQL write", lambda: self._store(part))
+
+    # -- the batch step ----------------------------------------------------------------------
+
+    async def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> BatchReport:
+        """Process one polled batch through steps 2-5 of the module invariant.
+
+        Raises _Stopped (internal) if asked to stop while PostgreSQL or Kafka is unreachable;
+        the batch is then left uncommitted and will be redelivered.
+        """
+        t0 = time.monotonic()
+        batch = prepare_batch(records, self.settings, self._compressor)
+        # Step 3: durable write (returns only once committed in PostgreSQL).
+        result, attempts = await self._store_with_retry(batch)
+        rejects = sorted(batch.rejects + result.chunks.rejects, key=lambda r: r.ref)
+        # Step 4: dead letters, confirmed.
+        if rejects:
+            await self._retry(
+                "dead-letter delivery", lambda: self._send_deadletters(records, rejects)
+            )
+        # Step 5: offsets, only now.
+        offsets = next_offsets(records)
+        committed = False
+        if commit and offsets:
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                await self._retry("offset commit", lambda: self._kafka(consumer.commit, offsets))
+                committed = True
+                self.stats.commits += 1
+            except CommitRejectedError as exc:
+                # The writes are durable and idempotent: the partitions' new owner redoes them.
+                log.warning("persist: %s; the batch will be redelivered", exc)
+        report = BatchReport(
+            records=len(records),
+            bytes=sum(r.size for r in records),
+            chunks_inserted=result.chunks.inserted,
+            chunks_duplicate=result.chunks.duplicates,
+            raw_bytes=result.chunks.raw_bytes,
+            stored_bytes=result.chunks.stored_bytes,
+            events_inserted=result.events_inserted,
+            events_duplicate=result.events_offered - result.events_inserted,
+            dead_letters=len(rejects),
+            offsets=offsets,
+            committed=committed,
+            db_attempts=attempts,
+            seconds=time.monotonic() - t0,
+        )
+        s = self.stats
+        s.batches += 1
+        s.records += report.records
+        s.bytes += report.bytes
+        s.chunks_inserted += report.chunks_inserted
+        s.events_inserted += report.events_inserted
+        s.dead_letters += report.dead_letters
+        return report
+
+    async def _send_deadletters(self, records: Sequence[Record], rejects: Sequence[Reject]) -> None:
+        if self._deadletters is None:
+            self._deadletters = await self._kafka(self._deadletter_factory)
+        dl = self._deadletters
+
+        def send_all() -> int:
+            for r in rejects:
+                rec = records[r.ref]
+                log.warning(
+                    "persist: dead letter %s key=%r reason=%s: %s",
+                    rec.where,
+                    (rec.key or b"")[:64],
+                    r.reason,
+                    r.message,
+                )
+                dl.send(rec, r.reason, r.message)
+            return dl.flush()
+
+        await self._kafka(send_all)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def lag(self) -> int | None:
+        """Records behind the high watermark on this member's partitions (None: unknown)."""
+        if self._consumer is None:
+            return None
+        try:
+            self._last_lag = await self._kafka(self._consumer.lag)
+        except TransportError as exc:
+            log.debug("persist: lag unavailable: %s", exc)
+        return self._last_lag
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        on_batch: Callable[[BatchReport], object] | None = None,
+    ) -> None:
+        """Consume until ``stop`` is set. The batch in hand is finished and committed before
+        returning (unless PostgreSQL or Kafka is unreachable at that moment: then it is left
+        uncommitted, to be redelivered)."""
+        s = self.settings
+        watcher: asyncio.Task[None] | None = None
+        if stop is not None:
+
+            async def relay() -> None:
+                await stop.wait()
+                self._stop.set()
+
+            watcher = asyncio.create_task(relay())
+        try:
+            self._consumer = await self._retry_kafka_open()
+            while not self._stop.is_set():
+                try:
+                    records = await self._kafka(
+                        self._consumer.poll_batch,
+                        max_records=s.persist_batch_max_records,
+                        max_bytes=s.persist_batch_max_bytes,
+                        linger_ms=s.persist_linger_ms,
+                        wait_ms=POLL_WAIT_MS,
+                    )
+                except TransportError as exc:
+                    log.warning("persist: poll failed: %s", exc)
+                    await self._sleep_or_stop(1.0)
+                    continue
+                if not records:
+                    continue
+                report = await self.handle_batch(records)
+                if on_batch is not None:
+                    res = on_batch(report)
+                    if inspect.isawaitable(res):
+                        await res
+        except _Stopped:
+            log.info("persist: stopping with an uncommitted batch; it will be redelivered")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self._close()
+
+    async def _retry_kafka_open(self) -> BatchConsumer:
+        consumer, _ = await self._retry(
+            "joining the consumer group", lambda: self._kafka(self._consumer_factory)
+        )
+        return consumer
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            await self._kafka(self._consumer.close)
+        if self._deadletters is not None:
+            await self._kafka(self._deadletters.close)
+        await self._drop_connection()
+        self._kafka_thread.shutdown(wait=True)
+
+
+async def run_persist_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_batch: Callable[[BatchReport], object] | None = None,
+    group_id: str = DEFAULT_GROUP,
+) -> None:
+    """Run one persist worker until ``stop`` is set (see the module docstring for guarantees)."""
+    await PersistWorker(settings, group_id=group_id).run(stop=stop, on_batch=on_batch)
+
+
+__all__ = [
+    "BatchReport",
+    "PersistWorker",
+    "PreparedBatch",
+    "StoreResult",
+    "WorkerStats",
+    "backoff_ms",
+    "prepare_batch",
+    "run_persist_worker",
+    "store_batch",
+]

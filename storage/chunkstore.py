@@ -1,0 +1,298 @@
+"""The write side of the chunk store: chunks and their sessions' rows.
+
+Invariants (the persist worker relies on them for exactly-once effect):
+
+* :func:`write_chunks` runs inside the caller's transaction. It locks the batch's session rows
+  (``FOR UPDATE``, in sid order so concurrent writers cannot deadlock on them), inserts the
+  chunks with ``ON CONFLICT (sid, seq) DO NOTHING RETURNING``, and folds only the rows the
+  database reports as inserted into the sessions' counters. A redelivered batch inserts nothing
+  and so changes no counter, even after a crash between the commit and the Kafka offset commit.
+* asyncpg exceptions never leave this module: :func:`storage_error` translates them. A value the
+  database refuses (:class:`DataRejectedError`) is the record's fault, not the server's: retrying
+  cannot help, the caller isolates and dead-letters the record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from ingest.persist_logic import (
+    ChunkRow,
+    PreparedChunk,
+    Reject,
+    SessionOpen,
+    SessionState,
+    classify_chunks,
+    fold_inserted,
+    opened_state,
+)
+from sessionvault.errors import StorageError
+from storage.pg import translate
+
+log = logging.getLogger(__name__)
+
+CHUNK_COLUMNS = (
+    "sid",
+    "seq",
+    "tenant",
+    "first_offset_ms",
+    "last_offset_ms",
+    "frames",
+    "codec",
+    "dict_id",
+    "raw_len",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+_CHUNK_TYPES = (
+    "text",
+    "int",
+    "text",
+    "bigint",
+    "bigint",
+    "bytea",
+    "smallint",
+    "int",
+    "int",
+    "bytea",
+    "text",
+    "text",
+)
+
+_INSERT_UNNEST = (
+    f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_CHUNK_TYPES))
+    + ") ON CONFLICT (sid, seq) DO NOTHING RETURNING sid, seq"
+)
+
+_STAGE_TABLE = "sv_stage_chunks"
+_CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} "
+    "(LIKE chunks INCLUDING STORAGE) WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS"
+)
+_INSERT_FROM_STAGE = (
+    f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}) "
+    f"SELECT {', '.join(CHUNK_COLUMNS)} FROM {_STAGE_TABLE} "
+    "ON CONFLICT (sid, seq) DO NOTHING RETURNING sid, seq"
+)
+
+_STATE_COLUMNS = (
+    "sid, tenant, started_at, duration_ms, bytes, stored_bytes, chunks, last_seq, last_hash, "
+    "status, integrity, exit_code, ended_at"
+)
+
+# Above this many rows binary COPY into a staging table beats one unnest() statement (see
+# write_chunks); below it the extra round trips cost more than they save.
+COPY_MIN_ROWS = 64
+
+
+class DataRejectedError(StorageError):
+    """PostgreSQL refused a value (out of range, invalid text): the record, not the server, is
+    at fault, so retrying cannot help."""
+
+    retriable = False
+
+
+def storage_error(exc: BaseException, what: str) -> StorageError:
+    """Translate an asyncpg exception. Lock conflicts (deadlock, serialization) are retriable."""
+    if isinstance(
+        exc,
+        asyncpg.exceptions.DataError | asyncpg.exceptions.IntegrityConstraintViolationError,
+    ):
+        return DataRejectedError(f"{what}: {type(exc).__name__}: {exc}")
+    err = translate(exc, what)
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        err.retriable = True
+    return err
+
+
+@dataclass
+class ChunkWriteResult:
+    """What one :func:`write_chunks` call did."""
+
+    rejects: list[Reject] = field(default_factory=list)
+    offered: int = 0
+    inserted: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    opened: list[str] = field(default_factory=list)
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.offered - self.inserted
+
+
+async def lock_sessions(conn: asyncpg.Connection, sids: Iterable[str]) -> dict[str, SessionState]:
+    """The session rows of ``sids`` (those that exist), locked until the transaction ends."""
+    rows = await conn.fetch(
+        f"SELECT {_STATE_COLUMNS} FROM sessions WHERE sid = ANY($1::text[]) ORDER BY sid "
+        "FOR UPDATE",
+        sorted(set(sids)),
+    )
+    return {r["sid"]: SessionState(**dict(r)) for r in rows}
+
+
+async def open_sessions(conn: asyncpg.Connection, opens: Sequence[SessionOpen]) -> None:
+    """Insert new session rows. A row that appeared meanwhile (another worker, after a group
+    rebalance) makes the batch's view stale: raise a retriable error so it is recomputed."""
+    if not opens:
+        return
+    cols = [
+        [o.sid for o in opens],
+        [o.tenant for o in opens],
+        [o.info.kind or "ssh" for o in opens],
+        [o.info.user for o in opens],
+        [o.info.login for o in opens],
+        [o.info.server_id for o in opens],
+        [o.info.cluster_name for o in opens],
+        [o.info.kubernetes_cluster for o in opens],
+        [o.info.command for o in opens],
+        [o.info.term for o in opens],
+        [o.started_at for o in opens],
+        [o.info.cols for o in opens],
+        [o.info.rows for o in opens],
+    ]
+    rows = await conn.fetch(
+        "INSERT INTO sessions (sid, tenant, kind, user_name, login, server_id, cluster_name,"
+        " kubernetes_cluster, command, term, started_at, cols, rows, last_hash)"
+        " SELECT u.*, $14 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],"
+        " $11::timestamptz[], $12::int[], $13::int[]) AS u"
+        " ON CONFLICT (sid) DO NOTHING RETURNING sid",
+        *cols,
+        "0" * 64,
+    )
+    if len(rows) != len(opens):
+        err = StorageError("a session was opened concurrently by another writer; retry the batch")
+        err.retriable = True
+        raise err
+
+
+def _columns(rows: Sequence[ChunkRow]) -> list[list[object]]:
+    return [
+        [r.prepared.chunk.sid for r in rows],
+        [r.prepared.chunk.seq for r in rows],
+        [r.prepared.chunk.tenant for r in rows],
+        [r.first_offset_ms for r in rows],
+        [r.last_offset_ms for r in rows],
+        [r.prepared.frames_index for r in rows],
+        [r.prepared.codec for r in rows],
+        [r.prepared.dict_id for r in rows],
+        [r.prepared.raw_len for r in rows],
+        [r.prepared.stored for r in rows],
+        [r.prepared.chunk.prev_hash for r in rows],
+        [r.prepared.chunk.hash for r in rows],
+    ]
+
+
+async def insert_chunks(
+    conn: asyncpg.Connection, rows: Sequence[ChunkRow], *, method: str = "auto"
+) -> list[ChunkRow]:
+    """Insert ``rows`` idempotently; return those actually inserted, in the given order.
+
+    ``method``: ``unnest`` (one statement with array parameters), ``copy`` (binary COPY into a
+    session-local staging table, then ``INSERT ... SELECT``), or ``auto`` (copy for large
+    batches). Both end in ``ON CONFLICT DO NOTHING RETURNING``.
+    """
+    if not rows:
+        return []
+    if method == "auto":
+        method = "copy" if len(rows) >= COPY_MIN_ROWS else "unnest"
+    if method == "copy":
+        await conn.execute(_CREATE_STAGE)
+        await conn.copy_records_to_table(
+            _STAGE_TABLE,
+            records=[
+                (
+                    r.prepared.chunk.sid,
+                    r.prepared.chunk.seq,
+                    r.prepared.chunk.tenant,
+                    r.first_offset_ms,
+                    r.last_offset_ms,
+                    r.prepared.frames_index,
+                    r.prepared.codec,
+                    r.prepared.dict_id,
+                    r.prepared.raw_len,
+                    r.prepared.stored,
+                    r.prepared.chunk.prev_hash,
+                    r.prepared.chunk.hash,
+                )
+                for r in rows
+            ],
+            columns=list(CHUNK_COLUMNS),
+        )
+        # The stage is empty here: ON COMMIT DELETE ROWS empties it at commit and a rollback
+        # discards what an aborted attempt copied (one call per transaction, see write_chunks).
+        done = await conn.fetch(_INSERT_FROM_STAGE)
+    elif method == "unnest":
+        done = await conn.fetch(_INSERT_UNNEST, *_columns(rows))
+    else:
+        raise ValueError(f"unknown insert method {method!r}")
+    keys = {(r["sid"], r["seq"]) for r in done}
+    return [r for r in rows if (r.prepared.chunk.sid, r.prepared.chunk.seq) in keys]
+
+
+async def update_sessions(conn: asyncpg.Connection, states: Sequence[SessionState]) -> None:
+    """Write the folded states (absolute values: the rows are locked by this transaction)."""
+    if not states:
+        return
+    await conn.execute(
+        "UPDATE sessions s SET duration_ms = u.duration_ms, bytes = u.bytes,"
+        " stored_bytes = u.stored_bytes, chunks = u.chunks, last_seq = u.last_seq,"
+        " last_hash = u.last_hash, status = u.status, integrity = u.integrity,"
+        " exit_code = u.exit_code, ended_at = u.ended_at, updated_at = now()"
+        " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[],"
+        " $6::int[], $7::text[], $8::text[], $9::text[], $10::int[], $11::timestamptz[])"
+        " AS u(sid, duration_ms, bytes, stored_bytes, chunks, last_seq, last_hash, status,"
+        " integrity, exit_code, ended_at)"
+        " WHERE s.sid = u.sid",
+        [s.sid for s in states],
+        [s.duration_ms for s in states],
+        [s.bytes for s in states],
+        [s.stored_bytes for s in states],
+        [s.chunks for s in states],
+        [s.last_seq for s in states],
+        [s.last_hash for s in states],
+        [s.status for s in states],
+        [s.integrity for s in states],
+        [s.exit_code for s in states],
+        [s.ended_at for s in states],
+    )
+
+
+async def write_chunks(
+    conn: asyncpg.Connection, chunks: Sequence[PreparedChunk], *, method: str = "auto"
+) -> ChunkWriteResult:
+    """Store a batch of chunks (in batch order) and update their sessions, inside the caller's
+    transaction. Returns the rejects (unknown session, tenant mismatch) for dead-lettering."""
+    result = ChunkWriteResult()
+    if not chunks:
+        return result
+    try:
+        existing = await lock_sessions(conn, (p.sid for p in chunks))
+        plan = classify_chunks(existing, chunks)
+        await open_sessions(conn, plan.opens)
+        states = dict(existing)
+        for o in plan.opens:
+            states[o.sid] = opened_state(o)
+        inserted = await insert_chunks(conn, plan.rows, method=method)
+        changed = fold_inserted(states, inserted)
+        await update_sessions(conn, list(changed.values()))
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise storage_error(exc, "cannot write chunks") from exc
+    result.rejects = plan.rejects
+    result.offered = len(plan.rows) + plan.duplicates_in_batch
+    result.inserted = len(inserted)
+    result.raw_bytes = sum(r.prepared.raw_len for r in inserted)
+    result.stored_bytes = sum(len(r.prepared.stored) for r in inserted)
+    result.opened = [o.sid for o in plan.opens]
+    result.sessions = changed
+    return result

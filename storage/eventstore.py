@@ -1,0 +1,161 @@
+"""The write side of the event store: audit events, monthly partitions, session enrichment.
+
+Invariants:
+
+* Events are idempotent on ``(uid, time)``: :func:`insert_events` uses ``ON CONFLICT DO
+  NOTHING``, so a redelivered event is a no-op.
+* ``events`` is partitioned by month. :func:`ensure_partitions` creates a month's partition
+  before its events are written; rows that reached the default partition for that month
+  earlier are moved into the new partition in the same transaction (PostgreSQL refuses to
+  attach a partition whose range the default partition already holds rows for). Creation is
+  serialised across writers by an advisory lock.
+* Enrichment only reads events of the session's own tenant.
+* asyncpg exceptions never leave this module (translated by
+  :func:`storage.chunkstore.storage_error`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from ingest.persist_logic import EventRow, month_bounds, partition_name
+from sessionvault.errors import StorageError
+from storage.chunkstore import storage_error
+
+log = logging.getLogger(__name__)
+
+_PARTITION_LOCK = 7413002
+
+SESSION_START = "session.start"
+SESSION_END = "session.end"
+
+
+async def known_partitions(conn: asyncpg.Connection) -> set[str]:
+    """Names of the partitions ``events`` has now."""
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'events'::regclass"
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot list event partitions") from exc
+    return {r["relname"] for r in rows}
+
+
+async def ensure_partitions(
+    conn: asyncpg.Connection, months: Iterable[tuple[int, int]], known: set[str]
+) -> list[str]:
+    """Create the monthly partitions of ``months`` not in ``known`` (updated in place).
+
+    Each partition is created in its own short transaction, outside the batch transaction, so
+    the DDL's locks are held only briefly. Returns the names created.
+    """
+    created: list[str] = []
+    for year, month in sorted(set(months)):
+        name = partition_name(year, month)
+        if name in known:
+            continue
+        start, end = month_bounds(year, month)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+                if not exists:
+                    await conn.execute(
+                        f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING STORAGE)"
+                    )
+                    moved = await conn.fetchval(
+                        f"WITH m AS (DELETE FROM events_default WHERE time >= $1 AND time < $2"
+                        f" RETURNING *), i AS (INSERT INTO {name} SELECT * FROM m RETURNING 1)"
+                        " SELECT count(*) FROM i",
+                        start,
+                        end,
+                    )
+                    await conn.execute(
+                        f"ALTER TABLE events ATTACH PARTITION {name}"
+                        f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+                    created.append(name)
+                    log.info("created event partition %s (moved %d rows from default)", name, moved)
+        except Exception as exc:
+            raise storage_error(exc, f"cannot create event partition {name}") from exc
+        known.add(name)
+    return created
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> int:
+    """Insert events idempotently; return how many were new."""
+    if not rows:
+        return 0
+    try:
+        done = await conn.fetch(
+            "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body)"
+            " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
+            " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
+            " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
+            " ON CONFLICT (uid, time) DO NOTHING RETURNING 1",
+            [r.tenant for r in rows],
+            [r.uid for r in rows],
+            [r.time for r in rows],
+            [r.event for r in rows],
+            [r.code for r in rows],
+            [r.sid for r in rows],
+            [r.ei for r in rows],
+            [r.user_name for r in rows],
+            [r.body for r in rows],
+        )
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise storage_error(exc, "cannot insert events") from exc
+    return len(done)
+
+
+async def enrich_sessions(conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> int:
+    """Copy who/where from stored ``session.start`` events and the end time from
+    ``session.end`` events into the sessions ``keys`` ((tenant, sid) pairs) name.
+
+    Run after both the batch's chunks and events are written: events and chunks travel on
+    different topics, so either may arrive first; whichever comes second triggers this.
+    Non-empty event values win over the opening chunk's; returns the rows updated.
+    """
+    pairs = sorted(set(keys))
+    if not pairs:
+        return 0
+    tenants = [t for t, _ in pairs]
+    sids = [s for _, s in pairs]
+    try:
+        started = await conn.execute(
+            "UPDATE sessions s SET"
+            " user_name = COALESCE(NULLIF(e.body->>'user', ''), s.user_name),"
+            " login = COALESCE(NULLIF(e.body->>'login', ''), s.login),"
+            " server_id = COALESCE(NULLIF(e.body->>'server_id', ''), s.server_id),"
+            " cluster_name = COALESCE(NULLIF(e.body->>'cluster_name', ''), s.cluster_name),"
+            " updated_at = now()"
+            " FROM (SELECT DISTINCT ON (ev.tenant, ev.sid) ev.tenant, ev.sid, ev.body"
+            "       FROM events ev JOIN unnest($1::text[], $2::text[]) AS k(tenant, sid)"
+            "         ON ev.tenant = k.tenant AND ev.sid = k.sid"
+            "       WHERE ev.event = $3 ORDER BY ev.tenant, ev.sid, ev.time) e"
+            " WHERE s.sid = e.sid AND s.tenant = e.tenant",
+            tenants,
+            sids,
+            SESSION_START,
+        )
+        ended = await conn.execute(
+            "UPDATE sessions s SET ended_at = e.time, updated_at = now()"
+            " FROM (SELECT ev.tenant, ev.sid, max(ev.time) AS time"
+            "       FROM events ev JOIN unnest($1::text[], $2::text[]) AS k(tenant, sid)"
+            "         ON ev.tenant = k.tenant AND ev.sid = k.sid"
+            "       WHERE ev.event = $3 GROUP BY ev.tenant, ev.sid) e"
+            " WHERE s.sid = e.sid AND s.tenant = e.tenant"
+            " AND s.ended_at IS DISTINCT FROM e.time",
+            tenants,
+            sids,
+            SESSION_END,
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot enrich sessions from events") from exc
+    return int(started.split()[-1]) + int(ended.split()[-1])
