@@ -16,7 +16,8 @@ event text back encoded as UTF-8. This module does the same:
 * each invalid byte sequence becomes U+FFFD per CPython's ``"replace"`` rule (one U+FFFD per
   maximal invalid subpart), never a lone surrogate (``surrogateescape`` output is not valid
   JSON text for other readers);
-* an incomplete sequence still pending when the session ends becomes U+FFFD in a final event;
+* an incomplete sequence still pending when the session ends becomes U+FFFD in a final event
+  at the session's last offset;
 * a frame whose bytes decode to nothing yet (only the start of a character) writes no event;
   its bytes appear in the next event of that stream.
 
@@ -83,7 +84,6 @@ class _Encoder:
     def __init__(self, header: CastHeader) -> None:
         self._header = header
         self._decoders: dict[Stream, codecs.IncrementalDecoder] = {}
-        self._last_ms: dict[Stream, int] = {}
         self._max_ms = 0
         self._exit_code: int | None = None
 
@@ -109,7 +109,6 @@ class _Encoder:
             if code is not None:
                 self._exit_code = code
             return b""
-        self._last_ms[f.stream] = f.offset_ms
         text = self._text(f)
         if not text:
             return b""
@@ -124,7 +123,8 @@ class _Encoder:
         for stream, dec in self._decoders.items():
             text = dec.decode(b"", final=True)
             if text:
-                out.append(self._event(self._last_ms[stream], _EVENT_CODE[stream], text))
+                # At the session's last offset: event times must never go backwards.
+                out.append(self._event(self._max_ms, _EVENT_CODE[stream], text))
         code = exit_code if exit_code is not None else self._exit_code
         if code is not None and self.version >= 3:
             # The exit event closes the recording: at the last frame's time, never earlier.
