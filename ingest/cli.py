@@ -23,6 +23,7 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 def register(main: click.Group) -> None:
     """Add the ingest commands to the ``sessionvault`` group."""
     _register_record(main)
+    _register_worker(main)
 
 
 def _log_to_file(settings: Settings, verbose: bool) -> None:
@@ -125,3 +126,179 @@ def _register_record(main: click.Group) -> None:
             f"drained {report.directories} spool directories, {report.records} records; "
             f"{report.skipped_live} live producers skipped; {report.remaining} segments remain"
         )
+
+
+def _group(main: click.Group, name: str, help_text: str) -> click.Group:
+    """The subgroup ``name`` of ``main``, created on first use (several areas add workers)."""
+    existing = main.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group(name, help=help_text)
+    main.add_command(group)
+    return group
+
+
+def _register_worker(main: click.Group) -> None:
+    """``worker persist``, ``dict train`` and ``deadletter list`` (the persist side)."""
+    import asyncio
+    import signal
+    import time
+    from pathlib import Path
+
+    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+
+    @worker_group.command("persist")
+    @click.option(
+        "--group", "group_id", default="persist", show_default=True, help="Kafka consumer group."
+    )
+    @click.option(
+        "--status-every",
+        default=5.0,
+        show_default=True,
+        help="Seconds between status lines on stderr (0: none).",
+    )
+    @click.pass_context
+    def persist_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
+        """Persist chunks and events from Kafka into PostgreSQL until SIGTERM/SIGINT."""
+        from ingest.persist import PersistWorker
+
+        settings = get_settings(ctx)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING)
+        # Our own warnings (retries, dead letters) are operator information; kafka-python's
+        # reconnect chatter is not.
+        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("storage").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            worker = PersistWorker(settings, group_id=group_id)
+
+            async def status() -> None:
+                last_t, last_rec, last_bytes = time.monotonic(), 0, 0
+                while True:
+                    await asyncio.sleep(status_every)
+                    now = time.monotonic()
+                    s = worker.stats
+                    dt = max(now - last_t, 1e-9)
+                    lag = await worker.lag()
+                    click.echo(
+                        f"persist[{group_id}]: {(s.records - last_rec) / dt:,.0f} rec/s "
+                        f"{(s.bytes - last_bytes) / dt / 1e6:.1f} MB/s lag "
+                        f"{'?' if lag is None else lag} | total {s.records} rec, "
+                        f"{s.chunks_inserted} chunks, {s.events_inserted} events, "
+                        f"{s.dead_letters} dead letters, {s.db_retries} db retries",
+                        err=True,
+                    )
+                    last_t, last_rec, last_bytes = now, s.records, s.bytes
+
+            click.echo(
+                f"persist[{group_id}]: consuming {settings.topic_chunks}, "
+                f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)",
+                err=True,
+            )
+            ticker = asyncio.create_task(status()) if status_every > 0 else None
+            try:
+                await worker.run(stop=stop)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            click.echo(
+                f"persist[{group_id}]: stopped after {worker.stats.records} records", err=True
+            )
+
+        asyncio.run(run())
+
+    dict_group = _group(main, "dict", "zstd dictionaries for small chunk payloads.")
+
+    @dict_group.command("train")
+    @click.option(
+        "--size",
+        "dict_bytes",
+        default=64 * 1024,
+        show_default=True,
+        help="Dictionary size in bytes.",
+    )
+    @click.option(
+        "--samples",
+        "max_samples",
+        default=5000,
+        show_default=True,
+        help="At most this many stored small chunks are sampled.",
+    )
+    @click.option("--tenant", default=None, help="Sample one tenant's chunks only.")
+    @click.pass_context
+    def dict_train_cmd(
+        ctx: click.Context, dict_bytes: int, max_samples: int, tenant: str | None
+    ) -> None:
+        """Train a dictionary on stored small payloads (workers pick it up within a minute)."""
+        from storage import pg
+        from storage.dicts import train_and_store
+
+        settings = get_settings(ctx)
+
+        async def run() -> None:
+            conn = await pg.connect(settings.postgres_dsn.get())
+            try:
+                click.echo("sampling stored chunks and training ...", err=True)
+                r = await train_and_store(
+                    conn,
+                    dict_bytes=dict_bytes,
+                    max_samples=max_samples,
+                    level=settings.zstd_level,
+                    tenant=tenant,
+                )
+            finally:
+                await conn.close()
+            click.echo(
+                f"dictionary {r.dict_id}: {r.dict_bytes} bytes from {r.samples} samples "
+                f"({r.sample_bytes} bytes)\n"
+                f"held-out {r.test_samples} payloads, {r.test_raw_bytes} bytes: "
+                f"plain zstd {r.test_plain_bytes} bytes (ratio {r.plain_ratio:.2f}), "
+                f"with dictionary {r.test_dict_bytes} bytes (ratio {r.dict_ratio:.2f})"
+            )
+
+        asyncio.run(run())
+
+    dl_group = _group(main, "deadletter", "Inspect the dead-letter topic.")
+
+    @dl_group.command("list")
+    @click.option("--reason", default=None, help="Only this reason code.")
+    @click.option("--limit", default=0, help="At most this many (0: all).")
+    @click.option(
+        "--dump",
+        "dump_dir",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Also write each original record's bytes to DIR/<partition>-<offset>.bin.",
+    )
+    @click.pass_context
+    def deadletter_list_cmd(
+        ctx: click.Context, reason: str | None, limit: int, dump_dir: str | None
+    ) -> None:
+        """List dead letters: reason, source topic[partition]@offset, size, message."""
+        from ingest.deadletter import format_deadletter, iter_deadletters
+
+        settings = get_settings(ctx)
+        out = Path(dump_dir) if dump_dir else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        shown = 0
+        counts: dict[str, int] = {}
+        for d in iter_deadletters(settings):
+            if reason and d.reason != reason:
+                continue
+            counts[d.reason] = counts.get(d.reason, 0) + 1
+            if limit and shown >= limit:
+                continue
+            click.echo(format_deadletter(d))
+            if out is not None:
+                (out / f"{d.partition}-{d.offset}.bin").write_bytes(d.value or b"")
+            shown += 1
+        total = sum(counts.values())
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        click.echo(f"{total} dead letters in {settings.topic_deadletter}: {summary}", err=True)
