@@ -1,0 +1,117 @@
+"""asciicast v2/v3 recordings -> :class:`Recording`.
+
+Parsing is :func:`replay.asciicast.read_cast` (one reader for the project; imported, not
+copied). This module adds what an import needs: a deterministic session id (UUIDv5 of the
+tenant and the file's SHA-256), the wall-clock start (the header ``timestamp``, or
+``started_at`` when the file has none), the exit code of a v3 ``x`` event, and
+session.start/session.end audit events.
+
+asciicast stores text, not bytes: an imported session's bytes are the UTF-8 encoding of the
+event text (what ``asciinema cat`` would print), the best any asciicast reader can do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ingest.importers.base import (
+    Recording,
+    event_uid,
+    file_sha256,
+    import_session_id,
+    rfc3339_from_ns,
+    stamp_event,
+)
+from ingest.kube_exec import exit_code_from_status
+from replay.asciicast import read_cast
+from schemas.models import SessionInfo, Stream
+from sessionvault.errors import ValidationError
+
+__all__ = ["decode_cast", "load"]
+
+
+def _start_ns(timestamp: int | None, started_at: str | None) -> int:
+    if started_at is not None:
+        try:
+            dt = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationError(
+                "bad_asciicast", f"started_at {started_at!r} is not RFC 3339"
+            ) from exc
+        if dt.tzinfo is None:
+            raise ValidationError("bad_asciicast", f"started_at {started_at!r} has no time zone")
+        return (int(dt.timestamp()) * 1_000_000 + dt.microsecond) * 1000
+    if timestamp is None:
+        raise ValidationError(
+            "bad_asciicast", "the asciicast header has no timestamp: pass started_at"
+        )
+    return timestamp * 1_000_000_000
+
+
+def decode_cast(lines: Iterable[bytes], *, tenant: str, started_at: str | None = None) -> Recording:
+    """Decode an asciicast file given as its lines (bytes, as read from the file).
+
+    ``started_at`` (RFC 3339) overrides or supplies the header's ``timestamp``.
+    """
+    data = list(lines)
+    header, frame_iter = read_cast(data)
+    frames = tuple(frame_iter)
+    sid = import_session_id(tenant, "asciicast", file_sha256(data))
+    start_ns = _start_ns(header.timestamp, started_at)
+    exit_code = None
+    for frame in frames:
+        if frame.stream is Stream.ERROR:
+            exit_code = exit_code_from_status(frame.data)
+    started = rfc3339_from_ns(start_ns)
+    end = rfc3339_from_ns(start_ns + (frames[-1].offset_ms if frames else 0) * 1_000_000)
+    common: dict[str, Any] = {"sid": sid, "proto": "asciicast", "command": header.command}
+    if header.title:
+        common["title"] = header.title
+    start_event = {
+        **common,
+        "event": "session.start",
+        "code": "T2000I",
+        "ei": 0,
+        "time": started,
+        "uid": event_uid(sid, "asciicast", "session.start"),
+        "size": f"{header.cols}:{header.rows}",
+    }
+    end_event = {
+        **common,
+        "event": "session.end",
+        "code": "T2004I",
+        "ei": 1,
+        "time": end,
+        "uid": event_uid(sid, "asciicast", "session.end"),
+        "session_start": started,
+        "session_stop": end,
+    }
+    if exit_code is not None:
+        end_event["exit_code"] = exit_code
+    return Recording(
+        sid=sid,
+        info=SessionInfo(
+            started_at=started,
+            cols=header.cols,
+            rows=header.rows,
+            kind="import",
+            command=header.command,
+            term=header.term,
+        ),
+        frames=frames,
+        events=(stamp_event(start_event, tenant=tenant), stamp_event(end_event, tenant=tenant)),
+        exit_code=exit_code,
+        source="asciicast",
+    )
+
+
+def load(path: str | Path, *, tenant: str, started_at: str | None = None) -> Recording:
+    """Read and decode an asciicast file (the I/O edge of this module)."""
+    try:
+        with Path(path).open("rb") as fh:
+            return decode_cast(fh, tenant=tenant, started_at=started_at)
+    except OSError as exc:
+        raise ValidationError("unreadable", f"cannot read {path}: {exc}") from exc
