@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
-from ingest.importers import asciicast
+from ingest.importers import asciicast, load_recording
 from schemas.codec import validate_event
 from schemas.models import Frame, Stream
 from sessionvault.errors import ValidationError
@@ -67,3 +69,13 @@ def test_sid_follows_file_content_and_tenant() -> None:
 def test_file_without_timestamp_needs_started_at() -> None:
     with pytest.raises(ValidationError, match="started_at"):
         asciicast.decode_cast(V3, tenant="acme")
+
+
+def test_load_recording_dispatches_by_format_and_rejects_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "s.cast"
+    path.write_bytes(b"".join(V2))
+    assert load_recording("asciicast", path, tenant="acme") == asciicast.decode_cast(
+        V2, tenant="acme"
+    )
+    with pytest.raises(ValidationError, match="not one of"):
+        load_recording("ttyrec", path, tenant="acme")
