@@ -52,6 +52,14 @@ class BenchStack:
             "SESSIONVAULT_TENANT": s.tenant,
         }
 
+    def broker_cpu_s(self) -> float:
+        pid = self.stack.state["pids"].get("broker")
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except (psutil.Error, TypeError, ValueError):
+            return float("nan")
+        return float(t.user + t.system)
+
     def postgres_cpu_s(self) -> float:
         """CPU seconds of the postmaster and its live backends (a delta is what a run cost)."""
         pid = self.stack.postgres_pid()
@@ -129,14 +137,24 @@ asyncio.run(main())
 
 
 class WorkerProcess:
-    """One persist worker in a subprocess (``ingest.persist.run_persist_worker``)."""
+    """One persist worker in a subprocess (``ingest.persist.run_persist_worker``).
+
+    With ``SV_BENCH_PROFILE=<file>`` in the environment the worker runs under cProfile and
+    writes its profile there when stopped (``python -m pstats <file>``).
+    """
 
     def __init__(self, bs: BenchStack, logname: str = "bench-persist-worker.log") -> None:
         self.logfile = bs.home / "logs" / logname
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.logfile, "wb")  # noqa: SIM115 (closed in stop())
+        script = bs.home / "bench_persist_worker.py"
+        script.write_text(WORKER_CODE)
+        argv = [sys.executable, str(script)]
+        profile = os.environ.get("SV_BENCH_PROFILE")
+        if profile:
+            argv = [sys.executable, "-m", "cProfile", "-o", profile, str(script)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER_CODE],
+            argv,
             env=bs.worker_env(),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
