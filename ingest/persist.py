@@ -269,12 +269,19 @@ class PersistWorker:
             except Exception:  # already broken; terminate() frees it regardless
                 conn.terminate()
 
-    async def _refresh_dictionary(self, conn: asyncpg.Connection) -> None:
+    async def _refresh_dictionary(self) -> None:
+        """Switch to the newest trained dictionary (checked at most once a minute). Best
+        effort: with PostgreSQL down the batch is compressed with what we have."""
         now = time.monotonic()
         if now - self._dict_checked_at < DICT_REFRESH_S:
             return
         self._dict_checked_at = now
-        latest = await latest_dictionary(conn)
+        try:
+            latest = await latest_dictionary(await self._connection())
+        except StorageError as exc:
+            log.debug("persist: dictionary check skipped: %s", exc)
+            await self._drop_connection()
+            return
         current = self._compressor.dictionary
         if latest is not None and (current is None or current.id != latest.id):
             self._compressor = Compressor(self.settings.zstd_level, latest)
@@ -321,7 +328,6 @@ class PersistWorker:
 
     async def _store(self, batch: PreparedBatch) -> StoreResult:
         conn = await self._connection()
-        await self._refresh_dictionary(conn)
         assert self._partitions is not None
         return await store_batch(
             conn, batch, partitions=self._partitions, insert_method=self._insert_method
@@ -365,6 +371,7 @@ class PersistWorker:
         the batch is then left uncommitted and will be redelivered.
         """
         t0 = time.monotonic()
+        await self._refresh_dictionary()
         batch = prepare_batch(records, self.settings, self._compressor)
         # Step 3: durable write (returns only once committed in PostgreSQL).
         result, attempts = await self._store_with_retry(batch)
