@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingest.kafka import make_producer
 from ingest.persist import BatchReport, PersistWorker
@@ -140,7 +141,7 @@ async def run_until_drained(
     return worker
 
 
-async def fetch_all(dsn: str, sql: str, *args: object) -> list[dict[str, object]]:
+async def fetch_all(dsn: str, sql: str, *args: object) -> list[dict[str, Any]]:
     conn = await pg.connect(dsn)
     try:
         return [dict(r) for r in await conn.fetch(sql, *args)]
@@ -148,7 +149,7 @@ async def fetch_all(dsn: str, sql: str, *args: object) -> list[dict[str, object]
         await conn.close()
 
 
-async def stored_sessions(dsn: str) -> dict[str, dict[str, object]]:
+async def stored_sessions(dsn: str) -> dict[str, dict[str, Any]]:
     rows = await fetch_all(dsn, "SELECT * FROM sessions")
     for r in rows:
         r.pop("updated_at")

@@ -8,6 +8,7 @@ import dataclasses
 import random
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_gap_and_broken_chain_are_stored_and_flagged(settings: Settings) -> None
 def test_partition_creation_moves_rows_already_in_the_default_partition(
     settings: Settings,
 ) -> None:
-    async def go() -> tuple[set[str], list[dict[str, object]], list[dict[str, object]]]:
+    async def go() -> tuple[set[str], list[dict[str, Any]], list[dict[str, Any]]]:
         conn = await pg.connect(settings.postgres_dsn.get())
         try:
             await conn.execute(
