@@ -35,8 +35,8 @@ def _log_to_file(settings: Settings, verbose: bool) -> None:
     if verbose:
         return
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     try:
         log_dir = settings.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
