@@ -100,11 +100,24 @@ class ChunkBuilder:
         self._opened = True
         return self._emit(final=False, exit_code=None)
 
-    def add(self, stream: Stream, data: bytes, *, now: float | None = None) -> list[Chunk]:
-        """Record one write; return the chunks it completed (by size)."""
+    def add(
+        self,
+        stream: Stream,
+        data: bytes,
+        *,
+        now: float | None = None,
+        offset_ms: int | None = None,
+    ) -> list[Chunk]:
+        """Record one write; return the chunks it completed (by size).
+
+        ``offset_ms`` stamps the frame with an explicit offset instead of the clock's (importers
+        replaying another recorder's timings). Offsets must not decrease across calls.
+        """
         self._check_writable()
         t = self._clock() if now is None else now
-        offset = self.offset_ms(t)
+        if offset_ms is not None and offset_ms < 0:
+            raise ValueError(f"offset_ms must be >= 0, got {offset_ms}")
+        offset = self.offset_ms(t) if offset_ms is None else offset_ms
         out: list[Chunk] = []
         if not data:
             return out

@@ -444,6 +444,8 @@ class SessionRecorder:
         self.transport = transport or Transport(settings)
         self._key = self.sid.encode()
         self._lock = threading.Lock()
+        # Exit code reported on a kubectl exec error channel (record_channel), if any.
+        self._kube_exit_code: int | None = None
         self._builder = ChunkBuilder(
             settings.tenant,
             self.sid,
@@ -476,9 +478,42 @@ class SessionRecorder:
     def marker(self, label: str) -> None:
         self._add(Stream.MARKER, label.encode())
 
-    def write(self, stream: Stream, data: bytes) -> None:
-        """Record a frame on any stream (kubectl exec: stdout/stderr/error)."""
-        self._add(stream, data)
+    def write(self, stream: Stream, data: bytes, *, offset_ms: int | None = None) -> None:
+        """Record a frame on any stream (kubectl exec: stdout/stderr/error).
+
+        ``offset_ms`` overrides the clock (non-decreasing), for callers that carry their own
+        timings.
+        """
+        self._add(stream, data, offset_ms=offset_ms)
+
+    def record_channel(self, channel: int, payload: bytes) -> None:
+        """Record one Kubernetes exec/attach stream-protocol payload (``v4``/``v5.channel.k8s.io``).
+
+        stdin 0 -> ``i`` (subject to ``record_input``), stdout 1 -> ``o``, stderr 2 -> ``e``,
+        error 3 -> ``x`` (the Status JSON kept byte for byte; its exit code becomes the default
+        of :meth:`close`), resize 4 -> ``r``; close 255 records nothing. Raises
+        :class:`~sessionvault.errors.ValidationError` for an undefined channel or a malformed
+        resize payload.
+        """
+        from ingest.kube_exec import Channel, exit_code_from_status, frame_from_channel
+
+        if channel == Channel.STDIN and not self.record_input:
+            return
+        frame = frame_from_channel(channel, payload, 0)
+        if frame is None:
+            return
+        if channel == Channel.ERROR:
+            code = exit_code_from_status(frame.data)
+            if code is not None:
+                self._kube_exit_code = code
+        self._add(frame.stream, frame.data)
+
+    def kube_message(self, message: bytes) -> None:
+        """:meth:`record_channel` for a whole message that starts with its channel byte."""
+        from ingest.kube_exec import split_message
+
+        channel, payload = split_message(message)
+        self.record_channel(channel, payload)
 
     def tick(self) -> None:
         """Cut a chunk that has lingered long enough (called by the transport's ticker)."""
@@ -489,8 +524,12 @@ class SessionRecorder:
     def close(self, exit_code: int | None = None, *, flush_timeout_s: float = 5.0) -> bool:
         """Submit the final chunk; when the transport is our own, flush and close it.
 
+        Without ``exit_code``, the one a kubectl exec error channel reported is used.
+
         Returns True when everything reached Kafka (False: the rest waits in the spool).
         """
+        if exit_code is None:
+            exit_code = self._kube_exit_code
         with self._lock:
             if self._builder.closed:
                 return True
@@ -500,11 +539,11 @@ class SessionRecorder:
             return self.transport.close(flush_timeout_s)
         return True
 
-    def _add(self, stream: Stream, data: bytes) -> None:
+    def _add(self, stream: Stream, data: bytes, *, offset_ms: int | None = None) -> None:
         with self._lock:
             if self._builder.closed:
                 raise SessionVaultError(f"session {self.sid} is closed")
-            self._ship(self._builder.add(stream, bytes(data)))
+            self._ship(self._builder.add(stream, bytes(data), offset_ms=offset_ms))
 
     def _ship(self, chunks: list[Chunk]) -> None:
         # Under self._lock: submission order is seq order.
