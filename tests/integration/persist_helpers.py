@@ -175,3 +175,17 @@ async def stored_payloads(dsn: str) -> dict[str, tuple[list[int], bytes, list[Fr
         frames = frames + unpack_frames(bytes(r["frames"]), data)
         out[r["sid"]] = ([*seqs, r["seq"]], payload + data, frames)
     return out
+
+
+def produce_located(
+    settings: Settings, topic: str, items: Iterable[tuple[bytes | None, bytes]]
+) -> list[tuple[int, int]]:
+    """Like :func:`produce`, returning each record's (partition, offset) in order."""
+    producer = make_producer(settings)
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in items]
+        producer.flush(timeout=60)
+        metas = [f.get(timeout=10) for f in futures]
+    finally:
+        producer.close(timeout=5)
+    return [(m.partition, m.offset) for m in metas]
