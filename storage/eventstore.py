@@ -16,11 +16,15 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import asyncpg
+import orjson
 
+from ingest.kube_audit import merge_kube_requests
 from ingest.persist_logic import EventRow, month_bounds, partition_name
 from sessionvault.errors import StorageError
 from storage.chunkstore import storage_error
@@ -31,6 +35,7 @@ _PARTITION_LOCK = 7413002
 
 SESSION_START = "session.start"
 SESSION_END = "session.end"
+KUBE_REQUEST = "kube.request"
 
 
 async def known_partitions(conn: asyncpg.Connection) -> set[str]:
@@ -87,7 +92,15 @@ async def ensure_partitions(
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> int:
-    """Insert events idempotently; return how many were new."""
+    """Insert events idempotently; return how many were new.
+
+    ``kube.request`` events are merged instead (see :func:`upsert_kube_requests`): the stages
+    of one API request arrive as separate records with the same ``(uid, time)``.
+    """
+    kube = [r for r in rows if r.event == KUBE_REQUEST]
+    if kube:
+        rows = [r for r in rows if r.event != KUBE_REQUEST]
+        return await upsert_kube_requests(conn, kube) + await insert_events(conn, rows)
     if not rows:
         return 0
     try:
@@ -159,3 +172,71 @@ async def enrich_sessions(conn: asyncpg.Connection, keys: Iterable[tuple[str, st
     except Exception as exc:
         raise storage_error(exc, "cannot enrich sessions from events") from exc
     return int(started.split()[-1]) + int(ended.split()[-1])
+
+
+async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> int:
+    """Store ``kube.request`` events, merging the stages of one request into one row.
+
+    Rows with the same ``(uid, time)`` (in this batch, and the one already stored) are combined
+    with :func:`ingest.kube_audit.merge_kube_requests`, which is commutative and idempotent, so
+    any arrival order and any redelivery give the same row. The stored row is locked (``FOR
+    UPDATE``) between reading and writing it. A stored row of another tenant is left alone.
+    Returns how many rows were new.
+    """
+    merged: dict[tuple[str, Any], tuple[EventRow, dict[str, Any]]] = {}
+    for r in rows:
+        body = orjson.loads(r.body)
+        key = (r.uid, r.time)
+        if key in merged:
+            first, prev = merged[key]
+            if first.tenant != r.tenant:
+                continue
+            body = merge_kube_requests(prev, body)
+            r = first
+        merged[key] = (r, body)
+    try:
+        existing = await conn.fetch(
+            "SELECT e.uid, e.time, e.tenant, e.body::text AS body FROM events e"
+            " JOIN unnest($1::text[], $2::timestamptz[]) AS k(uid, time)"
+            " ON e.uid = k.uid AND e.time = k.time FOR UPDATE OF e",
+            [k[0] for k in merged],
+            [k[1] for k in merged],
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot read stored kube.request events") from exc
+    stored = {(e["uid"], e["time"]): e for e in existing}
+    out: list[EventRow] = []
+    new = 0
+    for key, (row, body) in merged.items():
+        old = stored.get(key)
+        if old is None:
+            new += 1
+        elif old["tenant"] != row.tenant:
+            continue
+        else:
+            body = merge_kube_requests(orjson.loads(old["body"]), body)
+        out.append(dataclasses.replace(row, body=orjson.dumps(body).decode()))
+    if not out:
+        return 0
+    try:
+        await conn.execute(
+            "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body)"
+            " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
+            " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
+            " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
+            " ON CONFLICT (uid, time) DO UPDATE SET body = excluded.body,"
+            " user_name = excluded.user_name, code = excluded.code"
+            " WHERE events.tenant = excluded.tenant AND events.body <> excluded.body",
+            [r.tenant for r in out],
+            [r.uid for r in out],
+            [r.time for r in out],
+            [r.event for r in out],
+            [r.code for r in out],
+            [r.sid for r in out],
+            [r.ei for r in out],
+            [r.user_name for r in out],
+            [r.body for r in out],
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot upsert kube.request events") from exc
+    return new
