@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -20,6 +21,14 @@ from sessionvault.settings import Settings, require
 T = TypeVar("T")
 
 _PROGRESS_EVERY_BYTES = 8 * 1024 * 1024
+
+
+def _stdout_closed() -> None:
+    """The reader of our stdout went away (``| head``): stop quietly, as Python's docs advise
+    (point stdout at /dev/null so the interpreter's final flush does not fail again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
 
 
 def _dsn(settings: Settings) -> str:
@@ -165,7 +174,10 @@ def register(main: click.Group) -> None:
         tenant: str | None,
     ) -> None:
         """Replay a session in real time (SPACE pause, . step, q quit)."""
-        _play_cmd(ctx, target, speed, idle_limit, start_at, tenant)
+        try:
+            _play_cmd(ctx, target, speed, idle_limit, start_at, tenant)
+        except BrokenPipeError:
+            _stdout_closed()
 
     @main.command("export")
     @click.argument("sid")
@@ -214,7 +226,10 @@ def register(main: click.Group) -> None:
                 err=True,
             )
 
-        asyncio.run(_with_pool(dsn, work))
+        try:
+            asyncio.run(_with_pool(dsn, work))
+        except BrokenPipeError:
+            _stdout_closed()
 
     @main.command("sessions")
     @click.option("--limit", type=int, default=50, show_default=True)

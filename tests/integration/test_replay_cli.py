@@ -172,3 +172,24 @@ def test_play_rejects_a_malformed_start_at(sv_env: dict[str, str], bad: str) -> 
     proc = sv(sv_env, "play", "s-cli", "--start-at", bad)
     assert proc.returncode == 1
     assert proc.stderr.startswith(b"sessionvault: error: --start-at:")
+
+
+def test_export_to_a_reader_that_stops_early_ends_quietly(
+    settings: Settings, sv_env: dict[str, str]
+) -> None:
+    big = [Frame(i, OUT, b"%08d" % i * 1024) for i in range(400)]  # about 3 MB
+    store(settings, "s-big", big)
+    proc = subprocess.Popen(
+        [SV, "export", "s-big", "--format", "raw"],
+        env=sv_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.read(100) == big[0].data[:100]
+    proc.stdout.close()  # like `| head -c 100`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert b"Traceback" not in err
