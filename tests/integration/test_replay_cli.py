@@ -193,3 +193,49 @@ def test_export_to_a_reader_that_stops_early_ends_quietly(
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert b"Traceback" not in err
+
+
+def test_play_on_a_terminal_quits_on_q_and_restores_the_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import select
+    import termios
+    import time
+
+    path = tmp_path / "long.cast"
+    path.write_bytes(
+        b'{"version": 2, "width": 80, "height": 24}\n'
+        b'[0.1, "o", "first-frame\\r\\n"]\n'
+        b'[600.0, "o", "ten minutes later\\r\\n"]\n'
+    )
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+
+    def controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [SV, "play", str(path)],
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=controlling_tty,
+    )
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"first-frame" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 1024)
+        assert b"first-frame" in seen
+        os.write(master, b"q")
+        assert proc.wait(timeout=20) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
