@@ -235,6 +235,13 @@ async def verify_session(
     row recorded, or a last hash that differs from the row's ``last_hash``). Memory holds one
     batch of chunks.
     """
+    result = await _verify(db, tenant, sid, chunk_batch)
+    if not result.ok:
+        log.warning("hash chain check failed sid=%s tenant=%s: %s", sid, tenant, result.message)
+    return result
+
+
+async def _verify(db: Executor, tenant: str, sid: str, chunk_batch: int) -> VerifyResult:
     session = await get_session(db, tenant, sid)
     decoder = _ChunkDecoder(db)
     prev: Chunk | None = None
