@@ -69,6 +69,7 @@ def _register_all() -> None:
         "deploy.cli",
         "ingest.cli",
         "replay.cli",
+        "api.cli",
     ):
         try:
             module = importlib.import_module(mod)

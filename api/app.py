@@ -1,0 +1,122 @@
+"""The FastAPI application: :func:`create_app` (settings and collaborators injected).
+
+Lifespan: one asyncpg pool (opened at startup; PostgreSQL must be reachable) and one Kafka
+producer, created on first use so the API starts while Kafka is down (the webhook then answers
+503 and kube-apiserver retries). Library errors map to HTTP statuses in one place:
+ValidationError 400, NotFoundError 404, StorageError/TransportError 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from sessionvault import __version__
+from sessionvault.errors import (
+    NotFoundError,
+    SessionVaultError,
+    StorageError,
+    TransportError,
+    ValidationError,
+)
+from sessionvault.settings import Settings, require
+from storage import pg
+
+log = logging.getLogger(__name__)
+
+ProducerFactory = Callable[[Settings], Any]
+
+
+def _default_producer(settings: Settings) -> Any:
+    from ingest.kafka import make_producer
+
+    return make_producer(settings)
+
+
+class ProducerHolder:
+    """One shared, lazily created Kafka producer (kafka-python's producer is thread-safe)."""
+
+    def __init__(self, settings: Settings, factory: ProducerFactory) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._factory(self._settings)
+            return self._producer
+
+    def close(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=5)
+            except Exception as exc:  # shutting down: report, do not raise
+                log.warning("closing the Kafka producer: %s", type(exc).__name__)
+
+
+def _status_of(exc: SessionVaultError) -> int:
+    if isinstance(exc, ValidationError):
+        return 400
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, StorageError | TransportError) or exc.retriable:
+        return 503
+    return 500
+
+
+def create_app(
+    settings: Settings,
+    *,
+    producer_factory: ProducerFactory = _default_producer,
+    pool_max_size: int = 8,
+) -> FastAPI:
+    """The API for ``settings`` (PostgreSQL DSN and Kafka bootstrap required)."""
+    require(settings, "postgres_dsn", "kafka_bootstrap")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await pg.create_pool(settings.postgres_dsn.get(), max_size=pool_max_size)
+        app.state.producer = ProducerHolder(settings, producer_factory)
+        try:
+            yield
+        finally:
+            app.state.producer.close()
+            await app.state.pool.close()
+
+    app = FastAPI(title="sessionvault", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(SessionVaultError)
+    async def library_error(request: Request, exc: SessionVaultError) -> JSONResponse:
+        code = _status_of(exc)
+        # The message names the fault, never request content (library errors are written so).
+        log.log(
+            logging.WARNING if code >= 500 else logging.INFO,
+            "%s %s -> %d: %s",
+            request.method,
+            request.url.path,
+            code,
+            exc,
+        )
+        headers = {"Retry-After": "5"} if code == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    from api import kube, sessions
+
+    app.include_router(kube.router)
+    app.include_router(sessions.router)
+    return app

@@ -1,0 +1,133 @@
+"""Kubernetes routes: the audit webhook and the kubectl review timeline.
+
+``POST /v1/kube/audit/{cluster}`` takes what kube-apiserver's webhook backend sends (an
+``audit.k8s.io/v1`` or ``v1beta1`` ``EventList``), turns it into redacted ``kube.request``
+events (:mod:`ingest.kube_audit`; redaction happens before anything else sees the events) and
+answers 200 only after Kafka acknowledged every one of them: on 503 the API server retries,
+and retries are harmless (event uids derive from the auditID). Request bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import require_token
+from ingest.kube_audit import events_from_webhook
+from ingest.timeline import GROUP_BY, kube_timeline
+from schemas.codec import encode_event
+from sessionvault.errors import TransportError, ValidationError
+from storage.tokens import Principal, check_cluster_name
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+# kube-apiserver's default webhook batch is 400 events; request bodies can be large at
+# RequestResponse level. Anything beyond this is refused before it is read.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+ACK_TIMEOUT_S = 15.0
+
+
+def produce_acked(producer: Any, topic: str, events: list[dict[str, Any]]) -> None:
+    """Send events keyed by uid and wait for every acknowledgement (TransportError if not)."""
+    from ingest.kafka import to_transport_error
+
+    try:
+        futures = [
+            producer.send(topic, value=encode_event(e), key=str(e["uid"]).encode()) for e in events
+        ]
+        producer.flush(timeout=ACK_TIMEOUT_S)
+        for fut in futures:
+            fut.get(timeout=ACK_TIMEOUT_S)
+    except TransportError:
+        raise
+    except Exception as exc:
+        raise to_transport_error(exc, "audit webhook delivery") from exc
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "audit batch too large")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "audit batch too large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+@router.post("/v1/kube/audit/{cluster}")
+async def audit_webhook(
+    cluster: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_token("webhook"))],
+) -> dict[str, int]:
+    """Receive one webhook delivery for ``cluster``; 200 once Kafka holds every event."""
+    check_cluster_name(cluster)
+    if not principal.allows_cluster(cluster):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "token is not valid for this cluster")
+    body = await _read_body(request)
+    events = await run_in_threadpool(
+        events_from_webhook, body, tenant=principal.tenant, kubernetes_cluster=cluster
+    )
+    del body  # holds unredacted secrets; drop it as soon as it is no longer needed
+    settings = request.app.state.settings
+    producer = await run_in_threadpool(request.app.state.producer.get)
+    await run_in_threadpool(produce_acked, producer, settings.topic_events, events)
+    log.debug(
+        "audit webhook: %d kube.request events for tenant %s cluster %s",
+        len(events),
+        principal.tenant,
+        cluster,
+    )
+    return {"accepted": len(events)}
+
+
+def _parse_time(name: str, value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationError("wrong_type", f"{name}: {value!r} is not an RFC 3339 time") from exc
+    if dt.tzinfo is None:
+        raise ValidationError("wrong_type", f"{name}: {value!r} has no UTC offset")
+    return dt
+
+
+@router.get("/v1/kube/timeline")
+async def timeline(
+    request: Request,
+    principal: Annotated[Principal, Depends(require_token("read"))],
+    since: Annotated[str, Query(description="RFC 3339 start (inclusive)")],
+    until: Annotated[str, Query(description="RFC 3339 end (exclusive)")],
+    user: str | None = None,
+    cluster: str | None = None,
+    group_by: Annotated[str | None, Query(pattern="^(" + "|".join(GROUP_BY) + ")$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict[str, Any]:
+    """kube.request events and exec sessions of the token's tenant (and clusters)."""
+    result = await kube_timeline(
+        request.app.state.pool,
+        principal.tenant,
+        since=_parse_time("since", since),
+        until=_parse_time("until", until),
+        user=user,
+        cluster=cluster,
+        allowed_clusters=principal.clusters,
+        group_by=group_by,
+        limit=limit,
+    )
+    out: dict[str, Any] = {
+        "entries": [e.to_json() for e in result.entries],
+        "truncated": result.truncated,
+    }
+    if group_by:
+        out["groups"] = [g.to_json() for g in result.groups]
+    return out

@@ -1,0 +1,139 @@
+"""API tokens: created once, stored as SHA-256, resolved to a :class:`Principal`.
+
+Invariants:
+
+* The token text is returned once by :func:`create_token` and never stored; the table holds
+  its SHA-256 (tokens are 256 random bits, so a plain hash is enough: there is nothing to
+  brute-force as there would be with a password).
+* A principal is bound to exactly one tenant; every read and write done for it names that
+  tenant. A non-empty ``clusters`` restricts it to those Kubernetes clusters.
+* asyncpg exceptions never leave this module (translated by :func:`storage.pg.translate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from sessionvault.errors import ValidationError
+from storage.pg import translate
+
+__all__ = [
+    "SCOPES",
+    "TOKEN_PREFIX",
+    "Principal",
+    "create_token",
+    "hash_token",
+    "lookup_token",
+    "revoke_token",
+]
+
+Executor: TypeAlias = Any  # asyncpg Pool or Connection
+
+TOKEN_PREFIX = "svt_"
+SCOPES = frozenset({"webhook", "read", "import"})
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as: one tenant, optionally limited to some clusters, some scopes."""
+
+    token_id: str
+    tenant: str
+    clusters: frozenset[str]
+    scopes: frozenset[str]
+
+    def allows_cluster(self, cluster: str) -> bool:
+        """True when the token is not restricted to clusters, or ``cluster`` is one of them."""
+        return not self.clusters or cluster in self.clusters
+
+
+def hash_token(token: str) -> bytes:
+    """The SHA-256 stored for ``token``."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_cluster_name(name: str) -> str:
+    """``name`` when it is a usable cluster name; :class:`ValidationError` otherwise."""
+    if not _CLUSTER_RE.fullmatch(name):
+        raise ValidationError("wrong_type", f"cluster name {name!r}: use [A-Za-z0-9_.:-], 1-253")
+    return name
+
+
+async def create_token(
+    db: Executor,
+    tenant: str,
+    *,
+    scopes: Iterable[str],
+    clusters: Iterable[str] = (),
+    description: str = "",
+) -> tuple[str, Principal]:
+    """Store a new token; return ``(token text, principal)``. The text is not kept anywhere."""
+    if not _TENANT_RE.fullmatch(tenant):
+        raise ValidationError("wrong_type", f"tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+    scope_set = frozenset(scopes)
+    unknown = scope_set - SCOPES
+    if not scope_set or unknown:
+        raise ValidationError(
+            "wrong_type",
+            f"scopes must be a non-empty subset of {sorted(SCOPES)}, got {sorted(scope_set)}",
+        )
+    cluster_set = frozenset(check_cluster_name(c) for c in clusters)
+    token_id = secrets.token_hex(6)
+    token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    try:
+        await db.execute(
+            "INSERT INTO api_tokens (id, token_sha256, tenant, clusters, scopes, description)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            token_id,
+            hash_token(token),
+            tenant,
+            sorted(cluster_set),
+            sorted(scope_set),
+            description,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot store API token") from exc
+    return token, Principal(token_id, tenant, cluster_set, scope_set)
+
+
+async def lookup_token(db: Executor, token: str) -> Principal | None:
+    """The principal of a live (not revoked) token, or None."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    try:
+        row = await db.fetchrow(
+            "SELECT id, token_sha256, tenant, clusters, scopes FROM api_tokens"
+            " WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            digest,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot look up API token") from exc
+    # The index lookup already matched; the constant-time compare is belt and braces.
+    if row is None or not hmac.compare_digest(bytes(row["token_sha256"]), digest):
+        return None
+    return Principal(
+        row["id"], row["tenant"], frozenset(row["clusters"]), frozenset(row["scopes"])
+    )
+
+
+async def revoke_token(db: Executor, tenant: str, token_id: str) -> bool:
+    """Revoke a token of ``tenant`` by its id; True when one was revoked."""
+    try:
+        status = await db.execute(
+            "UPDATE api_tokens SET revoked_at = now()"
+            " WHERE id = $1 AND tenant = $2 AND revoked_at IS NULL",
+            token_id,
+            tenant,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot revoke API token") from exc
+    return bool(str(status).endswith(" 1"))
