@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from bench._common import MIB, Figure, bench_main
 from bench.compression import MB, zstd_speed
 from bench.corpus import Corpus, build_corpus, session_frames
-from bench.servers import BenchStack, WorkerProcess, bench_stack, group_lag
+from bench.servers import BatchLog, BenchStack, WorkerProcess, bench_stack, group_lag
 from ingest.batching import BatchLimits, ChunkBuilder
 from ingest.kafka import make_producer
 from schemas.codec import encode_chunk
@@ -140,6 +140,7 @@ class Timeline:
     worker_cpu_s: float  # from the first durable row to lag 0
     pg_cpu_s: float
     broker_cpu_s: float
+    batches: BatchLog
 
 
 def run_worker(
@@ -188,6 +189,7 @@ def run_worker(
         broker_cpu = bs.broker_cpu_s() - broker_cpu0
     finally:
         worker.stop()
+    batches = BatchLog.read(worker.batch_log)
     assert t_first is not None
     assert raw_first is not None
     return Timeline(
@@ -201,6 +203,7 @@ def run_worker(
         worker_cpu,
         pg_cpu,
         broker_cpu,
+        batches,
     )
 
 
@@ -230,6 +233,7 @@ def _phase(
     stored_ratio = tl.raw / tl.stored if tl.stored else nan
     zlib_ratio = produced.raw_bytes / produced.zlib6_bytes
     cpu_rate = (tl.raw - tl.raw_first) / tl.worker_cpu_s / MB if measurable else nan
+    b = tl.batches
     return [
         Figure(
             NAME,
@@ -263,6 +267,19 @@ def _phase(
             tl.raw / tl.t_lag0 / MB,
             "MB/s",
             note=f"rows durable at {tl.t_rows:.1f}s, committed lag 0 at {tl.t_lag0:.1f}s",
+        ),
+        Figure(
+            NAME,
+            f"{label}: worker time in handle_batch, first to last batch",
+            b.handle_share * 100,
+            "%",
+            note=(
+                f"{b.batches} batches, {b.records / max(1, b.batches):.0f} records and "
+                f"{b.raw_bytes / max(1, b.batches) / MB:.1f} MB raw per batch; "
+                f"{b.handle_s:.2f}s in handle_batch of {b.window_s:.2f}s from the first batch's "
+                f"start to the last one's end; the rest is waiting in poll (fetch); "
+                f"{b.dead_letters} dead-lettered"
+            ),
         ),
         Figure(NAME, f"{label}: zstd-3 speed, same payloads, 1 core", zstd_mb_s, "MB/s"),
         Figure(

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import psutil
 
 from bench._common import cache_dir
@@ -120,20 +121,58 @@ def bench_stack(
         stack.down()
 
 
+# The worker, plus one JSON line per batch (from run_persist_worker's on_batch hook) so the
+# benchmark can split the worker's wall time into handling batches and waiting for them.
 WORKER_CODE = """
-import asyncio, signal
+import asyncio, json, os, signal, sys, time
 from ingest.persist import run_persist_worker
 from sessionvault.settings import load_settings
+
+out = open(sys.argv[1], "a", buffering=1)
+
+def on_batch(r):
+    out.write(json.dumps({"t": time.perf_counter(), "records": r.records, "bytes": r.bytes,
+                          "raw": r.raw_bytes, "inserted": r.chunks_inserted,
+                          "seconds": r.seconds, "dead": r.dead_letters}) + "\\n")
 
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await run_persist_worker(load_settings(), stop=stop)
+    await run_persist_worker(load_settings(), stop=stop, on_batch=on_batch)
 
 asyncio.run(main())
 """
+
+
+@dataclass(frozen=True)
+class BatchLog:
+    """Summary of the worker's per-batch reports."""
+
+    batches: int
+    records: int
+    raw_bytes: int
+    handle_s: float
+    dead_letters: int
+    window_s: float  # from the start of the first batch to the end of the last
+
+    @property
+    def handle_share(self) -> float:
+        return self.handle_s / self.window_s if self.window_s > 0 else float("nan")
+
+    @classmethod
+    def read(cls, path: Path) -> BatchLog:
+        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return cls(
+            len(rows),
+            sum(int(r["records"]) for r in rows),
+            sum(int(r["raw"]) for r in rows),
+            sum(float(r["seconds"]) for r in rows),
+            sum(int(r["dead"]) for r in rows),
+            # perf_counter is CLOCK_MONOTONIC: the worker's stamps share one time base.
+            rows[-1]["t"] - (rows[0]["t"] - rows[0]["seconds"]) if rows else 0.0,
+        )
 
 
 class WorkerProcess:
@@ -149,10 +188,12 @@ class WorkerProcess:
         self._out = open(self.logfile, "wb")  # noqa: SIM115 (closed in stop())
         script = bs.home / "bench_persist_worker.py"
         script.write_text(WORKER_CODE)
-        argv = [sys.executable, str(script)]
+        self.batch_log = self.logfile.with_suffix(".batches.jsonl")
+        self.batch_log.unlink(missing_ok=True)
+        argv = [sys.executable, str(script), str(self.batch_log)]
         profile = os.environ.get("SV_BENCH_PROFILE")
         if profile:
-            argv = [sys.executable, "-m", "cProfile", "-o", profile, str(script)]
+            argv = [sys.executable, "-m", "cProfile", "-o", profile, *argv[1:]]
         self.proc = subprocess.Popen(
             argv,
             env=bs.worker_env(),
