@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 
@@ -24,6 +26,7 @@ def register(main: click.Group) -> None:
     """Add the ingest commands to the ``sessionvault`` group."""
     _register_record(main)
     _register_worker(main)
+    _register_import(main)
 
 
 def _log_to_file(settings: Settings, verbose: bool) -> None:
@@ -302,3 +305,146 @@ def _register_worker(main: click.Group) -> None:
         total = sum(counts.values())
         summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
         click.echo(f"{total} dead letters in {settings.topic_deadletter}: {summary}", err=True)
+
+
+def _parse_when(value: str, now: datetime) -> datetime:
+    """RFC 3339, or a duration back from now: ``90m``, ``24h``, ``7d``."""
+    m = re.fullmatch(r"(\d+)([smhd])", value.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now - timedelta(seconds=int(m.group(1)) * unit)
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{value!r} is neither an RFC 3339 time nor a duration like 24h") from exc
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _register_import(main: click.Group) -> None:
+    """``import FORMAT PATH`` and ``kube-timeline`` (issue 3: kubectl and importers)."""
+    from ingest.import_cmd import FORMATS
+
+    @main.command("import")
+    @click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
+    @click.argument("path")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.option("--cluster", default="", help="kube-audit: the Kubernetes cluster's name.")
+    @click.option(
+        "--started-at", default=None, help="asciicast/tlog without a start time: RFC 3339."
+    )
+    @click.pass_context
+    def import_cmd(
+        ctx: click.Context,
+        fmt: str,
+        path: str,
+        tenant: str | None,
+        cluster: str,
+        started_at: str | None,
+    ) -> None:
+        """Import a recording or audit log made by another tool (PATH '-' reads stdin for
+        teleport-json and kube-audit). Re-importing the same input changes nothing. Prints the
+        session id."""
+        from ingest.import_cmd import Loaded, import_path
+
+        settings = get_settings(ctx)
+        if tenant is not None and not _TENANT_RE.fullmatch(tenant):
+            raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+        bar: list[Any] = []
+
+        def on_loaded(loaded: Loaded) -> None:
+            label = "importing session" if loaded.recording is not None else "importing events"
+            bar.append(click.progressbar(length=max(loaded.size, 1), label=label, file=sys.stderr))
+            bar[0].__enter__()
+
+        try:
+            result = import_path(
+                settings,
+                fmt,
+                path,
+                tenant=tenant,
+                kubernetes_cluster=cluster,
+                started_at=started_at,
+                on_loaded=on_loaded,
+                progress=lambda n: bar[0].update(n),
+            )
+        finally:
+            if bar:
+                bar[0].__exit__(None, None, None)
+        if result.sid is not None:
+            click.echo(
+                f"{result.chunks} chunks ({result.bytes} bytes), {result.events} events",
+                err=True,
+            )
+            click.echo(result.sid)
+        else:
+            click.echo(f"{result.events} events", err=True)
+
+    @main.command("kube-timeline")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.option("--user", default=None, help="Only this user.")
+    @click.option("--cluster", default=None, help="Only this Kubernetes cluster.")
+    @click.option("--since", required=True, help="RFC 3339 time or a duration back (24h, 7d).")
+    @click.option("--until", default=None, help="RFC 3339 time or duration back (default: now).")
+    @click.option("--group-by", type=click.Choice(["user", "cluster", "session"]), default=None)
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+    @click.option("--limit", default=10_000, show_default=True, type=int)
+    @click.pass_context
+    def kube_timeline_cmd(
+        ctx: click.Context,
+        tenant: str | None,
+        user: str | None,
+        cluster: str | None,
+        since: str,
+        until: str | None,
+        group_by: str | None,
+        fmt: str,
+        limit: int,
+    ) -> None:
+        """What users did in Kubernetes clusters: API requests interleaved with kubectl exec
+        sessions (each with its replay command)."""
+        import asyncio
+
+        import orjson
+
+        from ingest.timeline import Timeline, format_table, kube_timeline
+        from sessionvault.settings import require
+        from storage import pg
+
+        settings = get_settings(ctx)
+        require(settings, "postgres_dsn")
+        now = datetime.now(UTC)
+
+        async def work() -> Timeline:
+            conn = await pg.connect(settings.postgres_dsn.get())
+            try:
+                return await kube_timeline(
+                    conn,
+                    tenant or settings.tenant,
+                    since=_parse_when(since, now),
+                    until=_parse_when(until, now) if until else now,
+                    user=user,
+                    cluster=cluster,
+                    group_by=group_by,
+                    limit=limit,
+                )
+            finally:
+                await conn.close()
+
+        result = asyncio.run(work())
+        if fmt == "json":
+            doc: dict[str, Any] = {
+                "entries": [e.to_json() for e in result.entries],
+                "truncated": result.truncated,
+            }
+            if group_by:
+                doc["groups"] = [g.to_json() for g in result.groups]
+            click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
+        if group_by:
+            for g in result.groups:
+                click.echo(f"== {group_by} {g.key or '(no session)'}")
+                click.echo(format_table(g.entries))
+        elif result.entries:
+            click.echo(format_table(result.entries))
+        if result.truncated:
+            click.echo(f"(truncated at {limit} requests; narrow the window)", err=True)
