@@ -47,7 +47,13 @@ from schemas.codec import decode_chunk, decode_event
 from sessionvault.errors import StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
 from storage import pg
-from storage.chunkstore import ChunkWriteResult, DataRejectedError, storage_error, write_chunks
+from storage.chunkstore import (
+    DEFAULT_METHOD,
+    ChunkWriteResult,
+    DataRejectedError,
+    storage_error,
+    write_chunks,
+)
 from storage.codec import Compressor, pack_frames
 from storage.dicts import latest_dictionary
 from storage.eventstore import (
@@ -141,7 +147,7 @@ async def store_batch(
     batch: PreparedBatch,
     *,
     partitions: set[str],
-    insert_method: str = "auto",
+    insert_method: str = DEFAULT_METHOD,
 ) -> StoreResult:
     """Write a prepared batch in ONE transaction (partitions are created before it).
 
@@ -219,7 +225,7 @@ class PersistWorker:
         consumer_factory: Callable[[], BatchConsumer] | None = None,
         deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
         connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
-        insert_method: str = "auto",
+        insert_method: str = DEFAULT_METHOD,
     ) -> None:
         require(settings, "kafka_bootstrap", "postgres_dsn")
         self.settings = settings

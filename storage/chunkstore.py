@@ -86,9 +86,11 @@ _STATE_COLUMNS = (
     "status, integrity, exit_code, ended_at"
 )
 
-# Above this many rows binary COPY into a staging table beats one unnest() statement (see
-# write_chunks); below it the extra round trips cost more than they save.
-COPY_MIN_ROWS = 64
+# Measured on PostgreSQL 18 (embedded, 2 cores), whole write transaction per batch:
+#   1 KiB chunks, 2000/batch:  unnest 17,300 rows/s   copy+INSERT SELECT 12,100 rows/s
+#  64 KiB chunks,  400/batch:  unnest  2,650 rows/s (165 MB/s)   copy 2,400 rows/s (150 MB/s)
+# COPY has to write every row twice (stage, then table); one unnest() statement does not.
+DEFAULT_METHOD = "unnest"
 
 
 class DataRejectedError(StorageError):
@@ -192,18 +194,16 @@ def _columns(rows: Sequence[ChunkRow]) -> list[list[object]]:
 
 
 async def insert_chunks(
-    conn: asyncpg.Connection, rows: Sequence[ChunkRow], *, method: str = "auto"
+    conn: asyncpg.Connection, rows: Sequence[ChunkRow], *, method: str = DEFAULT_METHOD
 ) -> list[ChunkRow]:
     """Insert ``rows`` idempotently; return those actually inserted, in the given order.
 
-    ``method``: ``unnest`` (one statement with array parameters), ``copy`` (binary COPY into a
-    session-local staging table, then ``INSERT ... SELECT``), or ``auto`` (copy for large
-    batches). Both end in ``ON CONFLICT DO NOTHING RETURNING``.
+    ``method``: ``unnest`` (one statement with array parameters; the default, faster in our
+    measurements) or ``copy`` (binary COPY into a session-local staging table, then
+    ``INSERT ... SELECT``). Both end in ``ON CONFLICT DO NOTHING RETURNING``.
     """
     if not rows:
         return []
-    if method == "auto":
-        method = "copy" if len(rows) >= COPY_MIN_ROWS else "unnest"
     if method == "copy":
         await conn.execute(_CREATE_STAGE)
         await conn.copy_records_to_table(
@@ -267,7 +267,10 @@ async def update_sessions(conn: asyncpg.Connection, states: Sequence[SessionStat
 
 
 async def write_chunks(
-    conn: asyncpg.Connection, chunks: Sequence[PreparedChunk], *, method: str = "auto"
+    conn: asyncpg.Connection,
+    chunks: Sequence[PreparedChunk],
+    *,
+    method: str = DEFAULT_METHOD,
 ) -> ChunkWriteResult:
     """Store a batch of chunks (in batch order) and update their sessions, inside the caller's
     transaction. Returns the rejects (unknown session, tenant mismatch) for dead-lettering."""
