@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +42,28 @@ async def _admin(stack: LocalStack, sql: str) -> None:
         await conn.close()
 
 
+def _server_dir(prefix: str) -> Path:
+    # Not under pytest's tmp dirs: under root the PostgreSQL server runs as another user that
+    # must traverse the path, and every pytest start resets /tmp/pytest-of-<user> to 0700,
+    # which (with concurrent pytest runs) pulls the ground from under a running server.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture
+def fresh_home() -> Iterator[Path]:
+    """A private, empty home directory for a LocalStack of the test's own; removed afterwards."""
+    path = _server_dir("sv-home-")
+    try:
+        yield path / "home"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack() -> Iterator[LocalStack]:
     """Fresh PostgreSQL, broker and OpenSearch-compatible server for this test session."""
-    # A short base path: PostgreSQL's unix socket path must stay under ~100 bytes.
-    home = tmp_path_factory.mktemp("stack")
-    local = LocalStack(home, detached=False)
+    base = _server_dir("sv-stack-")
+    local = LocalStack(base / "home", detached=False)
     try:
         local.start_postgres()
         asyncio.run(_admin(local, f'CREATE DATABASE "{TEMPLATE_DB}"'))
@@ -54,7 +72,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         local.start_opensearch()
         yield local
     finally:
-        local.down()
+        try:
+            local.down()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _check_running(stack: LocalStack) -> None:

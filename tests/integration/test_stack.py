@@ -47,8 +47,8 @@ def _produce(bootstrap: str, topic: str, partition: int, count: int) -> None:
         producer.close()
 
 
-def test_up_down_up_keeps_postgres_rows_and_recreates_topics(tmp_path: Path) -> None:
-    home = tmp_path / "h"
+def test_up_down_up_keeps_postgres_rows_and_recreates_topics(fresh_home: Path) -> None:
+    home = fresh_home
     stack = LocalStack(home, detached=False)
     try:
         state = stack.up(workers=False)
@@ -86,13 +86,13 @@ def test_up_down_up_keeps_postgres_rows_and_recreates_topics(tmp_path: Path) -> 
         stack.down()
 
 
-def test_up_is_idempotent_and_keeps_running_servers(tmp_path: Path) -> None:
-    stack = LocalStack(tmp_path / "h", detached=False)
+def test_up_is_idempotent_and_keeps_running_servers(fresh_home: Path) -> None:
+    stack = LocalStack(fresh_home, detached=False)
     try:
         stack.up(workers=False)
         pids = dict(stack.state["pids"])
         messages: list[str] = []
-        again = LocalStack(tmp_path / "h", detached=False, echo=messages.append)
+        again = LocalStack(fresh_home, detached=False, echo=messages.append)
 
         again.up(workers=False)
 
