@@ -40,6 +40,15 @@ NAME = "latency"
 TENANT = "bench-latency"
 
 
+def _rss_mib() -> float:
+    """Current resident set size (VmRSS) of this process in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -168,11 +177,13 @@ def _measure(
     probe.close(0)
 
     threads0 = threading.active_count()
+    rss0 = _rss_mib()
     recorders = [
         SessionRecorder(settings, info, sid=f"bench-latency-{i:04d}", transport=transport)
         for i in range(sessions)
     ]
     threads_added = threading.active_count() - threads0
+    rss_added = _rss_mib() - rss0
     open_s = _wait_sessions(bs.dsn, sessions + 1, worker, 120)
 
     cpu0, t0 = _cpu_s(), time.perf_counter()
@@ -243,6 +254,7 @@ def _measure(
             note=f"threads in this process after {sessions} recorders: "
             f"{threading.active_count()} (one shared Transport)",
         ),
+        Figure(NAME, "memory added by the recorders (RSS)", rss_added, "MiB"),
         Figure(
             NAME,
             "CPU of this process, recorders idle",
