@@ -23,15 +23,19 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bench._common import MIB, Figure, bench_main
+from bench._common import MIB, Figure, bench_main, best_of
 from bench.compression import MB, zstd_speed
 from bench.corpus import Corpus, build_corpus, session_frames
 from bench.servers import BatchLog, BenchStack, WorkerProcess, bench_stack, group_lag
 from ingest.batching import BatchLimits, ChunkBuilder
+from ingest.consumer import Record
 from ingest.kafka import make_producer
-from schemas.codec import encode_chunk
+from ingest.persist import prepare_batch
+from schemas.codec import decode_chunk, encode_chunk
 from schemas.models import Chunk, SessionInfo
+from sessionvault.settings import Settings
 from storage import pg
+from storage.codec import Compressor
 
 NAME = "persist"
 TENANT = "bench-persist"
@@ -86,13 +90,14 @@ class Produced:
     raw_bytes: int
     zlib6_bytes: int
     payload_sample: list[bytes]
+    record_sample: list[Record]
 
 
 def produce(
     bs: BenchStack, corpus: Corpus, sessions: int, per_session: int, tenant: str = TENANT
 ) -> Produced:
     producer = make_producer(bs.settings, linger_ms=20, batch_size=1024 * 1024)
-    out = Produced(0, 0, 0, 0, 0, [])
+    out = Produced(0, 0, 0, 0, 0, [], [])
     sample_budget = 32 * MIB
     try:
         for i in range(sessions):
@@ -106,13 +111,29 @@ def produce(
                 out.records_bytes += len(record)
                 out.raw_bytes += len(payload)
                 out.zlib6_bytes += len(zlib.compress(payload, 6)) if payload else 0
-                if sample_budget > 0 and payload:
-                    out.payload_sample.append(payload)
+                if sample_budget > 0:
+                    if payload:
+                        out.payload_sample.append(payload)
+                    out.record_sample.append(
+                        Record(bs.settings.topic_chunks, 0, out.chunks, sid.encode(), record)
+                    )
                     sample_budget -= len(payload)
         producer.flush(120)
     finally:
         producer.close(10)
     return out
+
+
+def prepare_speed(records: list[Record], settings: Settings, repeat: int = 3) -> float:
+    """Single-core MB/s (raw payload) of the worker's CPU stage, ``prepare_batch``: decode,
+    validate and hash-verify each chunk, zstd it, pack its frame index."""
+    raw = 0
+    for rec in records:
+        assert rec.value is not None
+        raw += len(decode_chunk(rec.value, verify=False).payload)
+    comp = Compressor(settings.zstd_level)
+    secs = best_of(lambda: prepare_batch(records, settings, comp), repeat)
+    return raw / secs / MB
 
 
 async def _progress(dsn: str, tenant: str) -> tuple[int, int, int]:
@@ -221,6 +242,7 @@ def _phase(
         flush=True,
     )
     zstd_mb_s, _ = zstd_speed(produced.payload_sample, repeat=3)
+    prepare_mb_s = prepare_speed(produced.record_sample, bs.settings)
     tl = run_worker(bs, produced, timeout_s=900, tenant=tenant)
     steady_s = tl.t_rows - tl.t_first
     steady_share = (tl.raw - tl.raw_first) / max(1, tl.raw)
@@ -279,6 +301,18 @@ def _phase(
                 f"{b.handle_s:.2f}s in handle_batch of {b.window_s:.2f}s from the first batch's "
                 f"start to the last one's end; the rest is waiting in poll (fetch); "
                 f"{b.dead_letters} dead-lettered"
+            ),
+        ),
+        Figure(
+            NAME,
+            f"{label}: prepare_batch speed in-process, 1 core",
+            prepare_mb_s,
+            "MB/s",
+            note=(
+                "decode + validate + hash-verify + zstd-3 + frame index, on the same records; "
+                f"so of {b.handle_s:.2f}s in handle_batch about "
+                f"{b.raw_bytes / MB / prepare_mb_s:.2f}s is this CPU stage and the rest "
+                "PostgreSQL writes and commits"
             ),
         ),
         Figure(NAME, f"{label}: zstd-3 speed, same payloads, 1 core", zstd_mb_s, "MB/s"),
