@@ -118,10 +118,11 @@ async def run_until_drained(
     group: str = "persist",
     timeout_s: float = 90.0,
     on_batch: Callable[[BatchReport], object] | None = None,
+    insert_method: str = "unnest",
 ) -> PersistWorker:
     """Run an in-process worker until the group's committed lag is 0 on ``topics``."""
     wanted = list(topics)
-    worker = PersistWorker(settings, group_id=group)
+    worker = PersistWorker(settings, group_id=group, insert_method=insert_method)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop=stop, on_batch=on_batch))
     deadline = time.monotonic() + timeout_s

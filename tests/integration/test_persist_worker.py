@@ -148,6 +148,24 @@ def test_a_new_group_rereading_everything_changes_nothing(settings: Settings) ->
     assert asyncio.run(stored_sessions(dsn)) == before
 
 
+def test_copy_insert_method_stores_exact_bytes_and_is_idempotent(settings: Settings) -> None:
+    rng = random.Random(8)
+    sessions = [build_session(settings.tenant, f"copy-{i}", 10, rng) for i in range(3)]
+    produce_sessions(settings, sessions)
+    dsn = settings.postgres_dsn.get()
+    topics = [settings.topic_chunks]
+    first = asyncio.run(run_until_drained(settings, topics, insert_method="copy"))
+    before = asyncio.run(stored_sessions(dsn))
+    again = asyncio.run(run_until_drained(settings, topics, group="p2", insert_method="copy"))
+    assert first.stats.chunks_inserted == 30
+    assert again.stats.chunks_inserted == 0
+    assert asyncio.run(stored_sessions(dsn)) == before
+    stored = asyncio.run(stored_payloads(dsn))
+    for s in sessions:
+        assert stored[s.sid][1] == s.payload
+        assert before[s.sid]["chunks"] == len(s.chunks)
+
+
 def test_session_start_event_stored_before_chunk0_still_enriches_the_session(
     settings: Settings,
 ) -> None:
