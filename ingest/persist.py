@@ -317,8 +317,10 @@ class PersistWorker:
                 if isinstance(exc, StorageError):
                     await self._drop_connection()
                     self.stats.db_retries += 1
+                cap_s = self.settings.retry_backoff_max_ms / 1000
                 delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                delay *= 1 + random.random() * 0.2  # spread reconnect storms of many workers
+                # Jitter spreads the reconnect storm of many workers; the cap still holds.
+                delay = min(cap_s, delay * (1 + random.random() * 0.2))
                 # Not retriable (e.g. the schema is missing): still retried, never crashed on,
                 # but logged as an error so an operator looks.
                 level = logging.WARNING if exc.retriable else logging.ERROR
