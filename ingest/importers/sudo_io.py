@@ -251,7 +251,11 @@ def load(directory: str | Path, *, tenant: str) -> Recording:
                 for name in STREAM_FILES
                 if (root / name).is_file()
             }
-            text = timing_bytes.decode("ascii", "replace").splitlines()
+            # sudo compresses the timing file too when compress_io is on (its default).
+            plain = (
+                gzip.decompress(timing_bytes) if timing_bytes[:2] == GZIP_MAGIC else timing_bytes
+            )
+            text = plain.decode("ascii", "replace").splitlines()
             frames = tuple(iter_frames(text, streams))
     except OSError as exc:
         raise ValidationError("unreadable", f"cannot read sudo I/O log {root}: {exc}") from exc
