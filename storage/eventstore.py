@@ -2,7 +2,7 @@
 
 Invariants:
 
-* Events are idempotent on ``(uid, time)``: :func:`insert_events` uses ``ON CONFLICT DO
+* Events are idempotent on ``(tenant, uid, time)``: :func:`insert_events` uses ``ON CONFLICT DO
   NOTHING``, so a redelivered event is a no-op.
 * ``events`` is partitioned by month. :func:`ensure_partitions` creates a month's partition
   before its events are written; rows that reached the default partition for that month
@@ -109,7 +109,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
             " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
             " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
             " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
-            " ON CONFLICT (uid, time) DO NOTHING RETURNING 1",
+            " ON CONFLICT (tenant, uid, time) DO NOTHING RETURNING 1",
             [r.tenant for r in rows],
             [r.uid for r in rows],
             [r.time for r in rows],
@@ -180,39 +180,36 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
     Rows with the same ``(uid, time)`` (in this batch, and the one already stored) are combined
     with :func:`ingest.kube_audit.merge_kube_requests`, which is commutative and idempotent, so
     any arrival order and any redelivery give the same row. The stored row is locked (``FOR
-    UPDATE``) between reading and writing it. A stored row of another tenant is left alone.
+    UPDATE``) between reading and writing it. The key includes the tenant, so tenants never merge.
     Returns how many rows were new.
     """
-    merged: dict[tuple[str, Any], tuple[EventRow, dict[str, Any]]] = {}
+    merged: dict[tuple[str, str, Any], tuple[EventRow, dict[str, Any]]] = {}
     for r in rows:
         body = orjson.loads(r.body)
-        key = (r.uid, r.time)
+        key = (r.tenant, r.uid, r.time)
         if key in merged:
             first, prev = merged[key]
-            if first.tenant != r.tenant:
-                continue
             body = merge_kube_requests(prev, body)
             r = first
         merged[key] = (r, body)
     try:
         existing = await conn.fetch(
             "SELECT e.uid, e.time, e.tenant, e.body::text AS body FROM events e"
-            " JOIN unnest($1::text[], $2::timestamptz[]) AS k(uid, time)"
-            " ON e.uid = k.uid AND e.time = k.time FOR UPDATE OF e",
+            " JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(tenant, uid, time)"
+            " ON e.tenant = k.tenant AND e.uid = k.uid AND e.time = k.time FOR UPDATE OF e",
             [k[0] for k in merged],
             [k[1] for k in merged],
+            [k[2] for k in merged],
         )
     except Exception as exc:
         raise storage_error(exc, "cannot read stored kube.request events") from exc
-    stored = {(e["uid"], e["time"]): e for e in existing}
+    stored = {(e["tenant"], e["uid"], e["time"]): e for e in existing}
     out: list[EventRow] = []
     new = 0
     for key, (row, body) in merged.items():
         old = stored.get(key)
         if old is None:
             new += 1
-        elif old["tenant"] != row.tenant:
-            continue
         else:
             body = merge_kube_requests(orjson.loads(old["body"]), body)
         out.append(dataclasses.replace(row, body=orjson.dumps(body).decode()))
@@ -224,9 +221,9 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
             " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
             " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
-            " ON CONFLICT (uid, time) DO UPDATE SET body = excluded.body,"
+            " ON CONFLICT (tenant, uid, time) DO UPDATE SET body = excluded.body,"
             " user_name = excluded.user_name, code = excluded.code"
-            " WHERE events.tenant = excluded.tenant AND events.body <> excluded.body",
+            " WHERE events.body <> excluded.body",
             [r.tenant for r in out],
             [r.uid for r in out],
             [r.time for r in out],

@@ -66,8 +66,9 @@ ALTER TABLE chunks ALTER COLUMN frames SET STORAGE EXTERNAL;
 CREATE INDEX chunks_sid_offset ON chunks (sid, first_offset_ms);
 
 -- Audit events, partitioned by month (partitions are created on demand by the writer; the
--- default partition catches anything outside them). Idempotent on (uid, time): an event's time
--- never changes, so a redelivered event hits the same key.
+-- default partition catches anything outside them). Idempotent on (tenant, uid, time): an
+-- event's time never changes, so a redelivered event hits the same key; the tenant is part of
+-- the key so one tenant can never shadow another's event by reusing its uid.
 CREATE TABLE events (
     tenant      text NOT NULL,
     uid         text NOT NULL,
@@ -79,7 +80,7 @@ CREATE TABLE events (
     user_name   text NOT NULL DEFAULT '',
     body        jsonb NOT NULL,
     ingested_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (uid, time)
+    PRIMARY KEY (tenant, uid, time)
 ) PARTITION BY RANGE (time);
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 CREATE INDEX events_tenant_time ON events (tenant, time DESC, uid);
