@@ -8,6 +8,7 @@ ValidationError 400, NotFoundError 404, StorageError/TransportError 503.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ingest.view_audit import ViewAuditor
 from sessionvault import __version__
 from sessionvault.errors import (
     NotFoundError,
@@ -87,10 +89,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await pg.create_pool(settings.postgres_dsn.get(), max_size=pool_max_size)
         app.state.producer = ProducerHolder(settings, producer_factory)
+        app.state.view_auditor = ViewAuditor(settings)
         try:
             yield
         finally:
             app.state.producer.close()
+            # Blocks up to its timeout while Kafka is down (then the events stay spooled).
+            await asyncio.to_thread(app.state.view_auditor.close)
             await app.state.pool.close()
 
     app = FastAPI(title="sessionvault", version=__version__, lifespan=lifespan)

@@ -11,12 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
+from ingest.view_audit import view_event
 from replay.export import FORMATS, encoder
-from sessionvault.errors import NotFoundError
-from storage.reader import get_session, iter_frames
-from storage.tokens import Principal
+from sessionvault.errors import NotFoundError, SessionVaultError
+from storage.reader import SessionRecord, get_session, iter_frames
+from storage.tokens import Principal, token_description
 
 router = APIRouter()
 
@@ -29,12 +31,42 @@ _MEDIA = {
 }
 
 
+async def audit_view(
+    request: Request, principal: Principal, session: SessionRecord, fmt: str, start_at_ms: int = 0
+) -> None:
+    """Record that ``principal`` is reading ``session`` (never fails the request)."""
+    try:
+        description = await token_description(
+            request.app.state.pool, principal.tenant, principal.token_id
+        )
+    except SessionVaultError:
+        description = ""  # the audit event still names the token id
+    fields = view_event(
+        tenant=principal.tenant,
+        sid=session.sid,
+        viewer=f"token:{principal.token_id}",
+        access_via="api",
+        fmt=fmt,
+        session_type=session.kind,
+        session_user=session.user_name,
+        start_at_ms=start_at_ms,
+        token_id=principal.token_id,
+        token_description=description,
+        remote_addr=request.client.host if request.client else None,
+    )
+    # The first event creates the emitter (spool directory, sender thread): off the loop.
+    await run_in_threadpool(request.app.state.view_auditor.record, fields)
+
+
 @router.get("/v1/sessions/{sid}/export")
 async def export_session(
     sid: str,
     request: Request,
     principal: Annotated[Principal, Depends(require_token("read"))],
     fmt: Annotated[str, Query(alias="format", pattern="^(" + "|".join(FORMATS) + ")$")] = "json",
+    start_ms: Annotated[
+        int, Query(ge=0, description="Only frames from this session offset (ms) on.")
+    ] = 0,
 ) -> StreamingResponse:
     """The session's frames in ``format`` (see :mod:`replay.export`)."""
     pool = request.app.state.pool
@@ -42,10 +74,11 @@ async def export_session(
     if session.kind == "kube" and not principal.allows_cluster(session.kubernetes_cluster):
         raise NotFoundError(f"session {sid!r} not found")
     enc = encoder(fmt, session)
+    await audit_view(request, principal, session, fmt, start_ms)
 
     async def body() -> AsyncIterator[bytes]:
         yield enc.header()
-        async for frame in iter_frames(pool, principal.tenant, sid):
+        async for frame in iter_frames(pool, principal.tenant, sid, start_ms=start_ms):
             data = enc.frame(frame)
             if data:
                 yield data

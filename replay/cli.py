@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -87,7 +88,6 @@ def _play_cmd(
     tenant: str | None,
 ) -> None:
     from replay.asciicast import read_cast
-    from replay.bridge import iterate_in_thread
     from replay.player import play, tty_keys
 
     start_ms = _start_at(start_at)
@@ -109,6 +109,49 @@ def _play_cmd(
     settings = get_settings(ctx)
     dsn = _dsn(settings)
     t = _tenant(ctx, tenant)
+    with _audited_view(ctx, t, target, "play", start_ms):
+        _play_db(dsn, t, target, out, speed, idle_limit, start_ms)
+
+
+def _audited_view(
+    ctx: click.Context, tenant: str, sid: str, fmt: str, start_ms: int
+) -> contextlib.AbstractContextManager[object]:
+    """Look the session up (NotFoundError before anything is shown) and record the access as
+    an audit event (queued; never blocks or fails the viewer)."""
+    from ingest.view_audit import cli_view_audit, cli_viewer, view_event
+    from storage.reader import SessionRecord, get_session
+
+    settings = get_settings(ctx)
+
+    async def lookup(pool: Any) -> SessionRecord:
+        return await get_session(pool, tenant, sid)
+
+    session = asyncio.run(_with_pool(_dsn(settings), lookup))
+    fields = view_event(
+        tenant=tenant,
+        sid=sid,
+        viewer=cli_viewer(),
+        access_via="cli",
+        fmt=fmt,
+        session_type=session.kind,
+        session_user=session.user_name,
+        start_at_ms=start_ms,
+    )
+    return cli_view_audit(settings, fields)
+
+
+def _play_db(
+    dsn: str,
+    t: str,
+    target: str,
+    out: BinaryIO,
+    speed: float,
+    idle_limit: float | None,
+    start_ms: int,
+) -> None:
+    from replay.bridge import iterate_in_thread
+    from replay.player import play, tty_keys
+
     frames_it = iterate_in_thread(lambda: _db_frames(dsn, t, target))
     try:
         # Pull the first frame before touching the terminal: a missing session fails cleanly.
@@ -210,6 +253,7 @@ def register(main: click.Group) -> None:
         dsn = _dsn(get_settings(ctx))
         t = _tenant(ctx, tenant)
         start_ms = _start_at(start_at)
+        audit = _audited_view(ctx, t, sid, fmt, start_ms)
 
         async def work(pool: Any) -> None:
             session = await get_session(pool, t, sid)
@@ -227,7 +271,8 @@ def register(main: click.Group) -> None:
             )
 
         try:
-            asyncio.run(_with_pool(dsn, work))
+            with audit:
+                asyncio.run(_with_pool(dsn, work))
         except BrokenPipeError:
             _stdout_closed()
 

@@ -31,6 +31,7 @@ __all__ = [
     "hash_token",
     "lookup_token",
     "revoke_token",
+    "token_description",
 ]
 
 Executor: TypeAlias = Any  # asyncpg Pool or Connection
@@ -137,3 +138,14 @@ async def revoke_token(db: Executor, tenant: str, token_id: str) -> bool:
     except Exception as exc:
         raise translate(exc, "cannot revoke API token") from exc
     return bool(str(status).endswith(" 1"))
+
+
+async def token_description(db: Executor, tenant: str, token_id: str) -> str:
+    """The operator's note on token ``token_id`` of ``tenant`` ('' when none or unknown)."""
+    try:
+        value = await db.fetchval(
+            "SELECT description FROM api_tokens WHERE id = $1 AND tenant = $2", token_id, tenant
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot read API token") from exc
+    return str(value or "")
