@@ -512,14 +512,15 @@ EVENTS_INDEX_PREFIX = "sv-events-"
 OUTPUT_INDEX_PREFIX = "sv-output-"
 
 
-def events_index(time_us: int) -> str:
-    """``sv-events-YYYY.MM`` of the event's (UTC) month."""
-    return EVENTS_INDEX_PREFIX + _month(time_us)
+def events_index(time_us: int, prefix: str = "sv") -> str:
+    """``sv-events-YYYY.MM`` of the event's (UTC) month (``prefix`` replaces ``sv``, e.g. for
+    several installations or tests sharing one cluster)."""
+    return f"{prefix}-events-{_month(time_us)}"
 
 
-def output_index(time_us: int) -> str:
-    """``sv-output-YYYY.MM`` of the segment's (UTC) month."""
-    return OUTPUT_INDEX_PREFIX + _month(time_us)
+def output_index(time_us: int, prefix: str = "sv") -> str:
+    """``sv-output-YYYY.MM`` of the segment's (UTC) month (``prefix`` as for events)."""
+    return f"{prefix}-output-{_month(time_us)}"
 
 
 def event_doc_id(tenant: str, uid: str, time_us: int) -> str:
