@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -480,3 +481,115 @@ class OpenSearchBackend:
 
     def close(self) -> None:
         self.store.close()
+
+
+# -- bulk with retry -------------------------------------------------------------------------
+
+BACKOFF_BASE_MS = 100
+
+
+def backoff_s(attempt: int, cap_ms: int) -> float:
+    """Delay before retry ``attempt`` (1-based): 100 ms * 2^(attempt-1), capped, with up to
+    20 % jitter below the cap (spreads the reconnect storm of many workers)."""
+    base = min(cap_ms, BACKOFF_BASE_MS * 2 ** min(attempt - 1, 30)) / 1000
+    return float(min(cap_ms / 1000, base * (1 + random.random() * 0.2)))
+
+
+@dataclass
+class IndexReport:
+    """What :func:`index_documents` did."""
+
+    indexed: int = 0
+    requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+    rejected: list[tuple[BulkAction, ItemFailure]] = field(default_factory=list)
+
+
+async def _default_sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def index_documents(
+    store: OpenSearchStore,
+    actions: Sequence[BulkAction],
+    *,
+    max_bulk_bytes: int = 4 * 1024 * 1024,
+    max_bulk_docs: int = 2000,
+    retry_backoff_max_ms: int = 30_000,
+    sleep: Callable[[float], Awaitable[None]] = _default_sleep,
+    before_request: Callable[[], Awaitable[None]] | None = None,
+) -> IndexReport:
+    """Index ``actions`` (idempotent ids) and return only once each one is indexed or
+    permanently refused (``report.rejected``, e.g. a mapping conflict: 4xx other than 429).
+
+    Back-pressure: one bulk request of at most ``max_bulk_bytes`` is in flight at a time, and
+    the caller gets control back only when the whole set is done, so a slow or throttling
+    cluster slows the caller down instead of filling memory. A failed request (connection
+    error, timeout, 429, 5xx) and retriable item failures are retried with exponential backoff
+    (capped at ``retry_backoff_max_ms``), forever: ``sleep`` is where the caller can stop
+    waiting (by raising). ``before_request`` runs before every request that follows a
+    request-level failure (the index worker re-checks templates and its marker there, since a
+    cluster that went away may have come back empty).
+    """
+    report = IndexReport()
+    for group in chunk_actions(actions, max_bytes=max_bulk_bytes, max_docs=max_bulk_docs):
+        pending = list(group)
+        attempt = 0
+        failed_request = False
+        while pending:
+            if failed_request and before_request is not None:
+                await before_request()
+            try:
+                outcome = await asyncio.to_thread(store.bulk, pending)
+            except SearchBackendError as exc:
+                if not exc.retriable:
+                    # The request as a whole was refused (e.g. 413 too large): not
+                    # retriable as is; isolate by sending items one by one.
+                    if len(pending) > 1:
+                        log.warning("opensearch: bulk refused (%s); sending one by one", exc)
+                        for one in pending:
+                            sub = await index_documents(
+                                store, [one], max_bulk_bytes=max_bulk_bytes,
+                                max_bulk_docs=1, retry_backoff_max_ms=retry_backoff_max_ms,
+                                sleep=sleep, before_request=before_request,
+                            )
+                            report.indexed += sub.indexed
+                            report.requests += sub.requests
+                            report.bytes += sub.bytes
+                            report.retries += sub.retries
+                            report.rejected += sub.rejected
+                        pending = []
+                        break
+                    report.rejected.append(
+                        (pending[0], ItemFailure(0, pending[0].id, 400, str(exc)[:1000]))
+                    )
+                    pending = []
+                    break
+                attempt += 1
+                failed_request = True
+                report.retries += 1
+                delay = backoff_s(attempt, retry_backoff_max_ms)
+                log.warning(
+                    "opensearch: bulk of %d failed (attempt %d), retrying in %.1fs: %s",
+                    len(pending), attempt, delay, exc,
+                )
+                await sleep(delay)
+                continue
+            report.requests += 1
+            report.bytes += outcome.bytes
+            report.indexed += outcome.ok
+            for failure in outcome.permanent:
+                report.rejected.append((pending[failure.position], failure))
+            retry = [pending[f.position] for f in outcome.retriable]
+            pending = retry
+            if retry:
+                attempt += 1
+                report.retries += 1
+                delay = backoff_s(attempt, retry_backoff_max_ms)
+                log.warning(
+                    "opensearch: %d of a bulk's items failed retriably (e.g. %s), retrying in "
+                    "%.1fs", len(retry), outcome.retriable[0].reason, delay,
+                )
+                await sleep(delay)
+    return report
