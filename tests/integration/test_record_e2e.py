@@ -17,6 +17,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -156,8 +157,9 @@ def wait_closed(dsn: str, sid: str, timeout_s: float = 60) -> dict[str, Any]:
 def test_record_real_programs_export_is_byte_exact_with_ms_timings(
     settings: Settings, persist_worker: None, tmp_path: Path
 ) -> None:
-    sv = shutil.which("sessionvault")
-    assert sv, "sessionvault entry point not installed"
+    # The venv's entry point, also when the venv's bin/ is not on PATH (make test, CI).
+    sv = str(Path(sys.executable).parent / "sessionvault")
+    assert os.access(sv, os.X_OK), f"sessionvault entry point not installed at {sv}"
     asciinema = shutil.which("asciinema")
     assert asciinema, "Debian package asciinema is required (see .ci/run)"
     env = env_for(settings)
