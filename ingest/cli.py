@@ -27,6 +27,7 @@ def register(main: click.Group) -> None:
     _register_record(main)
     _register_worker(main)
     _register_import(main)
+    _register_index(main)
 
 
 def _log_to_file(settings: Settings, verbose: bool) -> None:
@@ -448,3 +449,127 @@ def _register_import(main: click.Group) -> None:
             click.echo(format_table(result.entries))
         if result.truncated:
             click.echo(f"(truncated at {limit} requests; narrow the window)", err=True)
+
+
+def _register_index(main: click.Group) -> None:
+    """``worker index`` and ``reindex`` (issue 4: the OpenSearch side of search)."""
+    import asyncio
+    import signal
+    import time
+
+    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+
+    @worker_group.command("index")
+    @click.option(
+        "--group", "group_id", default="index", show_default=True, help="Kafka consumer group."
+    )
+    @click.option(
+        "--status-every",
+        default=5.0,
+        show_default=True,
+        help="Seconds between status lines on stderr (0: none).",
+    )
+    @click.pass_context
+    def index_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
+        """Index events and terminal text into OpenSearch until SIGTERM/SIGINT.
+
+        Documents are built from PostgreSQL rows (the source of truth); an OpenSearch that
+        lost its data is rebuilt from PostgreSQL automatically.
+        """
+        from ingest.index_worker import IndexWorker
+
+        settings = get_settings(ctx)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING)
+        for name in ("ingest", "storage"):
+            logging.getLogger(name).setLevel(min(logging.getLogger().level, logging.INFO))
+        for name in ("kafka", "opensearch"):
+            logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.ERROR))
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            worker = IndexWorker(settings, group_id=group_id)
+
+            async def status() -> None:
+                last_t, last_docs = time.monotonic(), 0
+                while True:
+                    await asyncio.sleep(status_every)
+                    now = time.monotonic()
+                    s = worker.stats
+                    rate = (s.indexed - last_docs) / max(now - last_t, 1e-9)
+                    click.echo(
+                        f"index[{group_id}]: {rate:,.0f} docs/s | total {s.records} rec, "
+                        f"{s.indexed} docs, "
+                        f"{s.dead_letters} dead letters, {s.os_retries} OpenSearch retries, "
+                        f"{s.reindexes} rebuilds",
+                        err=True,
+                    )
+                    last_t, last_docs = now, s.indexed
+
+            click.echo(
+                f"index[{group_id}]: consuming {settings.topic_chunks}, {settings.topic_events}"
+                f" -> {settings.opensearch_url} ({settings.opensearch_index_prefix}-*)"
+                " (Ctrl-C or SIGTERM to stop)",
+                err=True,
+            )
+            ticker = asyncio.create_task(status()) if status_every > 0 else None
+            try:
+                await worker.run(stop=stop)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            click.echo(
+                f"index[{group_id}]: stopped after {worker.stats.records} records", err=True
+            )
+
+        asyncio.run(run())
+
+    @main.command("reindex")
+    @click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
+    @click.option(
+        "--since",
+        default=None,
+        help="Only documents from this time on: RFC 3339 or a duration back from now (7d).",
+    )
+    @click.pass_context
+    def reindex_cmd(ctx: click.Context, tenant: str | None, since: str | None) -> None:
+        """Rebuild OpenSearch from PostgreSQL (events and terminal text). Idempotent."""
+        from sessionvault.settings import require
+        from storage import pg
+        from storage.search.opensearch import OpenSearchStore
+        from storage.search.reindex import count_rows, reindex
+
+        settings = get_settings(ctx)
+        require(settings, "postgres_dsn", "opensearch_url")
+        if tenant is not None and not _TENANT_RE.fullmatch(tenant):
+            raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+        since_dt = _parse_when(since, datetime.now(UTC)) if since else None
+
+        async def run() -> None:
+            conn = await pg.connect(settings.postgres_dsn.get())
+            store = OpenSearchStore(
+                settings.opensearch_url, prefix=settings.opensearch_index_prefix
+            )
+            try:
+                total = await count_rows(conn, tenant=tenant, since=since_dt)
+                with click.progressbar(
+                    length=total, label="reindexing", file=sys.stderr, show_pos=True
+                ) as bar:
+                    report = await reindex(
+                        conn, store, tenant=tenant, since=since_dt, progress=bar.update
+                    )
+            finally:
+                store.close()
+                await conn.close()
+            click.echo(
+                f"indexed {report.events} events and {report.segments} segments in "
+                f"{report.seconds:.1f} s; {len(report.rejected)} refused by OpenSearch"
+                + ("; marked complete" if report.complete else "")
+            )
+            for doc_id, reason in report.rejected[:20]:
+                click.echo(f"  refused {doc_id}: {reason}", err=True)
+
+        asyncio.run(run())

@@ -36,6 +36,7 @@ from opensearchpy import OpenSearch
 from opensearchpy import exceptions as oserr
 
 from sessionvault.errors import SearchBackendError
+from sessionvault.settings import Settings
 from storage.search import model
 from storage.search.templates import index_templates, text_norm_pieces
 
@@ -322,9 +323,9 @@ class OpenSearchStore:
             log.debug("closing OpenSearch client: %s", exc)
 
 
-def chunk_actions(actions: Iterable[BulkAction], *, max_bytes: int, max_docs: int) -> Iterable[
-    list[BulkAction]
-]:
+def chunk_actions(
+    actions: Iterable[BulkAction], *, max_bytes: int, max_docs: int
+) -> Iterable[list[BulkAction]]:
     """Group actions into bulk requests of at most ``max_bytes`` (serialised) and ``max_docs``.
 
     A single action larger than ``max_bytes`` goes alone (OpenSearch decides; a refusal is an
@@ -386,8 +387,14 @@ def query_body(query: model.Query) -> dict[str, Any] | None:
 
     See the module docstring for how each part of the model maps to OpenSearch.
     """
-    kinds = [k for k, wanted in ((model.KIND_EVENT, query.wants_events),
-                                 (model.KIND_OUTPUT, query.wants_output)) if wanted]
+    kinds = [
+        k
+        for k, wanted in (
+            (model.KIND_EVENT, query.wants_events),
+            (model.KIND_OUTPUT, query.wants_output),
+        )
+        if wanted
+    ]
     if not kinds:
         return None
     must: list[dict[str, Any]] = [
@@ -462,6 +469,11 @@ class OpenSearchBackend:
         store: OpenSearchStore | None = None,
     ) -> None:
         self.store = store or OpenSearchStore(url, prefix=prefix, timeout_s=timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenSearchBackend:
+        """The backend for ``settings.opensearch_url`` and its index prefix."""
+        return cls(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
 
     def search_sync(self, query: model.Query) -> model.Page:
         body = query_body(query)
@@ -550,9 +562,13 @@ async def index_documents(
                         log.warning("opensearch: bulk refused (%s); sending one by one", exc)
                         for one in pending:
                             sub = await index_documents(
-                                store, [one], max_bulk_bytes=max_bulk_bytes,
-                                max_bulk_docs=1, retry_backoff_max_ms=retry_backoff_max_ms,
-                                sleep=sleep, before_request=before_request,
+                                store,
+                                [one],
+                                max_bulk_bytes=max_bulk_bytes,
+                                max_bulk_docs=1,
+                                retry_backoff_max_ms=retry_backoff_max_ms,
+                                sleep=sleep,
+                                before_request=before_request,
                             )
                             report.indexed += sub.indexed
                             report.requests += sub.requests
@@ -572,7 +588,10 @@ async def index_documents(
                 delay = backoff_s(attempt, retry_backoff_max_ms)
                 log.warning(
                     "opensearch: bulk of %d failed (attempt %d), retrying in %.1fs: %s",
-                    len(pending), attempt, delay, exc,
+                    len(pending),
+                    attempt,
+                    delay,
+                    exc,
                 )
                 await sleep(delay)
                 continue
@@ -589,7 +608,10 @@ async def index_documents(
                 delay = backoff_s(attempt, retry_backoff_max_ms)
                 log.warning(
                     "opensearch: %d of a bulk's items failed retriably (e.g. %s), retrying in "
-                    "%.1fs", len(retry), outcome.retriable[0].reason, delay,
+                    "%.1fs",
+                    len(retry),
+                    outcome.retriable[0].reason,
+                    delay,
                 )
                 await sleep(delay)
     return report

@@ -295,7 +295,10 @@ async def reindex(
     report.seconds = time.monotonic() - t0
     log.info(
         "reindex: %d events and %d segments in %.1fs (%d refused)",
-        report.events, report.segments, report.seconds, len(report.rejected),
+        report.events,
+        report.segments,
+        report.seconds,
+        len(report.rejected),
     )
     return report
 

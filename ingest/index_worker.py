@@ -1,0 +1,579 @@
+"""The index worker: Kafka (consumer group "index") -> PostgreSQL rows -> OpenSearch -> commit.
+
+Design (PostgreSQL is the source of truth; OpenSearch is a derived copy):
+
+The worker consumes the same topics as the persist worker (``sv.events.v1`` and
+``sv.chunks.v1``) in its OWN consumer group, so it never slows down or blocks persistence: with
+OpenSearch down the persist group goes on, this group stops committing and catches up later.
+Kafka records are used as *notifications* of what changed, never as the documents themselves:
+every document is built from the PostgreSQL row by the model's builders
+(:func:`storage.search.reindex.event_action` / ``segment_action``), because the stored row is
+what search must show (kube.request stages merged across deliveries, session fields re-synced
+into segments by ``session.start``, segments rendered deterministically by the persist worker).
+
+Per polled batch (:meth:`IndexWorker.handle_batch`):
+
+1. each event record gives its key (tenant, uid, time); each chunk record its (tenant, sid, seq);
+   a record that does not decode is skipped (the persist worker dead-letters it);
+2. wait until each is durable in PostgreSQL: the event row / the chunk row exists (segments are
+   written in the chunk's transaction). A key still absent after the persist group committed
+   past its record was refused by the persist worker (dead-lettered there): skipped. Otherwise
+   the persist worker is behind: wait and look again (never commit past it);
+3. documents: the events' rows, and for each session with chunks in the batch its segments
+   from the first one this worker has not indexed yet (all of them after a session.start /
+   session.end event, which re-syncs the session's fields into its segments);
+4. bulk-index them under idempotent ``_id``s (:func:`storage.search.opensearch.index_documents`:
+   one bounded request in flight, retry with backoff on connection errors/429/5xx, forever);
+   an item OpenSearch refuses for good (a 4xx such as a mapping error) goes to the dead-letter
+   topic with reason ``index_rejected``, the original record's bytes and the refusal;
+5. only then commit the Kafka offsets.
+
+A crash anywhere before 5 redelivers the batch; indexing the same rows again changes nothing.
+
+OpenSearch that lost its data (a restarted in-memory server, a wiped cluster, or a first start
+against a database that already has rows): OpenSearch holds a marker document written by the
+last complete ``reindex``. Before its first bulk, and again before every bulk that follows a
+failed request, the worker installs missing index templates (so no index is ever created with
+dynamic mappings) and checks the marker; when it is absent the worker rebuilds OpenSearch from
+PostgreSQL (:func:`storage.search.reindex.reindex`) before going on, then writes the marker.
+So after an outage the index converges to PostgreSQL's content with no operator action; the
+``sessionvault reindex`` command does the same rebuild by hand.
+
+Known limit: with several members in the group, a member that read a row before another member
+re-read it after a change (a later kube.request stage, a session.start re-sync) may write its
+older copy last; the next change to that row or a ``reindex`` repairs it.
+
+Kafka calls run on one dedicated thread (kafka-python's consumer is not thread-safe);
+PostgreSQL uses asyncpg on the event loop; OpenSearch calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.deadletter import DeadLetterProducer
+from ingest.persist import backoff_ms
+from ingest.persist_logic import parse_time
+from ingest.topics import admin_client
+from schemas.codec import decode_chunk_header, decode_event
+from sessionvault.errors import (
+    SearchBackendError,
+    StorageError,
+    TransportError,
+    ValidationError,
+)
+from sessionvault.settings import Settings, require
+from storage import pg
+from storage.search import model
+from storage.search.opensearch import BulkAction, OpenSearchStore, index_documents
+from storage.search.reindex import (
+    event_action,
+    load_events,
+    load_segments,
+    reindex,
+    segment_action,
+    stored_chunks,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_GROUP = "index"
+PERSIST_GROUP = "persist"
+POLL_WAIT_MS = 500
+#: Longest pause between two looks at PostgreSQL while the persist worker is behind.
+DURABLE_WAIT_MAX_MS = 2_000
+#: Sessions whose next segment number is remembered (least recently used dropped first).
+SEG_CURSOR_CAPACITY = 100_000
+#: Event types whose arrival re-syncs the session's fields into its segments.
+RESYNC_EVENTS = frozenset({"session.start", "session.end"})
+
+
+@dataclass(frozen=True)
+class IndexBatchReport:
+    """What one batch did (passed to ``on_batch``)."""
+
+    records: int
+    events: int
+    segments: int
+    indexed: int
+    skipped: int
+    dead_letters: int
+    durable_waits: int
+    offsets: dict[tuple[str, int], int]
+    committed: bool
+    seconds: float
+
+
+@dataclass
+class IndexStats:
+    """Running totals since the worker started."""
+
+    batches: int = 0
+    records: int = 0
+    indexed: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+    reindexes: int = 0
+    os_retries: int = 0
+    commits: int = 0
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting: leave without committing."""
+
+
+@dataclass
+class _Parsed:
+    events: dict[tuple[str, str, datetime], int] = field(default_factory=dict)  # key -> ref
+    chunks: dict[tuple[str, int], tuple[int, str]] = field(default_factory=dict)  # -> ref, tenant
+    resync: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, sid) -> ref
+    skipped: int = 0
+
+
+def parse_records(records: Sequence[Record], settings: Settings) -> _Parsed:
+    """What each record notifies (pure). Undecodable records are counted as skipped."""
+    out = _Parsed()
+    for ref, rec in enumerate(records):
+        value = rec.value
+        try:
+            if value is None:
+                raise ValidationError("empty", "record has no value")
+            if rec.topic == settings.topic_events:
+                event = decode_event(value, max_bytes=settings.max_record_bytes)
+                out.events[(event.tenant, event.uid, parse_time(event.time))] = ref
+                if event.type in RESYNC_EVENTS and event.sid:
+                    out.resync[(event.tenant, event.sid)] = ref
+            elif rec.topic == settings.topic_chunks:
+                header, _ = decode_chunk_header(value, settings.max_record_bytes)
+                sid, seq, tenant = header.get("sid"), header.get("seq"), header.get("tenant")
+                if not (isinstance(sid, str) and isinstance(seq, int)
+                        and isinstance(tenant, str)):
+                    raise ValidationError("missing_field", "chunk header without sid/seq/tenant")
+                out.chunks[(sid, seq)] = (ref, tenant)
+            else:
+                raise ValidationError("unknown_topic", f"no handler for topic {rec.topic!r}")
+        except (ValidationError, ValueError) as exc:
+            log.debug("index: skipping %s (the persist worker dead-letters it): %s",
+                      rec.where, exc)
+            out.skipped += 1
+    return out
+
+
+class IndexWorker:
+    """One member of the index consumer group; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str = DEFAULT_GROUP,
+        persist_group: str = PERSIST_GROUP,
+        prefix: str | None = None,
+        consumer_factory: Callable[[], BatchConsumer] | None = None,
+        deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
+        store_factory: Callable[[], OpenSearchStore] | None = None,
+        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        max_bulk_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        require(settings, "kafka_bootstrap", "postgres_dsn", "opensearch_url")
+        self.settings = settings
+        self.group_id = group_id
+        self.persist_group = persist_group
+        self.prefix = prefix = prefix or settings.opensearch_index_prefix
+        self.stats = IndexStats()
+        self.max_bulk_bytes = max_bulk_bytes
+        self._consumer_factory = consumer_factory or (
+            lambda: BatchConsumer(
+                settings, group_id, [settings.topic_chunks, settings.topic_events]
+            )
+        )
+        self._deadletter_factory = deadletter_factory or (
+            lambda: DeadLetterProducer(settings, worker=group_id)
+        )
+        self.store = (store_factory or (
+            lambda: OpenSearchStore(settings.opensearch_url, prefix=prefix)
+        ))()
+        self._connect = connect
+        self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
+        self._consumer: BatchConsumer | None = None
+        self._deadletters: DeadLetterProducer | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._seg_next: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _kafka(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._kafka_thread, lambda: fn(*args))
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect(self.settings.postgres_dsn.get())
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:  # already broken; terminate() frees it regardless
+                conn.terminate()
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Stopped
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` until it succeeds (PostgreSQL, Kafka or OpenSearch unreachable: back
+        off, capped); raises _Stopped when asked to stop while waiting."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await op()
+            except (StorageError, TransportError, SearchBackendError) as exc:
+                if isinstance(exc, CommitRejectedError):
+                    raise
+                if isinstance(exc, StorageError):
+                    await self._drop_connection()
+                if isinstance(exc, SearchBackendError):
+                    self.stats.os_retries += 1
+                    self._ready = False
+                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
+                level = logging.WARNING if exc.retriable else logging.ERROR
+                log.log(level, "index: %s failed (attempt %d), retrying in %.1fs: %s",
+                        what, attempt, delay, exc)
+                await self._sleep_or_stop(delay)
+
+    # -- OpenSearch readiness ----------------------------------------------------------------
+
+    async def _ensure_ready(self) -> None:
+        """Templates installed and the completeness marker present (else: rebuild)."""
+        if self._ready:
+            return
+        await self._retry("installing index templates",
+                          lambda: asyncio.to_thread(self.store.ensure_templates))
+        marker = await self._retry("reading the reindex marker",
+                                   lambda: asyncio.to_thread(self.store.marker))
+        if marker is None:
+            log.warning("index: OpenSearch has no complete copy (new or lost its data); "
+                        "rebuilding it from PostgreSQL")
+            self._seg_next.clear()
+            await self._retry("rebuilding OpenSearch from PostgreSQL", self._reindex_all)
+            self.stats.reindexes += 1
+        self._ready = True
+
+    async def _reindex_all(self) -> None:
+        conn = await self._connection()
+        await reindex(
+            conn,
+            self.store,
+            max_bulk_bytes=self.max_bulk_bytes,
+            retry_backoff_max_ms=self.settings.retry_backoff_max_ms,
+            sleep=self._sleep_or_stop,
+        )
+
+    async def _before_request(self) -> None:
+        # Called after a failed bulk request: the cluster may have come back empty.
+        self._ready = False
+        await self._ensure_ready()
+
+    # -- step 2: durability ------------------------------------------------------------------
+
+    def _persist_committed(self) -> dict[tuple[str, int], int]:
+        with admin_client(self.settings.kafka_bootstrap) as admin:
+            try:
+                offsets = admin.list_consumer_group_offsets(self.persist_group)
+            except Exception as exc:
+                raise TransportError(
+                    f"kafka: cannot read offsets of group {self.persist_group}: {exc}"
+                ) from exc
+        return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
+
+    async def _durable_rows(
+        self, records: Sequence[Record], parsed: _Parsed
+    ) -> tuple[list[Any], set[tuple[str, int]], int]:
+        """(event rows, stored chunk keys, waits) once every notified key is durable in
+        PostgreSQL or known to be refused by the persist worker."""
+        waits = 0
+        while True:
+            conn = await self._connection()
+            rows = await load_events(conn, parsed.events)
+            found = {(r["tenant"], r["uid"], r["time"]) for r in rows}
+            chunks = await stored_chunks(conn, parsed.chunks)
+            missing = [ref for key, ref in parsed.events.items() if key not in found]
+            missing += [ref for key, (ref, _) in parsed.chunks.items() if key not in chunks]
+            if not missing:
+                return rows, chunks, waits
+            committed = await self._kafka(self._persist_committed)
+            behind = [
+                ref for ref in missing
+                if committed.get((records[ref].topic, records[ref].partition), -1)
+                <= records[ref].offset
+            ]
+            if not behind:
+                # The persist worker committed past them without storing them: refused there.
+                for ref in missing:
+                    log.info("index: %s was not stored by the persist worker; skipped",
+                             records[ref].where)
+                return rows, chunks, waits
+            waits += 1
+            delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
+            log.debug("index: %d records not yet persisted (e.g. %s); waiting %.1fs",
+                      len(behind), records[behind[0]].where, delay)
+            await self._sleep_or_stop(delay)
+
+    # -- step 3: documents -------------------------------------------------------------------
+
+    async def _segment_start(self, tenant: str, sid: str) -> int:
+        """First segment of ``sid`` not known to be indexed: remembered, else asked of
+        OpenSearch (a contiguous prefix 0..n-1 indexed means n; anything else means 0)."""
+        key = (tenant, sid)
+        if key in self._seg_next:
+            self._seg_next.move_to_end(key)
+            return self._seg_next[key]
+        body = {
+            "query": {"bool": {"filter": [
+                {"term": {"tenant": tenant}},
+                {"term": {"kind": model.KIND_OUTPUT}},
+                {"term": {"sid": sid}},
+            ]}},
+            "sort": [{"seg_no": {"order": "desc"}}],
+            "size": 1,
+            "_source": ["seg_no"],
+            "track_total_hits": True,
+        }
+        result = await asyncio.to_thread(self.store.search, body)
+        hits = result["hits"]["hits"]
+        total = result["hits"].get("total", {})
+        count = int(total.get("value", 0)) if isinstance(total, dict) else int(total or 0)
+        if hits and int(hits[0]["_source"]["seg_no"]) + 1 == count:
+            return count
+        return 0
+
+    def _remember(self, tenant: str, sid: str, seg_next: int) -> None:
+        key = (tenant, sid)
+        self._seg_next[key] = max(seg_next, self._seg_next.get(key, 0))
+        self._seg_next.move_to_end(key)
+        while len(self._seg_next) > SEG_CURSOR_CAPACITY:
+            self._seg_next.popitem(last=False)
+
+    async def _documents(
+        self, parsed: _Parsed, rows: list[Any], chunks: set[tuple[str, int]]
+    ) -> tuple[list[BulkAction], dict[str, int], dict[tuple[str, str], int], int, int]:
+        refs: dict[str, int] = {}
+        actions: list[BulkAction] = []
+        for row in rows:
+            action = event_action(row, prefix=self.prefix)
+            actions.append(action)
+            refs[action.id] = parsed.events[(row["tenant"], row["uid"], row["time"])]
+        n_events = len(actions)
+        sessions: dict[tuple[str, str], tuple[int, bool]] = {}
+        for (sid, seq), (ref, tenant) in parsed.chunks.items():
+            if (sid, seq) in chunks:
+                sessions[(tenant, sid)] = (ref, False)
+        for key, ref in parsed.resync.items():
+            sessions[key] = (ref, True)
+        cursors: dict[tuple[str, str], int] = {}
+        conn = await self._connection()
+        for (tenant, sid), (ref, full) in sessions.items():
+            start = 0 if full else await self._retry(
+                "asking OpenSearch for a session's segments",
+                lambda t=tenant, s=sid: self._segment_start(t, s),  # type: ignore[misc]
+            )
+            seg_rows = await load_segments(conn, tenant, sid, from_seg_no=start)
+            for r in seg_rows:
+                action = segment_action(r, prefix=self.prefix)
+                actions.append(action)
+                refs[action.id] = ref
+            if seg_rows:
+                cursors[(tenant, sid)] = int(seg_rows[-1]["seg_no"]) + 1
+        return actions, refs, cursors, n_events, len(actions) - n_events
+
+    # -- the batch step ----------------------------------------------------------------------
+
+    async def handle_batch(
+        self, records: Sequence[Record], *, commit: bool = True
+    ) -> IndexBatchReport:
+        """Steps 1-5 of the module docstring for one polled batch."""
+        t0 = time.monotonic()
+        parsed = parse_records(records, self.settings)
+        rows, chunks, waits = await self._retry(
+            "reading PostgreSQL", lambda: self._durable_rows(records, parsed)
+        )
+        actions, refs, cursors, n_events, n_segments = await self._retry(
+            "reading PostgreSQL", lambda: self._documents(parsed, rows, chunks)
+        )
+        indexed = 0
+        rejects: dict[int, list[str]] = {}
+        if actions:
+            await self._ensure_ready()
+            done = await index_documents(
+                self.store,
+                actions,
+                max_bulk_bytes=self.max_bulk_bytes,
+                retry_backoff_max_ms=self.settings.retry_backoff_max_ms,
+                sleep=self._sleep_or_stop,
+                before_request=self._before_request,
+            )
+            indexed = done.indexed
+            self.stats.os_retries += done.retries
+            for action, failure in done.rejected:
+                rejects.setdefault(refs[action.id], []).append(
+                    f"{action.id}: HTTP {failure.status} {failure.reason}"
+                )
+        if rejects:
+            await self._retry("dead-letter delivery",
+                              lambda: self._send_deadletters(records, rejects))
+        for (tenant, sid), nxt in cursors.items():
+            self._remember(tenant, sid, nxt)
+        offsets = next_offsets(records)
+        committed = False
+        if commit and offsets:
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                await self._retry("offset commit", lambda: self._kafka(consumer.commit, offsets))
+                committed = True
+                self.stats.commits += 1
+            except CommitRejectedError as exc:
+                log.warning("index: %s; the batch will be redelivered", exc)
+        report = IndexBatchReport(
+            records=len(records),
+            events=n_events,
+            segments=n_segments,
+            indexed=indexed,
+            skipped=parsed.skipped,
+            dead_letters=len(rejects),
+            durable_waits=waits,
+            offsets=offsets,
+            committed=committed,
+            seconds=time.monotonic() - t0,
+        )
+        s = self.stats
+        s.batches += 1
+        s.records += report.records
+        s.indexed += report.indexed
+        s.dead_letters += report.dead_letters
+        s.skipped += report.skipped
+        return report
+
+    async def _send_deadletters(
+        self, records: Sequence[Record], rejects: dict[int, list[str]]
+    ) -> None:
+        if self._deadletters is None:
+            self._deadletters = await self._kafka(self._deadletter_factory)
+        dl = self._deadletters
+
+        def send_all() -> int:
+            for ref, reasons in sorted(rejects.items()):
+                rec = records[ref]
+                message = "OpenSearch refused: " + "; ".join(reasons)
+                log.warning("index: dead letter %s reason=index_rejected: %s",
+                            rec.where, message[:300])
+                dl.send(rec, "index_rejected", message)
+            return dl.flush()
+
+        await self._kafka(send_all)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        on_batch: Callable[[IndexBatchReport], object] | None = None,
+    ) -> None:
+        """Consume until ``stop`` is set (see the module docstring for guarantees)."""
+        s = self.settings
+        watcher: asyncio.Task[None] | None = None
+        if stop is not None:
+
+            async def relay() -> None:
+                await stop.wait()
+                self._stop.set()
+
+            watcher = asyncio.create_task(relay())
+        try:
+            self._consumer = await self._retry(
+                "joining the consumer group", lambda: self._kafka(self._consumer_factory)
+            )
+            await self._ensure_ready()
+            while not self._stop.is_set():
+                try:
+                    records = await self._kafka(
+                        lambda: self._consumer.poll_batch(  # type: ignore[union-attr]
+                            max_records=s.persist_batch_max_records,
+                            max_bytes=s.persist_batch_max_bytes,
+                            linger_ms=s.persist_linger_ms,
+                            wait_ms=POLL_WAIT_MS,
+                        )
+                    )
+                except TransportError as exc:
+                    log.warning("index: poll failed: %s", exc)
+                    await self._sleep_or_stop(1.0)
+                    continue
+                if not records:
+                    continue
+                report = await self.handle_batch(records)
+                if on_batch is not None:
+                    res = on_batch(report)
+                    if inspect.isawaitable(res):
+                        await res
+        except _Stopped:
+            log.info("index: stopping with an uncommitted batch; it will be redelivered")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            await self._kafka(self._consumer.close)
+        if self._deadletters is not None:
+            await self._kafka(self._deadletters.close)
+        await self._drop_connection()
+        self._kafka_thread.shutdown(wait=True)
+        self.store.close()
+
+
+async def run_index_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_batch: Callable[[IndexBatchReport], object] | None = None,
+    group_id: str = DEFAULT_GROUP,
+    prefix: str | None = None,
+) -> None:
+    """Run one index worker until ``stop`` is set (see the module docstring)."""
+    await IndexWorker(settings, group_id=group_id, prefix=prefix).run(
+        stop=stop, on_batch=on_batch
+    )
+
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "IndexBatchReport",
+    "IndexStats",
+    "IndexWorker",
+    "parse_records",
+    "run_index_worker",
+]
