@@ -70,6 +70,9 @@ class Settings:
     kafka_bootstrap: str = ""
     postgres_dsn: Secret = field(default_factory=lambda: Secret(""))
     opensearch_url: str = ""
+    # Index names are <prefix>-events-YYYY.MM / <prefix>-output-YYYY.MM (several installations
+    # or test runs can share one cluster).
+    opensearch_index_prefix: str = "sv"
 
     topic_chunks: str = "sv.chunks.v1"
     topic_events: str = "sv.events.v1"
@@ -165,6 +168,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 def _check(s: Settings) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", s.tenant):
         raise ConfigError(f"SESSIONVAULT_TENANT={s.tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", s.opensearch_index_prefix):
+        raise ConfigError(
+            f"SESSIONVAULT_OPENSEARCH_INDEX_PREFIX={s.opensearch_index_prefix!r}: use 1-41 of"
+            " [a-z0-9_.-] (OpenSearch index names are lower case)"
+        )
     for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
