@@ -564,9 +564,9 @@ def event_document(
         "cluster_name": c.cluster_name,
         "kubernetes_cluster": c.kubernetes_cluster,
         "kubernetes_namespace": c.kubernetes_namespace,
-        "kubernetes_resource": [
-            v for v in (c.kubernetes_resource_kind, c.kubernetes_resource_name) if v
-        ],
+        # Both values, empty ones too: the PostgreSQL backend matches the two columns, so a
+        # filter value "" matches an event without a kind or a name there as well.
+        "kubernetes_resource": [c.kubernetes_resource_kind, c.kubernetes_resource_name],
         "verb": c.verb,
         "text_norm": c.text_norm,
         "body": dict(fields),
