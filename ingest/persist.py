@@ -52,6 +52,7 @@ from storage.chunkstore import (
     ChunkWriteResult,
     DataRejectedError,
     storage_error,
+    sync_segment_sessions,
     write_chunks,
 )
 from storage.codec import Compressor, pack_frames
@@ -165,6 +166,9 @@ async def store_batch(
             opened = set(result.chunks.opened)
             keys |= {(c.chunk.tenant, c.sid) for c in batch.chunks if c.sid in opened}
             result.enriched = await enrich_sessions(conn, keys)
+            if result.enriched:
+                # Text segments copy who/where from their session (search filters).
+                await sync_segment_sessions(conn, (sid for _, sid in keys))
     except StorageError:
         raise
     except Exception as exc:  # commit itself failed (connection lost mid-commit, ...)

@@ -29,6 +29,7 @@ from typing import Any
 
 from schemas.models import GENESIS_HASH, AuditEvent, Chunk, SessionInfo
 from sessionvault.errors import ValidationError
+from storage.search.model import EventColumns, event_columns, to_us
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -134,6 +135,8 @@ class EventRow:
     ei: int | None
     user_name: str
     body: str
+    # Search columns (filter values, normalised text), extracted from the body by the writer.
+    search: EventColumns | None = None
 
 
 def parse_time(value: str) -> datetime:
@@ -215,6 +218,7 @@ def event_row(event: AuditEvent, raw: bytes) -> EventRow:
         ei=ei if isinstance(ei, int) else None,
         user_name=user if isinstance(user, str) else "",
         body=raw.decode("utf-8"),
+        search=event_columns(f, to_us(when)),
     )
 
 

@@ -177,3 +177,115 @@ def render_text(data: bytes, *, max_line_chars: int = 64 * 1024) -> str:
     """All of ``data`` as text (see the module docstring for the rules)."""
     r = TextRenderer(max_line_chars=max_line_chars)
     return r.feed(data) + r.finish()
+
+
+class TimedTextRenderer(TextRenderer):
+    """A :class:`TextRenderer` that also knows WHEN each character of a line was written.
+
+    For search: :meth:`feed_at` takes the frame's offset (ms) and returns the lines it completed
+    as ``(text, times)``, ``times[i]`` being the offset at which ``text[i]`` was last written.
+    Lines are the same as :class:`TextRenderer` gives, without the ``\\n``. The state can be
+    saved and restored (:meth:`state` / :meth:`from_state`), so rendering can continue in
+    another process exactly where it stopped.
+    """
+
+    def __init__(self, *, max_line_chars: int = 64 * 1024, tab_width: int = 8) -> None:
+        super().__init__(max_line_chars=max_line_chars, tab_width=tab_width)
+        self._times: list[int] = []
+        self._now = 0
+        self._lines: list[tuple[str, list[int]]] = []
+
+    def feed_at(self, data: bytes, offset_ms: int) -> list[tuple[str, list[int]]]:
+        """Process ``data`` written at ``offset_ms``; return the lines it completed."""
+        self._now = offset_ms
+        self._run(self._decoder.decode(data))
+        return self._take_lines()
+
+    def finish_lines(self) -> list[tuple[str, list[int]]]:
+        """Flush the last, unterminated line (if any)."""
+        self._run(self._decoder.decode(b"", final=True))
+        if self._line:
+            self._end_line()
+        return self._take_lines()
+
+    def _take_lines(self) -> list[tuple[str, list[int]]]:
+        out, self._lines = self._lines, []
+        self._out.clear()
+        return out
+
+    def _end_line(self) -> None:
+        text = "".join(self._line).rstrip(" ")
+        self._lines.append((text, self._times[: len(text)]))
+        self._line = []
+        self._times = []
+        self._col = 0
+
+    def _put(self, ch: str) -> None:
+        if self._col >= self._max:
+            self._end_line()
+        line, times = self._line, self._times
+        if self._col < len(line):
+            line[self._col] = ch
+            times[self._col] = self._now
+        else:
+            if self._col > len(line):
+                pad = self._col - len(line)
+                line.extend(" " * pad)
+                times.extend([self._now] * pad)
+            line.append(ch)
+            times.append(self._now)
+        self._col += 1
+
+    def _apply(self, final: str, params: str) -> None:
+        first = params.split(";", 1)[0]
+        n = int(first) if first.isdigit() else 0
+        count = max(1, n)
+        col, times, now = self._col, self._times, self._now
+        if final == "K":
+            if n == 0:
+                del times[col:]
+            elif n == 1:
+                for i in range(min(col + 1, len(times))):
+                    times[i] = now
+            elif n == 2:
+                times.clear()
+        elif final == "P":
+            del times[col : col + count]
+        elif final == "@":
+            if col < len(times):
+                times[col:col] = [now] * min(count, self._max)
+                del times[self._max :]
+        elif final == "X":
+            for i in range(col, min(col + count, len(times))):
+                times[i] = now
+        super()._apply(final, params)
+
+    def state(self) -> dict[str, object]:
+        """The renderer's state as JSON-ready values (see :meth:`from_state`)."""
+        pending, flag = self._decoder.getstate()
+        return {
+            "v": 1,
+            "max": self._max,
+            "tab": self._tab,
+            "dec": pending.hex(),
+            "flag": flag,
+            "line": "".join(self._line),
+            "times": self._times,
+            "col": self._col,
+            "state": self._state,
+            "params": "".join(self._params),
+        }
+
+    @classmethod
+    def from_state(cls, st: dict[str, object]) -> TimedTextRenderer:
+        """A renderer continuing exactly where the one that made ``st`` stopped."""
+        if st.get("v") != 1:
+            raise ValueError(f"unknown text renderer state version {st.get('v')!r}")
+        r = cls(max_line_chars=int(st["max"]), tab_width=int(st["tab"]))  # type: ignore[call-overload]
+        r._decoder.setstate((bytes.fromhex(str(st["dec"])), int(st["flag"])))  # type: ignore[call-overload]
+        r._line = list(str(st["line"]))
+        r._times = [int(t) for t in st["times"]]  # type: ignore[attr-defined]
+        r._col = int(st["col"])  # type: ignore[call-overload]
+        r._state = int(st["state"])  # type: ignore[call-overload]
+        r._params = list(str(st["params"]))
+        return r

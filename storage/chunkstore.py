@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 
 from ingest.persist_logic import (
     ChunkRow,
@@ -32,6 +33,8 @@ from ingest.persist_logic import (
 )
 from sessionvault.errors import StorageError
 from storage.pg import translate
+from storage.search.model import SegmentRow, to_us
+from storage.search.segments import SessionText, render_session
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ class ChunkWriteResult:
     stored_bytes: int = 0
     opened: list[str] = field(default_factory=list)
     sessions: dict[str, SessionState] = field(default_factory=dict)
+    segments: list[SegmentRow] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
@@ -287,6 +291,7 @@ async def write_chunks(
         inserted = await insert_chunks(conn, plan.rows, method=method)
         changed = fold_inserted(states, inserted)
         await update_sessions(conn, list(changed.values()))
+        segments = await write_segments(conn, inserted)
     except StorageError:
         raise
     except Exception as exc:
@@ -298,4 +303,104 @@ async def write_chunks(
     result.stored_bytes = sum(len(r.prepared.stored) for r in inserted)
     result.opened = [o.sid for o in plan.opens]
     result.sessions = changed
+    result.segments = segments
     return result
+
+
+async def write_segments(
+    conn: asyncpg.Connection, inserted: Sequence[ChunkRow]
+) -> list[SegmentRow]:
+    """Render the chunks just inserted into text segments (storage.search.segments) and store
+    them with the sessions' new rendering positions, inside the caller's transaction (the
+    session rows are already locked by it). Only inserted chunks advance the state, so a
+    redelivered batch renders nothing twice. Returns the segments written."""
+    by_sid: dict[str, list[ChunkRow]] = {}
+    for r in inserted:
+        by_sid.setdefault(r.prepared.sid, []).append(r)
+    if not by_sid:
+        return []
+    rows = await conn.fetch(
+        "SELECT sid, tenant, started_at, text_state, text_seg_next, text_seq, user_name, login,"
+        " server_id, cluster_name, kubernetes_cluster FROM sessions WHERE sid = ANY($1::text[])",
+        sorted(by_sid),
+    )
+    segments: list[SegmentRow] = []
+    positions: list[tuple[str, bytes | None, int, int]] = []
+    for row in rows:
+        ctx = SessionText(
+            tenant=row["tenant"],
+            sid=row["sid"],
+            started_us=to_us(row["started_at"]),
+            state=None if row["text_state"] is None else bytes(row["text_state"]),
+            seg_next=row["text_seg_next"],
+            text_seq=row["text_seq"],
+            user=row["user_name"],
+            login=row["login"],
+            server_id=row["server_id"],
+            cluster_name=row["cluster_name"],
+            kubernetes_cluster=row["kubernetes_cluster"],
+        )
+        done = render_session(ctx, [r.prepared.chunk for r in by_sid[ctx.sid]])
+        if done.text_seq != ctx.text_seq:
+            segments.extend(done.segments)
+            positions.append((ctx.sid, done.state, done.seg_next, done.text_seq))
+    if segments:
+        await conn.execute(
+            "INSERT INTO text_segments (sid, seg_no, tenant, start_ms, end_ms, time_us, text,"
+            " text_norm, times, user_name, login, server_id, cluster_name, kubernetes_cluster)"
+            " SELECT sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm,"
+            " translate(times, '[]', '{}')::bigint[], un, lo, si, cn, kc"
+            " FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[],"
+            " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+            " $12::text[], $13::text[], $14::text[])"
+            " AS x(sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm, times, un, lo,"
+            " si, cn, kc)"
+            " ON CONFLICT (sid, seg_no) DO NOTHING",
+            [g.sid for g in segments],
+            [g.seg_no for g in segments],
+            [g.tenant for g in segments],
+            [g.start_ms for g in segments],
+            [g.end_ms for g in segments],
+            [g.time_us for g in segments],
+            [g.text for g in segments],
+            [g.text_norm for g in segments],
+            [orjson.dumps(list(g.times)).decode() for g in segments],
+            [g.user for g in segments],
+            [g.login for g in segments],
+            [g.server_id for g in segments],
+            [g.cluster_name for g in segments],
+            [g.kubernetes_cluster for g in segments],
+        )
+    if positions:
+        await conn.execute(
+            "UPDATE sessions s SET text_state = u.st, text_seg_next = u.nx, text_seq = u.sq"
+            " FROM unnest($1::text[], $2::bytea[], $3::int[], $4::int[]) AS u(sid, st, nx, sq)"
+            " WHERE s.sid = u.sid",
+            [p[0] for p in positions],
+            [p[1] for p in positions],
+            [p[2] for p in positions],
+            [p[3] for p in positions],
+        )
+    return segments
+
+
+async def sync_segment_sessions(conn: asyncpg.Connection, sids: Iterable[str]) -> int:
+    """Copy the sessions' who/where (changed by session.start enrichment) into their text
+    segments; returns the segments updated."""
+    keys = sorted(set(sids))
+    if not keys:
+        return 0
+    try:
+        status = await conn.execute(
+            "UPDATE text_segments t SET user_name = s.user_name, login = s.login,"
+            " server_id = s.server_id, cluster_name = s.cluster_name,"
+            " kubernetes_cluster = s.kubernetes_cluster"
+            " FROM sessions s WHERE s.sid = ANY($1::text[]) AND t.sid = s.sid"
+            " AND (t.user_name, t.login, t.server_id, t.cluster_name, t.kubernetes_cluster)"
+            " IS DISTINCT FROM"
+            " (s.user_name, s.login, s.server_id, s.cluster_name, s.kubernetes_cluster)",
+            keys,
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot update text segments from their sessions") from exc
+    return int(status.split()[-1])

@@ -28,6 +28,7 @@ from ingest.kube_audit import merge_kube_requests
 from ingest.persist_logic import EventRow, month_bounds, partition_name
 from sessionvault.errors import StorageError
 from storage.chunkstore import storage_error
+from storage.search.model import event_columns, to_us
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,38 @@ _PARTITION_LOCK = 7413002
 SESSION_START = "session.start"
 SESSION_END = "session.end"
 KUBE_REQUEST = "kube.request"
+
+# The search columns (migration 003) are written with every event: see
+# storage.search.model.event_columns.
+_INSERT_EVENTS = (
+    "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body, time_us,"
+    " login, server_id, cluster_name, kubernetes_cluster, kubernetes_namespace,"
+    " kubernetes_resource_kind, kubernetes_resource_name, verb, text_norm)"
+    " SELECT t, u, ti, e, c, s, ei, un, b::jsonb, tu, lo, si, cn, kc, kn, kk, kr, vb, tn"
+    " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],"
+    " $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[],"
+    " $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])"
+    " AS x(t, u, ti, e, c, s, ei, un, b, tu, lo, si, cn, kc, kn, kk, kr, vb, tn)"
+)
+
+
+def _search_arrays(rows: Sequence[EventRow]) -> list[list[Any]]:
+    cols = [
+        r.search if r.search is not None else event_columns(orjson.loads(r.body), to_us(r.time))
+        for r in rows
+    ]
+    return [
+        [c.time_us for c in cols],
+        [c.login for c in cols],
+        [c.server_id for c in cols],
+        [c.cluster_name for c in cols],
+        [c.kubernetes_cluster for c in cols],
+        [c.kubernetes_namespace for c in cols],
+        [c.kubernetes_resource_kind for c in cols],
+        [c.kubernetes_resource_name for c in cols],
+        [c.verb for c in cols],
+        [c.text_norm for c in cols],
+    ]
 
 
 async def known_partitions(conn: asyncpg.Connection) -> set[str]:
@@ -105,11 +138,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
         return 0
     try:
         done = await conn.fetch(
-            "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body)"
-            " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
-            " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
-            " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
-            " ON CONFLICT (tenant, uid, time) DO NOTHING RETURNING 1",
+            _INSERT_EVENTS + " ON CONFLICT (tenant, uid, time) DO NOTHING RETURNING 1",
             [r.tenant for r in rows],
             [r.uid for r in rows],
             [r.time for r in rows],
@@ -119,6 +148,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
             [r.ei for r in rows],
             [r.user_name for r in rows],
             [r.body for r in rows],
+            *_search_arrays(rows),
         )
     except StorageError:
         raise
@@ -212,17 +242,26 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             new += 1
         else:
             body = merge_kube_requests(orjson.loads(old["body"]), body)
-        out.append(dataclasses.replace(row, body=orjson.dumps(body).decode()))
+        # The merged body is what is stored, so its search columns are computed from it.
+        out.append(
+            dataclasses.replace(
+                row,
+                body=orjson.dumps(body).decode(),
+                search=event_columns(body, to_us(row.time)),
+            )
+        )
     if not out:
         return 0
     try:
         await conn.execute(
-            "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body)"
-            " SELECT t, u, ti, e, c, s, ei, un, b::jsonb FROM unnest($1::text[], $2::text[],"
-            " $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],"
-            " $9::text[]) AS x(t, u, ti, e, c, s, ei, un, b)"
-            " ON CONFLICT (tenant, uid, time) DO UPDATE SET body = excluded.body,"
-            " user_name = excluded.user_name, code = excluded.code"
+            _INSERT_EVENTS + " ON CONFLICT (tenant, uid, time) DO UPDATE SET body = excluded.body,"
+            " user_name = excluded.user_name, code = excluded.code, login = excluded.login,"
+            " server_id = excluded.server_id, cluster_name = excluded.cluster_name,"
+            " kubernetes_cluster = excluded.kubernetes_cluster,"
+            " kubernetes_namespace = excluded.kubernetes_namespace,"
+            " kubernetes_resource_kind = excluded.kubernetes_resource_kind,"
+            " kubernetes_resource_name = excluded.kubernetes_resource_name,"
+            " verb = excluded.verb, text_norm = excluded.text_norm"
             " WHERE events.body <> excluded.body",
             [r.tenant for r in out],
             [r.uid for r in out],
@@ -233,6 +272,7 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             [r.ei for r in out],
             [r.user_name for r in out],
             [r.body for r in out],
+            *_search_arrays(out),
         )
     except Exception as exc:
         raise storage_error(exc, "cannot upsert kube.request events") from exc
