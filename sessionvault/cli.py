@@ -70,6 +70,7 @@ def _register_all() -> None:
         "ingest.cli",
         "replay.cli",
         "api.cli",
+        "api.cli_search",
     ):
         try:
             module = importlib.import_module(mod)

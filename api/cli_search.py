@@ -1,0 +1,311 @@
+"""Compliance commands: ``search``, ``retention set|show|apply`` and ``hold set|release|list``.
+
+Thin click layers over :mod:`storage.search.service`, :mod:`storage.retention`; storage
+itself knows nothing of click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from sessionvault.cli import get_settings
+from sessionvault.errors import ConfigError
+from sessionvault.settings import Settings, require
+
+T = TypeVar("T")
+
+
+def _dsn(settings: Settings) -> str:
+    require(settings, "postgres_dsn")
+    return settings.postgres_dsn.get()
+
+
+def _actor() -> str:
+    from ingest.view_audit import cli_viewer
+
+    return cli_viewer()
+
+
+async def _with_pool(dsn: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from storage.pg import create_pool
+
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def _run(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(_with_pool(_dsn(settings), work))
+
+
+def _index_store(settings: Settings, enabled: bool) -> Any:
+    """The OpenSearch store retention deletes documents from (None: not configured/wanted)."""
+    if not enabled or not settings.opensearch_url:
+        return None
+    from storage.search.opensearch import OpenSearchStore
+
+    return OpenSearchStore(settings.opensearch_url)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def register(main: click.Group) -> None:
+    """Add ``search``, ``retention`` and ``hold`` to the ``sessionvault`` group."""
+    _register_search(main)
+    _register_retention(main)
+    _register_hold(main)
+
+
+def _register_search(main: click.Group) -> None:
+    pass
+
+
+def _register_retention(main: click.Group) -> None:
+    @main.group("retention")
+    def retention_group() -> None:
+        """Per-tenant retention of audit events and session recordings."""
+
+    @retention_group.command("set")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.option("--events-days", type=int, required=True, help="Keep audit events this long.")
+    @click.option(
+        "--sessions-days", type=int, required=True, help="Keep session recordings this long."
+    )
+    @click.pass_context
+    def retention_set(
+        ctx: click.Context, tenant: str | None, events_days: int, sessions_days: int
+    ) -> None:
+        """Set (or replace) a tenant's retention policy."""
+        from storage.retention import set_policy
+
+        settings = get_settings(ctx)
+        t = tenant or settings.tenant
+
+        async def work(pool: Any) -> Any:
+            return await set_policy(
+                pool, t, events_days=events_days, sessions_days=sessions_days, actor=_actor()
+            )
+
+        policy = _run(settings, work)
+        click.echo(
+            f"tenant {policy.tenant}: events kept {policy.events_days} days, sessions kept"
+            f" {policy.sessions_days} days"
+        )
+
+    @retention_group.command("unset")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def retention_unset(ctx: click.Context, tenant: str | None) -> None:
+        """Remove a tenant's policy: it then keeps everything."""
+        from storage.retention import delete_policy
+
+        settings = get_settings(ctx)
+        t = tenant or settings.tenant
+
+        async def work(pool: Any) -> bool:
+            return await delete_policy(pool, t)
+
+        if not _run(settings, work):
+            raise ConfigError(f"tenant {t} has no retention policy")
+        click.echo(f"tenant {t}: retention policy removed (keeps everything)")
+
+    @retention_group.command("show")
+    @click.option("--tenant", default=None, help="Only this tenant (default: every policy).")
+    @click.pass_context
+    def retention_show(ctx: click.Context, tenant: str | None) -> None:
+        """List retention policies."""
+        from storage.retention import get_policies
+
+        settings = get_settings(ctx)
+
+        async def work(pool: Any) -> Any:
+            return await get_policies(pool, tenant)
+
+        rows = _run(settings, work)
+        if not rows:
+            click.echo("no retention policies (every tenant keeps everything)")
+            return
+        table = [("TENANT", "EVENTS DAYS", "SESSIONS DAYS", "UPDATED (UTC)", "BY")]
+        table += [
+            (
+                p.tenant,
+                str(p.events_days),
+                str(p.sessions_days),
+                _when(p.updated_at),
+                p.updated_by,
+            )
+            for p in rows
+        ]
+        click.echo(_table(table))
+
+    @retention_group.command("apply")
+    @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+    @click.option(
+        "--tenant",
+        "tenants",
+        multiple=True,
+        help="Only these tenants (repeatable; default: every tenant with a policy).",
+    )
+    @click.option(
+        "--no-opensearch",
+        is_flag=True,
+        help="Leave index documents alone (remove them later by a run with OpenSearch).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    @click.option(
+        "--list-limit",
+        type=int,
+        default=50,
+        show_default=True,
+        help="Session ids listed per tenant in the text report (0: all).",
+    )
+    @click.pass_context
+    def retention_apply(
+        ctx: click.Context,
+        dry_run: bool,
+        tenants: tuple[str, ...],
+        no_opensearch: bool,
+        as_json: bool,
+        list_limit: int,
+    ) -> None:
+        """Delete events, recordings and index documents past each tenant's retention,
+        except sessions under legal hold."""
+        from storage.retention import RetentionReport, apply_retention
+
+        settings = get_settings(ctx)
+        index = _index_store(settings, not no_opensearch)
+
+        async def work(pool: Any) -> RetentionReport:
+            return await apply_retention(
+                pool,
+                tenants=tenants or None,
+                dry_run=dry_run,
+                index=index,
+                actor=_actor(),
+                progress=_progress,
+            )
+
+        try:
+            report = _run(settings, work)
+        finally:
+            if index is not None:
+                index.close()
+        if as_json:
+            click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+            return
+        click.echo(format_report(report, list_limit))
+
+
+def format_report(report: Any, list_limit: int = 50) -> str:
+    """The text report of a retention run."""
+    verb = "would delete" if report.dry_run else "deleted"
+    lines = [
+        f"retention {'DRY RUN ' if report.dry_run else ''}at {report.now.isoformat()}"
+        f" (OpenSearch documents {'included' if report.opensearch else 'not touched'})"
+    ]
+    if report.partitions:
+        lines.append(
+            f"event partitions {'droppable' if report.dry_run else 'dropped'}:"
+            f" {', '.join(report.partitions)}"
+        )
+    if not report.tenants:
+        lines.append("no tenant has a retention policy: nothing to do")
+    for t in report.tenants:
+        lines.append(
+            f"tenant {t.tenant}: {verb} {t.events} events (before {t.events_cutoff:%Y-%m-%d}),"
+            f" {t.sessions} sessions with {t.chunks} chunks and {t.segments} text segments"
+            f" (before {t.sessions_cutoff:%Y-%m-%d}), {t.index_documents} index documents;"
+            f" kept under legal hold: {len(t.held_session_ids)} sessions, {t.held_events} events"
+        )
+        shown = t.session_ids if list_limit <= 0 else t.session_ids[:list_limit]
+        for sid in shown:
+            lines.append(f"  {sid}")
+        if len(shown) < len(t.session_ids):
+            lines.append(f"  ... and {len(t.session_ids) - len(shown)} more (--list-limit 0)")
+        for sid in t.held_session_ids:
+            lines.append(f"  {sid} (legal hold: kept)")
+    return "\n".join(lines)
+
+
+def _register_hold(main: click.Group) -> None:
+    @main.group("hold")
+    def hold_group() -> None:
+        """Legal hold: sessions that retention must never delete."""
+
+    @hold_group.command("set")
+    @click.argument("sid")
+    @click.option("--reason", required=True, help="Why (kept with the decision).")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def hold_set(ctx: click.Context, sid: str, reason: str, tenant: str | None) -> None:
+        """Put a session under legal hold."""
+        from storage.retention import set_hold
+
+        settings = get_settings(ctx)
+        t = tenant or settings.tenant
+
+        async def work(pool: Any) -> Any:
+            return await set_hold(pool, t, sid, reason=reason, actor=_actor())
+
+        rec = _run(settings, work)
+        click.echo(f"session {sid}: legal hold set by {rec.actor} at {rec.at.isoformat()}")
+
+    @hold_group.command("release")
+    @click.argument("sid")
+    @click.option("--reason", required=True, help="Why (kept with the decision).")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def hold_release(ctx: click.Context, sid: str, reason: str, tenant: str | None) -> None:
+        """Release a session's legal hold."""
+        from storage.retention import release_hold
+
+        settings = get_settings(ctx)
+        t = tenant or settings.tenant
+
+        async def work(pool: Any) -> Any:
+            return await release_hold(pool, t, sid, reason=reason, actor=_actor())
+
+        rec = _run(settings, work)
+        click.echo(f"session {sid}: legal hold released by {rec.actor} at {rec.at.isoformat()}")
+
+    @hold_group.command("list")
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.option("--history", "history_sid", default=None, metavar="SID", help="Show decisions.")
+    @click.pass_context
+    def hold_list(ctx: click.Context, tenant: str | None, history_sid: str | None) -> None:
+        """Sessions under legal hold now (or one session's hold history)."""
+        from storage.retention import hold_history, list_holds
+
+        settings = get_settings(ctx)
+        t = tenant or settings.tenant
+
+        async def work(pool: Any) -> Any:
+            if history_sid:
+                return await hold_history(pool, t, history_sid)
+            return await list_holds(pool, t)
+
+        rows = _run(settings, work)
+        table = [("SID", "ACTION", "AT (UTC)", "BY", "REASON")]
+        table += [(r.sid, r.action, _when(r.at), r.actor, r.reason) for r in rows]
+        click.echo(_table(table))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
