@@ -287,7 +287,7 @@ def replay_command(sid: str, offset_ms: int) -> str:
 
 def replay_path(sid: str, offset_ms: int) -> str:
     """The HTTP API path exporting ``sid`` (``start_ms`` tells where the hit is)."""
-    return f"/v1/sessions/{sid}/export?format=asciicast&start_ms={offset_ms}"
+    return f"/v1/sessions/{sid}/export?format=asciicast-v2&start_ms={offset_ms}"
 
 
 @dataclass(frozen=True)
