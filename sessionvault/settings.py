@@ -100,6 +100,9 @@ class Settings:
 
     log_level: str = "INFO"
 
+    # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.
+    siem_config: str = ""
+
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir or self.home / "spool"

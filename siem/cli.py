@@ -1,0 +1,114 @@
+"""SIEM commands: ``worker siem --sink NAME`` (one sink per process) and ``siem sinks``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+
+from sessionvault.cli import get_settings
+
+
+def _group(main: click.Group, name: str, help_text: str) -> click.Group:
+    """The subgroup ``name`` of ``main``, created on first use (several areas add workers)."""
+    existing = main.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group(name, help=help_text)
+    main.add_command(group)
+    return group
+
+
+def register(main: click.Group) -> None:
+    """Add ``worker siem`` and ``siem sinks`` to the ``sessionvault`` group."""
+    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+
+    @worker_group.command("siem")
+    @click.option("--sink", "sink_name", required=True, help="Sink name from the SIEM config.")
+    @click.option(
+        "--config",
+        "config_path",
+        default=None,
+        help="SIEM configuration file (default: SESSIONVAULT_SIEM_CONFIG).",
+    )
+    @click.option(
+        "--status-every",
+        default=5.0,
+        show_default=True,
+        help="Seconds between status lines on stderr (0: none).",
+    )
+    @click.pass_context
+    def siem_worker_cmd(
+        ctx: click.Context, sink_name: str, config_path: str | None, status_every: float
+    ) -> None:
+        """Forward events to one SIEM sink (consumer group siem-NAME) until SIGTERM/SIGINT."""
+        from siem.config import load_siem_config
+        from siem.worker import SinkWorker
+
+        settings = get_settings(ctx)
+        config = load_siem_config(settings, config_path).sink(sink_name)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("siem").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
+
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker = SinkWorker(settings, config)
+        tag = f"siem[{config.name}]"
+        last: dict[str, Any] = {"t": time.monotonic(), "delivered": 0}
+
+        def status_line(_: object = None) -> None:
+            now = time.monotonic()
+            if status_every <= 0 or now - last["t"] < status_every:
+                return
+            s = worker.stats
+            rate = (s.delivered - last["delivered"]) / max(now - last["t"], 1e-9)
+            click.echo(
+                f"{tag}: {rate:,.0f} events/s | total {s.delivered} delivered, {s.skipped} "
+                f"skipped, {s.failures} failed tries, {s.dead_letters} dead letters",
+                err=True,
+            )
+            last.update(t=now, delivered=s.delivered)
+
+        click.echo(
+            f"{tag}: {config.type} ({config.format}) consuming {settings.topic_events} as group "
+            f"{config.group_id} (Ctrl-C or SIGTERM to stop)",
+            err=True,
+        )
+        worker.run(stop=stop, on_batch=status_line)
+        click.echo(f"{tag}: stopped after {worker.stats.delivered} delivered events", err=True)
+
+    siem_group = _group(main, "siem", "SIEM sinks.")
+
+    @siem_group.command("sinks")
+    @click.option("--config", "config_path", default=None, help="SIEM configuration file.")
+    @click.pass_context
+    def sinks_cmd(ctx: click.Context, config_path: str | None) -> None:
+        """List the configured sinks (secrets never shown) with their last known counters."""
+        from siem.config import load_siem_config
+        from siem.state import read_states
+
+        settings = get_settings(ctx)
+        config = load_siem_config(settings, config_path)
+        states = {s["sink"]: s for s in read_states(settings.home)}
+        click.echo(
+            f"{'sink':<16} {'type':<11} {'format':<7} {'group':<22} {'delivered':>10} "
+            f"{'failed':>7} {'dead':>6}"
+        )
+        for sink in config.sinks:
+            st = states.get(sink.name, {})
+            click.echo(
+                f"{sink.name:<16} {sink.type:<11} {sink.format:<7} {sink.group_id:<22} "
+                f"{st.get('delivered', '-'):>10} {st.get('failures', '-'):>7} "
+                f"{st.get('dead_letters', '-'):>6}"
+            )
+
+
+__all__ = ["register"]
