@@ -96,6 +96,9 @@ def create_app(
             app.state.producer.close()
             # Blocks up to its timeout while Kafka is down (then the events stay spooled).
             await asyncio.to_thread(app.state.view_auditor.close)
+            search = getattr(app.state, "search", None)
+            if search is not None:
+                await search.close()
             await app.state.pool.close()
 
     app = FastAPI(title="sessionvault", version=__version__, lifespan=lifespan)
@@ -120,8 +123,9 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    from api import kube, sessions
+    from api import kube, search, sessions
 
     app.include_router(kube.router)
     app.include_router(sessions.router)
+    app.include_router(search.router)
     return app

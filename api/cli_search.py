@@ -7,6 +7,7 @@ itself knows nothing of click.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -52,7 +53,7 @@ def _index_store(settings: Settings, enabled: bool) -> Any:
         return None
     from storage.search.opensearch import OpenSearchStore
 
-    return OpenSearchStore(settings.opensearch_url)
+    return OpenSearchStore(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
 
 
 def _progress(message: str) -> None:
@@ -70,8 +71,141 @@ def register(main: click.Group) -> None:
     _register_hold(main)
 
 
+# (option name, Query filter, help): every filter is repeatable, values OR-ed.
+_FILTER_OPTIONS = (
+    ("--user", "user", "Teleport user"),
+    ("--login", "login", "OS login"),
+    ("--server", "server_id", "server id"),
+    ("--cluster", "cluster_name", "proxy cluster name"),
+    ("--kube-cluster", "kubernetes_cluster", "Kubernetes cluster"),
+    ("--namespace", "kubernetes_namespace", "Kubernetes namespace (events only)"),
+    ("--resource", "kubernetes_resource", "Kubernetes resource kind or name (events only)"),
+    ("--verb", "verb", "Kubernetes verb (events only)"),
+    ("--event", "event", "event type (events only)"),
+    ("--code", "code", "event code (events only)"),
+    ("--sid", "sid", "session id"),
+)
+
+
 def _register_search(main: click.Group) -> None:
-    pass
+    def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+        for opt, dest, help_text in reversed(_FILTER_OPTIONS):
+            f = click.option(opt, dest, multiple=True, metavar="VALUE", help=help_text)(f)
+        return f
+
+    @main.command("search")
+    @click.argument("terms", nargs=-1)
+    @click.option(
+        "--text",
+        "texts",
+        multiple=True,
+        metavar="TERM",
+        help="Literal, case-insensitive substring (repeatable: all must occur).",
+    )
+    @filter_options
+    @click.option("--since", default=None, help="From (inclusive): RFC 3339, or 24h, 7d, ...")
+    @click.option("--until", default=None, help="To (exclusive): RFC 3339, or a span.")
+    @click.option(
+        "--kind",
+        type=click.Choice(["events", "output", "all"]),
+        default="all",
+        show_default=True,
+        help="Audit events, terminal output, or both.",
+    )
+    @click.option("--limit", type=int, default=50, show_default=True, help="Hits per page.")
+    @click.option("--cursor", default=None, help="Continue after a previous page.")
+    @click.option("--all-pages", is_flag=True, help="Follow the cursor to the last page.")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+    )
+    @click.option(
+        "--backend",
+        type=click.Choice(["auto", "postgres", "opensearch"]),
+        default="auto",
+        show_default=True,
+        help="auto: OpenSearch when configured and up, else PostgreSQL (and says so).",
+    )
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def search_cmd(
+        ctx: click.Context,
+        /,
+        terms: tuple[str, ...],
+        texts: tuple[str, ...],
+        since: str | None,
+        until: str | None,
+        kind: str,
+        limit: int,
+        cursor: str | None,
+        all_pages: bool,
+        fmt: str,
+        backend: str,
+        tenant: str | None,
+        **filters: tuple[str, ...],
+    ) -> None:
+        """Search audit events and terminal output ("who did what, where, when").
+
+        TERMS and --text are literal substrings (no query syntax), all required. Each hit in
+        a session shows the command that replays it from that moment.
+        """
+        from api.search_format import csv_header, csv_rows, format_table, page_json
+        from api.search_query import make_query, open_search
+
+        settings = get_settings(ctx)
+        query = make_query(
+            tenant or settings.tenant,
+            filters=filters,
+            text=(*terms, *texts),
+            kind=kind,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+
+        async def work() -> None:
+            fe = open_search(settings, backend=backend)
+            try:
+                q = query
+                first = True
+                total = 0
+                while True:
+                    page = await fe.search(q)
+                    if first and page.fallback_reason:
+                        click.echo(
+                            f"note: answered by PostgreSQL: {page.fallback_reason}", err=True
+                        )
+                    total += len(page.hits)
+                    if fmt == "json":
+                        click.echo(page_json(page))
+                    elif fmt == "csv":
+                        click.echo((csv_header() if first else "") + csv_rows(page.hits), nl=False)
+                    elif page.hits or first:
+                        text = format_table(page.hits, header=first)
+                        if text:
+                            click.echo(text)
+                    first = False
+                    if not all_pages or page.next_cursor is None:
+                        break
+                    if sys.stderr.isatty():
+                        click.echo(f"\r{total} hits...", err=True, nl=False)
+                    q = q.with_cursor(page.next_cursor)
+                if sys.stderr.isatty() and all_pages:
+                    click.echo("\r", err=True, nl=False)
+                more = "" if page.next_cursor is None else f"; more: --cursor {page.next_cursor}"
+                click.echo(f"{total} hits (backend {page.backend}){more}", err=True)
+            finally:
+                await fe.close()
+
+        try:
+            asyncio.run(work())
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise SystemExit(1) from None
 
 
 def _register_retention(main: click.Group) -> None:

@@ -130,7 +130,7 @@ def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_ke
     settings: Settings, sv_env: dict[str, str], corpus: dict[str, str]
 ) -> None:
     a, b = corpus["A"], corpus["B"]
-    store = OpenSearchStore(settings.opensearch_url)
+    store = OpenSearchStore(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
     asyncio.run(_reindex(settings.postgres_dsn.get(), store, [a, b]))
     assert index_ids(store, [a, b]) == pg_doc_ids(settings, [a, b])
     old_chunks = count(settings, "SELECT count(*) AS n FROM chunks WHERE sid = $1", corpus["s_old"])
