@@ -3,7 +3,7 @@ in the same order, page by page (cursors included), over one corpus.
 
 The corpus (generated events of two tenants, rendered terminal output, the Teleport fixtures)
 is stored in PostgreSQL by the search corpus builder, then copied to OpenSearch by
-``reindex`` (the same document path the index worker uses). Each test gets its own database and
+``reindex`` (the same document path the index worker uses). The module gets its own database and
 its own OpenSearch index prefix, so nothing leaks between tests.
 """
 
@@ -12,51 +12,74 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from sessionvault.settings import Settings
+from deploy.stack import LocalStack
+from sessionvault.settings import Secret, Settings, load_settings
 from storage import pg
 from storage.search.model import KIND_EVENT, KIND_OUTPUT, Page, Query
 from storage.search.opensearch import OpenSearchBackend, OpenSearchStore
 from storage.search.pg import PgSearchBackend
 from storage.search.reindex import count_rows, reindex
+from tests.integration.conftest import TEMPLATE_DB, _admin
 from tests.integration.search_corpus import BASE, FIXTURE_TENANT, CorpusInfo, build_corpus
 
 TENANTS = {"acme": 9_000, "globex": 5_000}
 OUTPUT_SESSIONS = 40
 
 
-@pytest.fixture
-def corpus(settings: Settings) -> Iterator[tuple[CorpusInfo, str]]:
-    """The corpus in this test's database and, reindexed, under a fresh index prefix."""
-    prefix = f"conf-{uuid.uuid4().hex[:10]}"
-    dsn = settings.postgres_dsn.get()
-    info = asyncio.run(
-        build_corpus(dsn, settings, tenants=TENANTS, output_sessions=OUTPUT_SESSIONS)
+@dataclass(frozen=True)
+class Env:
+    settings: Settings
+    info: CorpusInfo
+    prefix: str
+
+
+@pytest.fixture(scope="module")
+def corpus(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The corpus in a database of its own and, reindexed, under a fresh index prefix (built
+    once for the module: the OpenSearch-compatible server indexes about 1,100 docs/s)."""
+    hexid = uuid.uuid4().hex[:12]
+    database = f"t_{hexid}"
+    asyncio.run(_admin(stack, f'CREATE DATABASE "{database}" TEMPLATE "{TEMPLATE_DB}"'))
+    home = tmp_path_factory.mktemp("conformance")
+    settings = load_settings(
+        env={"SESSIONVAULT_HOME": str(home)},
+        home=home,
+        postgres_dsn=Secret(stack.server_dsn(database)),
+        opensearch_url=stack.opensearch_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
     )
+    prefix = f"conf-{hexid}"
+    dsn = settings.postgres_dsn.get()
     store = OpenSearchStore(settings.opensearch_url, prefix=prefix)
-
-    async def index() -> int:
-        conn = await pg.connect(dsn)
-        try:
-            expected = await count_rows(conn)
-            report = await reindex(conn, store)
-        finally:
-            await conn.close()
-        assert report.rejected == []
-        assert report.total == expected
-        return expected
-
-    expected = asyncio.run(index())
-    assert store.count() == expected
     try:
-        yield info, prefix
+        info = asyncio.run(
+            build_corpus(dsn, settings, tenants=TENANTS, output_sessions=OUTPUT_SESSIONS)
+        )
+
+        async def index() -> int:
+            conn = await pg.connect(dsn)
+            try:
+                expected = await count_rows(conn)
+                report = await reindex(conn, store)
+            finally:
+                await conn.close()
+            assert report.rejected == []
+            assert report.total == expected
+            return expected
+
+        expected = asyncio.run(index())
+        assert store.count() == expected
+        yield Env(settings, info, prefix)
     finally:
         store.delete_by_query({"match_all": {}})
         store.close()
+        asyncio.run(_admin(stack, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 def _t(days: float) -> datetime:
@@ -131,10 +154,8 @@ async def _compare(pgb: PgSearchBackend, osb: OpenSearchBackend, q: Query, max_p
     return seen
 
 
-def test_every_query_gives_identical_pages_on_postgres_and_opensearch(
-    settings: Settings, corpus: tuple[CorpusInfo, str]
-) -> None:
-    info, prefix = corpus
+def test_every_query_gives_identical_pages_on_postgres_and_opensearch(corpus: Env) -> None:
+    settings, prefix = corpus.settings, corpus.prefix
     dsn = settings.postgres_dsn.get()
 
     async def run() -> dict[str, int]:
@@ -167,10 +188,8 @@ def test_every_query_gives_identical_pages_on_postgres_and_opensearch(
     assert sum(1 for v in counts.values() if v) > len(counts) // 2
 
 
-def test_full_walk_of_a_tenant_is_identical_with_big_pages(
-    settings: Settings, corpus: tuple[CorpusInfo, str]
-) -> None:
-    info, prefix = corpus
+def test_full_walk_of_a_tenant_is_identical_with_big_pages(corpus: Env) -> None:
+    settings, info, prefix = corpus.settings, corpus.info, corpus.prefix
 
     async def run() -> int:
         pgb = PgSearchBackend(settings.postgres_dsn.get())
@@ -185,10 +204,8 @@ def test_full_walk_of_a_tenant_is_identical_with_big_pages(
     assert seen == info.events["globex"] + info.segments["globex"]
 
 
-def test_opensearch_never_returns_another_tenants_documents(
-    settings: Settings, corpus: tuple[CorpusInfo, str]
-) -> None:
-    info, prefix = corpus
+def test_opensearch_never_returns_another_tenants_documents(corpus: Env) -> None:
+    settings, prefix = corpus.settings, corpus.prefix
 
     async def run() -> None:
         osb = OpenSearchBackend(settings.opensearch_url, prefix=prefix)
@@ -213,4 +230,3 @@ def test_opensearch_never_returns_another_tenants_documents(
             osb.close()
 
     asyncio.run(run())
-    assert datetime.now(UTC) > BASE
