@@ -160,15 +160,13 @@ def parse_records(records: Sequence[Record], settings: Settings) -> _Parsed:
             elif rec.topic == settings.topic_chunks:
                 header, _ = decode_chunk_header(value, settings.max_record_bytes)
                 sid, seq, tenant = header.get("sid"), header.get("seq"), header.get("tenant")
-                if not (isinstance(sid, str) and isinstance(seq, int)
-                        and isinstance(tenant, str)):
+                if not (isinstance(sid, str) and isinstance(seq, int) and isinstance(tenant, str)):
                     raise ValidationError("missing_field", "chunk header without sid/seq/tenant")
                 out.chunks[(sid, seq)] = (ref, tenant)
             else:
                 raise ValidationError("unknown_topic", f"no handler for topic {rec.topic!r}")
         except (ValidationError, ValueError) as exc:
-            log.debug("index: skipping %s (the persist worker dead-letters it): %s",
-                      rec.where, exc)
+            log.debug("index: skipping %s (the persist worker dead-letters it): %s", rec.where, exc)
             out.skipped += 1
     return out
 
@@ -204,9 +202,9 @@ class IndexWorker:
         self._deadletter_factory = deadletter_factory or (
             lambda: DeadLetterProducer(settings, worker=group_id)
         )
-        self.store = (store_factory or (
-            lambda: OpenSearchStore(settings.opensearch_url, prefix=prefix)
-        ))()
+        self.store = (
+            store_factory or (lambda: OpenSearchStore(settings.opensearch_url, prefix=prefix))
+        )()
         self._connect = connect
         self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
         self._consumer: BatchConsumer | None = None
@@ -260,8 +258,14 @@ class IndexWorker:
                     self._ready = False
                 delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
                 level = logging.WARNING if exc.retriable else logging.ERROR
-                log.log(level, "index: %s failed (attempt %d), retrying in %.1fs: %s",
-                        what, attempt, delay, exc)
+                log.log(
+                    level,
+                    "index: %s failed (attempt %d), retrying in %.1fs: %s",
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
                 await self._sleep_or_stop(delay)
 
     # -- OpenSearch readiness ----------------------------------------------------------------
@@ -270,13 +274,17 @@ class IndexWorker:
         """Templates installed and the completeness marker present (else: rebuild)."""
         if self._ready:
             return
-        await self._retry("installing index templates",
-                          lambda: asyncio.to_thread(self.store.ensure_templates))
-        marker = await self._retry("reading the reindex marker",
-                                   lambda: asyncio.to_thread(self.store.marker))
+        await self._retry(
+            "installing index templates", lambda: asyncio.to_thread(self.store.ensure_templates)
+        )
+        marker = await self._retry(
+            "reading the reindex marker", lambda: asyncio.to_thread(self.store.marker)
+        )
         if marker is None:
-            log.warning("index: OpenSearch has no complete copy (new or lost its data); "
-                        "rebuilding it from PostgreSQL")
+            log.warning(
+                "index: OpenSearch has no complete copy (new or lost its data); "
+                "rebuilding it from PostgreSQL"
+            )
             self._seg_next.clear()
             await self._retry("rebuilding OpenSearch from PostgreSQL", self._reindex_all)
             self.stats.reindexes += 1
@@ -326,20 +334,27 @@ class IndexWorker:
                 return rows, chunks, waits
             committed = await self._kafka(self._persist_committed)
             behind = [
-                ref for ref in missing
+                ref
+                for ref in missing
                 if committed.get((records[ref].topic, records[ref].partition), -1)
                 <= records[ref].offset
             ]
             if not behind:
                 # The persist worker committed past them without storing them: refused there.
                 for ref in missing:
-                    log.info("index: %s was not stored by the persist worker; skipped",
-                             records[ref].where)
+                    log.info(
+                        "index: %s was not stored by the persist worker; skipped",
+                        records[ref].where,
+                    )
                 return rows, chunks, waits
             waits += 1
             delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
-            log.debug("index: %d records not yet persisted (e.g. %s); waiting %.1fs",
-                      len(behind), records[behind[0]].where, delay)
+            log.debug(
+                "index: %d records not yet persisted (e.g. %s); waiting %.1fs",
+                len(behind),
+                records[behind[0]].where,
+                delay,
+            )
             await self._sleep_or_stop(delay)
 
     # -- step 3: documents -------------------------------------------------------------------
@@ -352,11 +367,15 @@ class IndexWorker:
             self._seg_next.move_to_end(key)
             return self._seg_next[key]
         body = {
-            "query": {"bool": {"filter": [
-                {"term": {"tenant": tenant}},
-                {"term": {"kind": model.KIND_OUTPUT}},
-                {"term": {"sid": sid}},
-            ]}},
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"term": {"tenant": tenant}},
+                        {"term": {"kind": model.KIND_OUTPUT}},
+                        {"term": {"sid": sid}},
+                    ]
+                }
+            },
             "sort": [{"seg_no": {"order": "desc"}}],
             "size": 1,
             "_source": ["seg_no"],
@@ -396,9 +415,13 @@ class IndexWorker:
         cursors: dict[tuple[str, str], int] = {}
         conn = await self._connection()
         for (tenant, sid), (ref, full) in sessions.items():
-            start = 0 if full else await self._retry(
-                "asking OpenSearch for a session's segments",
-                lambda t=tenant, s=sid: self._segment_start(t, s),  # type: ignore[misc]
+            start = (
+                0
+                if full
+                else await self._retry(
+                    "asking OpenSearch for a session's segments",
+                    lambda t=tenant, s=sid: self._segment_start(t, s),  # type: ignore[misc]
+                )
             )
             seg_rows = await load_segments(conn, tenant, sid, from_seg_no=start)
             for r in seg_rows:
@@ -442,8 +465,9 @@ class IndexWorker:
                     f"{action.id}: HTTP {failure.status} {failure.reason}"
                 )
         if rejects:
-            await self._retry("dead-letter delivery",
-                              lambda: self._send_deadletters(records, rejects))
+            await self._retry(
+                "dead-letter delivery", lambda: self._send_deadletters(records, rejects)
+            )
         for (tenant, sid), nxt in cursors.items():
             self._remember(tenant, sid, nxt)
         offsets = next_offsets(records)
@@ -488,8 +512,9 @@ class IndexWorker:
             for ref, reasons in sorted(rejects.items()):
                 rec = records[ref]
                 message = "OpenSearch refused: " + "; ".join(reasons)
-                log.warning("index: dead letter %s reason=index_rejected: %s",
-                            rec.where, message[:300])
+                log.warning(
+                    "index: dead letter %s reason=index_rejected: %s", rec.where, message[:300]
+                )
                 dl.send(rec, "index_rejected", message)
             return dl.flush()
 
@@ -564,9 +589,7 @@ async def run_index_worker(
     prefix: str | None = None,
 ) -> None:
     """Run one index worker until ``stop`` is set (see the module docstring)."""
-    await IndexWorker(settings, group_id=group_id, prefix=prefix).run(
-        stop=stop, on_batch=on_batch
-    )
+    await IndexWorker(settings, group_id=group_id, prefix=prefix).run(stop=stop, on_batch=on_batch)
 
 
 __all__ = [

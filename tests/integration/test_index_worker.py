@@ -38,9 +38,7 @@ START = "2026-11-21T10:00:00Z"
 @pytest.fixture
 def os_settings(settings: Settings) -> Settings:
     """The test's settings with an index prefix of its own."""
-    return dataclasses.replace(
-        settings, opensearch_index_prefix=f"iw-{uuid.uuid4().hex[:10]}"
-    )
+    return dataclasses.replace(settings, opensearch_index_prefix=f"iw-{uuid.uuid4().hex[:10]}")
 
 
 def _event(tenant: str, i: int, **extra: Any) -> dict[str, Any]:
@@ -86,9 +84,7 @@ def typed_session(tenant: str, sid: str) -> tuple[list[Any], int]:
 
 
 def produce_session(settings: Settings, chunks: list[Any]) -> None:
-    produce(
-        settings, settings.topic_chunks, ((c.sid.encode(), encode_chunk(c)) for c in chunks)
-    )
+    produce(settings, settings.topic_chunks, ((c.sid.encode(), encode_chunk(c)) for c in chunks))
 
 
 @asynccontextmanager
@@ -167,9 +163,17 @@ def test_index_worker_copies_postgres_content_and_typed_command_is_found_within_
     events = [_event(s.tenant, i, sid=sid) for i in range(300)]
     # Two stages of one kube request, delivered separately: the stored row merges them.
     kube = {
-        "sv_version": EVENT_VERSION, "tenant": s.tenant, "event": "kube.request", "code": "T3009I", "uid": "kube-1",
-        "time": "2026-11-21T11:00:00Z", "user": "alice", "kubernetes_cluster": "gke-prod",
-        "verb": "DELETE", "resource_kind": "pods", "resource_name": "web-1",
+        "sv_version": EVENT_VERSION,
+        "tenant": s.tenant,
+        "event": "kube.request",
+        "code": "T3009I",
+        "uid": "kube-1",
+        "time": "2026-11-21T11:00:00Z",
+        "user": "alice",
+        "kubernetes_cluster": "gke-prod",
+        "verb": "DELETE",
+        "resource_kind": "pods",
+        "resource_name": "web-1",
         "request_path": "/api/v1/namespaces/default/pods/web-1",
         "kube_audit_stages": ["RequestReceived"],
     }
@@ -180,8 +184,10 @@ def test_index_worker_copies_postgres_content_and_typed_command_is_found_within_
         produce_events(s, [*events, kube])
         async with workers(s):
             produce_events(s, [done])
-            await wait_for("persist and index drained", lambda: drained(s, topics(s))
-                           and drained(s, topics(s), "index"))
+            await wait_for(
+                "persist and index drained",
+                lambda: drained(s, topics(s)) and drained(s, topics(s), "index"),
+            )
         hits = await assert_same_content(s, s.tenant)
         assert len([h for h in hits if h["kind"] == KIND_EVENT]) == 301
         assert any(h["kind"] == KIND_OUTPUT for h in hits)
@@ -190,9 +196,7 @@ def test_index_worker_copies_postgres_content_and_typed_command_is_found_within_
 
         osb = OpenSearchBackend.from_settings(s)
         try:
-            page = await osb.search(
-                Query(tenant=s.tenant, text=("RM -RF",), kinds=(KIND_OUTPUT,))
-            )
+            page = await osb.search(Query(tenant=s.tenant, text=("RM -RF",), kinds=(KIND_OUTPUT,)))
         finally:
             osb.close()
         assert page.backend == "opensearch"
@@ -230,16 +234,17 @@ def test_opensearch_down_mid_ingest_loses_nothing_falls_back_and_converges_after
     async def run() -> None:
         async with workers(s) as index:
             produce_events(s, first)
-            await wait_for("first part indexed", lambda: drained(s, [s.topic_events])
-                           and drained(s, [s.topic_events], "index"))
+            await wait_for(
+                "first part indexed",
+                lambda: drained(s, [s.topic_events]) and drained(s, [s.topic_events], "index"),
+            )
             await assert_same_content(s, s.tenant)
             rebuilds = index.stats.reindexes
             stack.stop_opensearch()
             try:
                 produce_events(s, second)
                 produce_session(s, chunks)
-                await wait_for("persisted while OpenSearch is down",
-                               lambda: drained(s, topics(s)))
+                await wait_for("persisted while OpenSearch is down", lambda: drained(s, topics(s)))
                 # Persistence unaffected: every event is in PostgreSQL.
                 assert await count_events(s) == 400
                 # The index group is stuck behind (it never commits past what it could not index).
@@ -284,8 +289,10 @@ def test_document_opensearch_refuses_goes_to_dead_letters_and_the_rest_is_indexe
     async def run() -> None:
         produce_events(s, [*good, *bad])
         async with workers(s):
-            await wait_for("drained", lambda: drained(s, [s.topic_events])
-                           and drained(s, [s.topic_events], "index"))
+            await wait_for(
+                "drained",
+                lambda: drained(s, [s.topic_events]) and drained(s, [s.topic_events], "index"),
+            )
 
     asyncio.run(run())
     letters = [d for d in iter_deadletters(s) if d.worker == "index"]
