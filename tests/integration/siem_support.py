@@ -1,0 +1,297 @@
+"""Helpers of the SIEM sink tests: awkward events, producing, running a sink worker in a
+thread, a self-signed certificate (openssl CLI) and a real rsyslogd on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.kafka import make_producer
+from schemas import encode_event
+from sessionvault.settings import Settings
+from siem.config import SinkConfig
+from siem.sinks.base import Sink
+from siem.worker import BatchOutcome, SinkWorker
+
+# Values that would forge, split or merge records if any layer escaped them wrongly.
+NASTY_USERS = (
+    'alice\nOct 11 22:14:15 host forged: <34>1 - - - - - fake',
+    "bob|CEF:0|Evil|Corp|1|2|3|5|src=6.6.6.6",
+    'carol" suser=root act=forged x="y',
+    "dave] [sessionvault@32473 user=\"root\"]",
+    "eve\\\\|=\\n\r\n=]\"",
+)
+NASTY_COMMANDS = (
+    'echo "hi"\nrm -rf / # forged line',
+    "cat a|b=c | sh",
+    "printf '\\n' ]] x=\"y\" \\",
+    "42 <13>1 2026-01-01T00:00:00Z h a p m - octet-forged",
+    "ünïcødé ✓ \u2028 sep",
+)
+
+
+def make_events(
+    tenant: str, sessions: int, per_session: int, *, t0: str = "2026-11-21T10:00:00"
+) -> list[dict[str, Any]]:
+    """``sessions`` sessions of ``per_session`` events each (session.start, session.command
+    ..., session.end), users and commands from the nasty lists; one Teleport ``print``
+    (terminal output) per session that sinks must skip by default."""
+    out: list[dict[str, Any]] = []
+    for s in range(sessions):
+        sid = f"00000000-0000-4000-8000-{s:012d}"
+        user = NASTY_USERS[s % len(NASTY_USERS)]
+        for i in range(per_session):
+            if i == 0:
+                kind, code = "session.start", "T2000I"
+            elif i == per_session - 1:
+                kind, code = "session.end", "T2004I"
+            else:
+                kind, code = "session.command", "T4000I"
+            ev: dict[str, Any] = {
+                "sv_version": 1,
+                "tenant": tenant,
+                "event": kind,
+                "code": code,
+                "uid": f"{sid}-{i:05d}",
+                "sid": sid,
+                "ei": i,
+                "time": f"{t0}.{i % 1000:03d}Z",
+                "user": user,
+                "login": "root",
+                "server_id": f"node-{s}",
+                "cluster_name": "prod",
+                "addr.remote": f"10.0.{s % 250}.{i % 250}:5{i % 1000:04d}",
+            }
+            if kind == "session.command":
+                ev["program"] = "sh"
+                ev["path"] = "/bin/sh"
+                ev["argv"] = ["-c", NASTY_COMMANDS[i % len(NASTY_COMMANDS)]]
+                ev["command"] = NASTY_COMMANDS[i % len(NASTY_COMMANDS)]
+            out.append(ev)
+            if i == 1:
+                out.append(
+                    {
+                        "sv_version": 1,
+                        "tenant": tenant,
+                        "event": "print",
+                        "code": "",
+                        "uid": f"{sid}-print",
+                        "sid": sid,
+                        "ei": 10_000,
+                        "time": f"{t0}.500Z",
+                        "bytes": 12,
+                        "ms": 5,
+                        "offset": 0,
+                    }
+                )
+    return out
+
+
+def produce_events(settings: Settings, events: list[dict[str, Any]]) -> None:
+    """Produce events keyed by session id (one partition per session); wait for every ack."""
+    producer = make_producer(settings)
+    try:
+        futures = [
+            producer.send(
+                settings.topic_events,
+                key=str(ev.get("sid") or ev["uid"]).encode(),
+                value=encode_event(ev),
+            )
+            for ev in events
+        ]
+        producer.flush(timeout=60)
+        for f in futures:
+            f.get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+def produce_raw(settings: Settings, items: list[tuple[bytes, bytes]]) -> None:
+    producer = make_producer(settings)
+    try:
+        futures = [producer.send(settings.topic_events, key=k, value=v) for k, v in items]
+        producer.flush(timeout=60)
+        for f in futures:
+            f.get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+@dataclass
+class RunningSink:
+    worker: SinkWorker
+    thread: threading.Thread
+    stop: threading.Event
+    outcomes: list[BatchOutcome]
+    errors: list[BaseException]
+
+    def wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if self.errors:
+                raise AssertionError(f"sink worker crashed: {self.errors[0]!r}")
+            if not self.thread.is_alive():
+                raise AssertionError("sink worker returned before it was stopped")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "sink worker did not stop"
+
+
+@contextlib.contextmanager
+def running_sink(
+    settings: Settings, config: SinkConfig, *, sink: Sink | None = None, **kwargs: Any
+) -> Iterator[RunningSink]:
+    """A :class:`SinkWorker` in a thread, stopped (and joined) on exit."""
+    worker = SinkWorker(settings, config, sink=sink, **kwargs)
+    stop = threading.Event()
+    outcomes: list[BatchOutcome] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run(stop=stop, on_batch=outcomes.append)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"sink-{config.name}", daemon=True)
+    thread.start()
+    running = RunningSink(worker, thread, stop, outcomes, errors)
+    try:
+        yield running
+    finally:
+        running.close()
+    if errors:
+        raise AssertionError(f"sink worker crashed: {errors[0]!r}")
+
+
+def make_certificate(folder: Path, cn: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for ``cn`` and 127.0.0.1, made by the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl CLI is needed to make the test certificate"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={cn}",
+            "-addext", f"subjectAltName=DNS:{cn},IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+# The template writes what rsyslog received as one JSON object per line; property
+# format "json" escapes newlines and quotes, so the file is parseable whatever the message.
+RSYSLOG_CONF = """\
+global(workDirectory="{work}" maxMessageSize="64k"
+       defaultNetstreamDriverCAFile="{cert}"
+       defaultNetstreamDriverCertFile="{cert}"
+       defaultNetstreamDriverKeyFile="{key}"
+       parser.escapeControlCharactersOnReceive="off")
+module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1"
+       streamDriver.authMode="anon")
+module(load="imptcp")
+module(load="imudp")
+template(name="exact" type="list") {{
+  constant(value="{{\\"raw\\":\\"") property(name="rawmsg" format="json")
+  constant(value="\\",\\"msgid\\":\\"") property(name="msgid" format="json")
+  constant(value="\\",\\"sd\\":\\"") property(name="structured-data" format="json")
+  constant(value="\\",\\"msg\\":\\"") property(name="msg" format="json")
+  constant(value="\\"}}\\n")
+}}
+ruleset(name="tls") {{ action(type="omfile" file="{out}/tls.jsonl" template="exact") stop }}
+ruleset(name="tcp") {{ action(type="omfile" file="{out}/tcp.jsonl" template="exact") stop }}
+ruleset(name="udp") {{ action(type="omfile" file="{out}/udp.jsonl" template="exact") stop }}
+input(type="imtcp" address="127.0.0.1" port="{tls_port}" ruleset="tls")
+input(type="imptcp" address="127.0.0.1" port="{tcp_port}" ruleset="tcp")
+input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="udp")
+"""
+
+
+@dataclass
+class Rsyslog:
+    proc: subprocess.Popen[bytes]
+    out: Path
+    tls_port: int
+    tcp_port: int
+    udp_port: int
+    cert: Path
+    log: Path
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        import orjson
+
+        path = self.out / f"{name}.jsonl"
+        if not path.exists():
+            return []
+        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def rsyslogd(folder: Path) -> Iterator[Rsyslog]:
+    """A real rsyslogd in the foreground (-n) with its own config, pid file and work
+    directory, listening on 127.0.0.1 only: TLS (imtcp + gtls, anon), plain TCP (imptcp) and
+    UDP (imudp). Stopped (SIGTERM, then SIGKILL) on exit."""
+    from deploy.stack import free_port
+
+    binary = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    assert Path(binary).exists(), "rsyslogd not installed (Debian packages rsyslog, rsyslog-gnutls)"
+    cert, key = make_certificate(folder / "tls")
+    work, out = folder / "work", folder / "out"
+    work.mkdir(parents=True)
+    out.mkdir(parents=True)
+    tls_port, tcp_port, udp_port = free_port(), free_port(), free_port()
+    conf = folder / "rsyslog.conf"
+    conf.write_text(
+        RSYSLOG_CONF.format(
+            work=work, cert=cert, key=key, out=out,
+            tls_port=tls_port, tcp_port=tcp_port, udp_port=udp_port,
+        )
+    )
+    log = folder / "rsyslogd.log"
+    check = subprocess.run([binary, "-N1", "-f", str(conf)], capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr.decode(errors="replace")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [binary, "-n", "-f", str(conf), "-i", str(folder / "rsyslogd.pid")],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not (_port_open(tls_port) and _port_open(tcp_port)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"rsyslogd did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield Rsyslog(proc, out, tls_port, tcp_port, udp_port, cert, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
