@@ -35,7 +35,9 @@ pytestmark = pytest.mark.integration
 
 def split_unescaped(text: str, sep: str, limit: int) -> list[str]:
     """Split on ``sep`` not preceded by a backslash escape, at most ``limit`` times."""
-    parts, cur, i = [], [], 0
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
