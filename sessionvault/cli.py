@@ -71,6 +71,7 @@ def _register_all() -> None:
         "replay.cli",
         "api.cli",
         "api.cli_search",
+        "siem.cli",
     ):
         try:
             module = importlib.import_module(mod)
