@@ -213,6 +213,10 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
             "name": _text(ev.get("resource_name")),
             "namespace": _text(ev.get("resource_namespace")),
         }
+        if resource["type"] and not resource["name"]:
+            # OCSF needs a name or uid; a collection request (list, create with
+            # generateName) names no object, so the request path identifies it.
+            resource["uid"] = _text(ev.get("request_path")) or resource["type"]
         if resource["type"] or resource["name"]:
             out["resources"] = [
                 {k: v for k, v in resource.items() if v and k != "namespace"}
@@ -243,6 +247,10 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
             process["name"] = _command(ev).split(" ", 1)[0] or "unknown"
         if isinstance(ev.get("pid"), int):
             process["pid"] = ev["pid"]
+        else:
+            # OCSF needs pid, uid or cpid; an exec event has no pid, so the process is
+            # identified by the event that started it.
+            process["uid"] = _text(ev.get("uid")) or "unknown"
         if isinstance(ev.get("ppid"), int):
             process["parent_process"] = {"pid": ev["ppid"]}
         if ev.get("login"):
