@@ -295,3 +295,207 @@ def rsyslogd(folder: Path) -> Iterator[Rsyslog]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# --- HTTP receivers (real servers on 127.0.0.1) -----------------------------------------------
+
+HEC_ENVELOPE_KEYS = {"time", "host", "source", "sourcetype", "index", "event", "fields"}
+
+
+def split_concatenated_json(body: bytes) -> list[Any]:
+    """Concatenated JSON objects (HEC's batch body), with optional whitespace between."""
+    import json
+
+    text = body.decode("utf-8")
+    decoder = json.JSONDecoder()
+    out: list[Any] = []
+    i = 0
+    while True:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        if i >= len(text):
+            return out
+        obj, i = decoder.raw_decode(text, i)
+        out.append(obj)
+
+
+def hec_violations(envelope: Any) -> list[str]:
+    """What in one envelope breaks Splunk's documented HEC event format."""
+    bad: list[str] = []
+    if not isinstance(envelope, dict):
+        return [f"envelope is {type(envelope).__name__}, not an object"]
+    if "event" not in envelope or envelope["event"] in (None, ""):
+        bad.append("'event' missing or empty")
+    extra = set(envelope) - HEC_ENVELOPE_KEYS
+    if extra:
+        bad.append(f"unknown envelope keys {sorted(extra)}")
+    if "time" in envelope:
+        t = envelope["time"]
+        if isinstance(t, bool) or not isinstance(t, int | float):
+            bad.append(f"'time' is {type(t).__name__}, not epoch seconds")
+        elif round(float(t), 3) != float(t):
+            bad.append(f"'time' {t} has more than millisecond precision")
+    for k in ("host", "source", "sourcetype", "index"):
+        if k in envelope and not isinstance(envelope[k], str):
+            bad.append(f"'{k}' is not a string")
+    if "fields" in envelope:
+        f = envelope["fields"]
+        if not isinstance(f, dict) or not all(
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            for v in f.values()
+        ):
+            bad.append("'fields' must be a flat object of strings")
+    return bad
+
+
+class HecReceiver:
+    """A strict Splunk HEC endpoint on 127.0.0.1 (http.server in a thread).
+
+    ``mode``: ``ok``; ``error`` (503 server busy); ``slow`` (answers after ``slow_s``, with
+    503, so a client that timed out loses nothing it believes delivered). ``reject_user``:
+    an envelope whose event user equals it is refused with 400 invalid-event-number, as
+    HEC does for malformed events. With ``ack`` the answer carries an ackId that turns true
+    after ``ack_after_polls`` polls of /services/collector/ack.
+
+    ``events`` holds (envelope, request number) of every accepted envelope in arrival order;
+    ``violations`` every breach of the HEC format (the tests require none).
+    """
+
+    def __init__(self, token: str, *, ack: bool = False, port: int = 0) -> None:
+        from deploy.stack import free_port
+
+        self.token = token
+        self.ack = ack
+        self.port = port or free_port()
+        self.mode = "ok"
+        self.slow_s = 1.5
+        self.reject_user: str | None = None
+        self.ack_after_polls = 2
+        self.events: list[dict[str, Any]] = []
+        self.requests = 0
+        self.failed_requests = 0
+        self.ack_polls = 0
+        self.violations: list[str] = []
+        self._acks: dict[int, int] = {}
+        self._next_ack = 0
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status, answer = receiver.handle(self.path, dict(self.headers.items()), body)
+                payload = orjson_dumps(answer)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up (timeout): nothing was recorded for it
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        h = {k.lower(): v for k, v in headers.items()}
+        with self._lock:
+            self.requests += 1
+        if h.get("authorization") != f"Splunk {self.token}":
+            self.violations.append(f"bad Authorization header on {path}")
+            return 401, {"text": "Invalid authorization", "code": 3}
+        channel = h.get("x-splunk-request-channel")
+        if path.split("?")[0] == "/services/collector/ack":
+            return self._ack_poll(channel, body)
+        if path.split("?")[0] != "/services/collector/event":
+            self.violations.append(f"POST to {path}")
+            return 404, {"text": "Not found", "code": 404}
+        if self.ack and not channel:
+            self.violations.append("no X-Splunk-Request-Channel with ack enabled")
+            return 400, {"text": "Data channel is missing", "code": 10}
+        mode = self.mode
+        if mode == "slow":
+            time.sleep(self.slow_s)
+        if mode in ("error", "slow"):
+            with self._lock:
+                self.failed_requests += 1
+            return 503, {"text": "Server is busy", "code": 9}
+        try:
+            envelopes = split_concatenated_json(body)
+        except ValueError as exc:
+            self.violations.append(f"body is not concatenated JSON objects: {exc}")
+            return 400, {"text": "Invalid data format", "code": 6}
+        for i, env in enumerate(envelopes):
+            bad = hec_violations(env)
+            if bad:
+                self.violations += bad
+                return 400, {"text": "Invalid data format", "code": 6, "invalid-event-number": i}
+            event = env["event"]
+            if (
+                self.reject_user is not None
+                and isinstance(event, dict)
+                and event.get("user") == self.reject_user
+            ):
+                return 400, {"text": "Invalid data format", "code": 6, "invalid-event-number": i}
+        with self._lock:
+            self.events.extend(envelopes)
+            answer: dict[str, Any] = {"text": "Success", "code": 0}
+            if self.ack:
+                self._next_ack += 1
+                self._acks[self._next_ack] = 0
+                answer["ackId"] = self._next_ack
+        return 200, answer
+
+    def _ack_poll(self, channel: str | None, body: bytes) -> tuple[int, Any]:
+        import json
+
+        if not channel:
+            self.violations.append("ack poll without a channel")
+            return 400, {"text": "Data channel is missing", "code": 10}
+        try:
+            ids = json.loads(body)["acks"]
+            assert isinstance(ids, list)
+        except (ValueError, KeyError, AssertionError):
+            self.violations.append("ack poll body is not {\"acks\": [ids]}")
+            return 400, {"text": "Invalid data format", "code": 6}
+        out = {}
+        with self._lock:
+            self.ack_polls += 1
+            for i in ids:
+                polls = self._acks.get(i)
+                if polls is None:
+                    out[str(i)] = False
+                    continue
+                self._acks[i] = polls + 1
+                out[str(i)] = polls + 1 >= self.ack_after_polls
+        return 200, {"acks": out}
+
+
+def orjson_dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
