@@ -120,7 +120,7 @@ def format_cef(event: Mapping[str, Any], *, max_value_chars: int = DEFAULT_MAX_V
     src, spt = _host_port(ev.get("addr.remote"))
     success = ev.get("success")
     pairs: list[tuple[str, str]] = [
-        ("rt", str(event_time_ms(ev))),
+        ("rt", str(event_time_ms(ev) or "")),
         ("externalId", _text(ev.get("uid"))),
         ("act", etype),
         ("suser", _text(ev.get("user"))),

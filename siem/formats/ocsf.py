@@ -19,7 +19,9 @@ ones (SSH: ``dst_endpoint``, and ``actor`` through the ``host`` profile named in
 ``api.operation``, ``src_endpoint``; Process: ``actor``, ``device``, ``process``). Values
 that have no OCSF attribute go under ``unmapped`` (OCSF's place for them). The tests validate
 each class against the JSON Schema generated from the official OCSF schema (PyPI
-``ocsf-json-schema``), never against one written here. Other event types map to None.
+``ocsf-json-schema``), never against one written here. Alert events (``alert.sigma``) map
+to Detection Finding 2004 (activity 1 Create, ``finding_info.analytic`` = the rule). Other
+event types map to None.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SSH_ACTIVITY = 4007
 AUTHENTICATION = 3002
 API_ACTIVITY = 6003
 PROCESS_ACTIVITY = 1007
+DETECTION_FINDING = 2004
 # class_uid -> category_uid (4 Network, 3 Identity & Access, 6 Application, 1 System).
 _CATEGORY = {SSH_ACTIVITY: 4, AUTHENTICATION: 3, API_ACTIVITY: 6, PROCESS_ACTIVITY: 1}
 OCSF_CLASSES: dict[str, tuple[int, int]] = {
@@ -85,6 +88,8 @@ _MAPPED = frozenset(
 
 def ocsf_class_of(event: Mapping[str, Any]) -> int | None:
     """The OCSF class_uid ``event`` maps to, or None."""
+    if _text(event.get("event")).startswith("alert."):
+        return DETECTION_FINDING
     entry = OCSF_CLASSES.get(_text(event.get("event")))
     return None if entry is None else entry[0]
 
@@ -119,19 +124,7 @@ def _unmapped(ev: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ev.items() if k not in _MAPPED and v not in (None, "", [], {})}
 
 
-def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The OCSF event for ``event`` (secrets stripped), or None if its type has no class."""
-    ev = strip_secrets(event)
-    etype = _text(ev.get("event"))
-    entry = OCSF_CLASSES.get(etype)
-    if entry is None:
-        return None
-    class_uid, activity_id = entry
-    if class_uid == API_ACTIVITY:
-        k8s_verb = _text(ev.get("kubernetes_verb")).lower()
-        activity_id = _API_ACTIVITY.get(k8s_verb) or _HTTP_TO_ACTIVITY.get(
-            _text(ev.get("verb")).upper(), 0
-        )
+def _metadata(ev: Mapping[str, Any], etype: str) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "product": {
             "name": PRODUCT_NAME,
@@ -146,6 +139,63 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
         metadata["correlation_uid"] = _text(ev.get("sid"))
     if ev.get("tenant"):
         metadata["tenant_uid"] = _text(ev.get("tenant"))
+    return metadata
+
+
+def _detection_finding(ev: Mapping[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """An ``alert.*`` event (a Sigma match) as Detection Finding 2004, activity 1 Create."""
+    analytic: dict[str, Any] = {"type_id": 1, "type": "Rule", "name": _text(ev.get("title"))}
+    if ev.get("rule_id"):
+        analytic["uid"] = _text(ev.get("rule_id"))
+    info: dict[str, Any] = {
+        "uid": _text(ev.get("uid")) or "unknown",
+        "title": _text(ev.get("title")),
+        "analytic": analytic,
+        "types": ["sigma"],
+    }
+    if ev.get("description"):
+        info["desc"] = _text(ev.get("description"))
+    if ev.get("matched_uid"):
+        info["related_events"] = [{"uid": _text(ev.get("matched_uid"))}]
+    if ev.get("replay"):
+        info["src_url"] = _text(ev.get("replay_api")) or None
+    info = {k: v for k, v in info.items() if v not in (None, "")}
+    out: dict[str, Any] = {
+        "class_uid": DETECTION_FINDING,
+        "category_uid": 2,
+        "activity_id": 1,
+        "type_uid": DETECTION_FINDING * 100 + 1,
+        "severity_id": _SEVERITY_ID[level_of(ev)],
+        "time": event_time_ms(ev),
+        "metadata": metadata,
+        "message": _text(ev.get("title")) or _text(ev.get("event")),
+        "finding_info": info,
+        "is_alert": True,
+    }
+    if ev.get("user"):
+        out["evidences"] = [{"user": _user(ev)}]
+    unmapped = _unmapped(ev)
+    if unmapped:
+        out["unmapped"] = unmapped
+    return out
+
+
+def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The OCSF event for ``event`` (secrets stripped), or None if its type has no class."""
+    ev = strip_secrets(event)
+    etype = _text(ev.get("event"))
+    if etype.startswith("alert."):
+        return _detection_finding(ev, _metadata(ev, etype))
+    entry = OCSF_CLASSES.get(etype)
+    if entry is None:
+        return None
+    class_uid, activity_id = entry
+    if class_uid == API_ACTIVITY:
+        k8s_verb = _text(ev.get("kubernetes_verb")).lower()
+        activity_id = _API_ACTIVITY.get(k8s_verb) or _HTTP_TO_ACTIVITY.get(
+            _text(ev.get("verb")).upper(), 0
+        )
+    metadata = _metadata(ev, etype)
     out: dict[str, Any] = {
         "class_uid": class_uid,
         "category_uid": _CATEGORY[class_uid],

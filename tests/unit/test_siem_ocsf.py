@@ -22,6 +22,10 @@ from ocsf_json_schema import (  # type: ignore[import-untyped]
 from ingest.kube_audit import events_from_log_lines
 from siem.formats import to_ocsf
 from siem.formats.ocsf import OCSF_CLASSES, OCSF_VERSION
+from siem.rules import SigmaEngine
+
+EXEC_RULE = "6b3e6a8e-1a53-4c36-9d7e-3f0c5a1d2b01"
+FAILED_LOGINS_RULE = "5e9b1d3f-7a2c-4f4e-8b0a-ab2c4e6f8d07"
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 if not FIXTURES.is_dir():
@@ -119,6 +123,23 @@ def test_the_validator_rejects_an_event_missing_a_required_attribute() -> None:
     assert doc2 is not None
     doc2["process"]["not_an_ocsf_attribute"] = 1
     assert list(_validator(doc2).iter_errors(doc2))
+
+
+def test_sigma_alerts_validate_as_detection_findings() -> None:
+    engine = SigmaEngine.starter()
+    alerts = [a for e in _kube_events() for a in engine.evaluate(e)]
+    for i in range(5):
+        login = {**SYNTHETIC[4], "uid": f"f{i}", "time": f"2026-03-04T05:06:0{i}Z"}
+        alerts += engine.evaluate(login)
+    assert {a["rule_id"] for a in alerts} >= {EXEC_RULE, FAILED_LOGINS_RULE}
+    for alert in alerts:
+        doc = to_ocsf(alert)
+        assert doc is not None
+        assert doc["class_uid"] == 2004
+        assert doc["type_uid"] == 200401
+        errors = list(_validator(doc).iter_errors(doc))
+        assert errors == [], [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+        assert doc["finding_info"]["analytic"]["uid"] == alert["rule_id"]
 
 
 def test_unmapped_event_types_give_none() -> None:
