@@ -380,7 +380,8 @@ async def _copy_with_indexes_dropped(
             finally:
                 await c2.close()
 
-    await asyncio.gather(*(build(d["indexdef"]) for d in defs))
+    # pg_indexes shows a partitioned index as "ON ONLY parent", which would not recurse.
+    await asyncio.gather(*(build(d["indexdef"].replace(" ON ONLY ", " ON ")) for d in defs))
     return n
 
 

@@ -247,11 +247,14 @@ def test_metacharacter_queries_find_the_literal_text_and_change_nothing(corpus: 
         conn = await pg.connect(corpus.dsn)
         try:
             before = await conn.fetchval("SELECT count(*) FROM events")
-            page = await b.search(Query("initech", text=("'; DROP TABLE events; --",)))
+            # Nothing holds the quote, so the full injection finds nothing (and does nothing) ...
+            assert (await b.search(Query("initech", text=("'; DROP TABLE events; --",)))).hits == ()
+            # ... while the rest of it is found literally.
+            page = await b.search(Query("initech", text=("; DROP TABLE events; --",)))
             assert page.hits
             for h in page.hits:
                 text = orjson.dumps(getattr(h, "fields", None) or getattr(h, "text", "")).decode()
-                assert "; DROP TABLE events; --" in text or "DROP TABLE events; --" in text
+                assert "; DROP TABLE events; --" in text
             # '%' alone must not match everything: only texts containing a percent sign.
             pct = await all_pages(b, Query("umbrella", text=("%",), kinds=("output",)))
             rows = await tenant_rows(corpus.dsn, "umbrella")
