@@ -34,7 +34,7 @@ def get_routes(routes: Sequence[BaseRoute], prefix: str = "") -> list[tuple[str,
     out: list[tuple[str, APIRoute]] = []
     for r in routes:
         if isinstance(r, APIRoute):
-            if "GET" in r.methods:
+            if "GET" in (r.methods or ()):
                 out.append((prefix + r.path, r))
             continue
         inner = getattr(r, "original_router", None)
@@ -87,7 +87,10 @@ def _calls(full_path: str, route: APIRoute, sid_b: str) -> list[tuple[str, list[
 
 def _get(base: str, token: str, path: str, params: list[tuple[str, str]]) -> httpx.Response:
     return httpx.get(
-        f"{base}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        f"{base}{path}",
+        params=tuple(params),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
     )
 
 
