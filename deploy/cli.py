@@ -138,6 +138,18 @@ def format_status(status: StackStatus) -> str:
                 f"{row['group']:<20} {row['topic']:<24} {row['committed']:>10} "
                 f"{row['end']:>10} {row['lag']:>8}"
             )
+    if status.sinks:
+        lines.append("")
+        lines.append(
+            f"{'siem sink':<16} {'type':<11} {'lag':>8} {'delivered':>10} {'failed':>7} "
+            f"{'dead':>6}  last error"
+        )
+        for sk in status.sinks:
+            lag = "?" if sk["lag"] is None else sk["lag"]
+            lines.append(
+                f"{sk['sink']:<16} {sk['type']:<11} {lag:>8} {sk['delivered']:>10} "
+                f"{sk['failures']:>7} {sk['dead_letters']:>6}  {sk['last_error'][:80]}"
+            )
     return "\n".join(lines)
 
 

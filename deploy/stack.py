@@ -92,6 +92,8 @@ class StackStatus:
     servers: list[ServerStatus]
     lag: list[dict[str, Any]] = field(default_factory=list)
     lag_error: str = ""
+    # SIEM sinks: counters from each sink worker's state file plus its group's lag.
+    sinks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -103,6 +105,7 @@ class StackStatus:
             "servers": [dataclasses.asdict(s) for s in self.servers],
             "lag": self.lag,
             "lag_error": self.lag_error,
+            "sinks": self.sinks,
         }
 
 
@@ -212,6 +215,35 @@ def _wait(
                 f"{log_tail(logfile)}".rstrip()
             )
         time.sleep(0.1)
+
+
+def sink_status(home: Path, lag_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SIEM sink that ever ran here: its counters (from the state file the sink
+    worker keeps, see :mod:`siem.state`) and the lag of its group ``siem-<sink>``."""
+    try:
+        from siem.state import read_states
+    except ImportError:
+        return []
+    out = []
+    for st in read_states(home):
+        group = str(st.get("group") or f"siem-{st['sink']}")
+        lags = [int(r["lag"]) for r in lag_rows if r.get("group") == group]
+        out.append(
+            {
+                "sink": st["sink"],
+                "type": st.get("type", ""),
+                "format": st.get("format", ""),
+                "group": group,
+                "lag": sum(lags) if lags else None,
+                "delivered": st.get("delivered", 0),
+                "failures": st.get("failures", 0),
+                "dead_letters": st.get("dead_letters", 0),
+                "last_error": st.get("last_error", ""),
+                "last_error_at": st.get("last_error_at", 0.0),
+                "updated_at": st.get("updated_at", 0.0),
+            }
+        )
+    return out
 
 
 def registered_workers() -> list[tuple[str, ...]]:
@@ -730,7 +762,7 @@ class LocalStack:
                 error = str(exc)
         elif lag:
             error = "broker not reachable"
-        return StackStatus(servers, rows, error)
+        return StackStatus(servers, rows, error, sink_status(self.home, rows))
 
     def wait_for_session(self, sid: str, *, timeout_s: float) -> bool:
         """Whether session ``sid`` appears in PostgreSQL within ``timeout_s`` (for the demo)."""
