@@ -296,6 +296,7 @@ class SinkWorker:
                 unit = self.sink.encode(event.fields)
             except FormatError as exc:
                 rejects.append(_Reject(rec, exc.reason, str(exc)))
+                continue
             except Exception as exc:  # a formatter bug must not stop the sink
                 log.error(
                     "siem[%s]: format %s failed on %s: %s",
