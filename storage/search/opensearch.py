@@ -35,7 +35,7 @@ import orjson
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as oserr
 
-from sessionvault.errors import SearchBackendError
+from sessionvault.errors import SearchBackendError, SessionVaultError
 from sessionvault.settings import Settings
 from storage.search import model
 from storage.search.templates import index_templates, text_norm_pieces
@@ -488,8 +488,23 @@ class OpenSearchBackend:
         return await asyncio.to_thread(self.search_sync, query)
 
     async def health(self) -> bool:
-        """True if OpenSearch answers now (never raises)."""
-        return await asyncio.to_thread(self.store.ping)
+        """True if OpenSearch answers now AND holds a complete copy of PostgreSQL (never raises).
+
+        A cluster that answers but was never fully indexed (new, wiped, or no index worker
+        running since it started) would answer searches with missing hits; the completeness
+        marker written by a full reindex (the index worker writes one when it rebuilds) is what
+        makes it eligible, so the service falls back to PostgreSQL until then.
+        """
+
+        def ready() -> bool:
+            if not self.store.ping():
+                return False
+            try:
+                return self.store.marker() is not None
+            except SessionVaultError:
+                return False
+
+        return await asyncio.to_thread(ready)
 
     def close(self) -> None:
         self.store.close()

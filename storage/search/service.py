@@ -69,7 +69,7 @@ class SearchService:
                     reason = f"opensearch failed: {exc}"
                     log.warning("search: falling back to PostgreSQL: %s", exc)
             else:
-                reason = "opensearch is unavailable"
+                reason = "opensearch is unavailable or not fully indexed"
         if page is None:
             page = await self.pg.search(query)
             page = dataclasses.replace(page, fallback_reason=reason)

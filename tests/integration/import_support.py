@@ -68,7 +68,10 @@ async def _snapshot(dsn: str) -> dict[str, list[str]]:
         ]
         out: dict[str, list[str]] = {}
         for t in tables:
-            rows = await conn.fetch(f'SELECT t::text AS row FROM "{t}" t')
+            # Bookkeeping timestamps (now() at write time) are left out: they say when, not what.
+            rows = await conn.fetch(
+                f"SELECT (to_jsonb(t) - 'updated_at' - 'ingested_at')::text AS row FROM \"{t}\" t"
+            )
             out[t] = sorted(r["row"] for r in rows)
         return out
     finally:
@@ -76,7 +79,8 @@ async def _snapshot(dsn: str) -> dict[str, list[str]]:
 
 
 def dump_tables(settings: Settings) -> dict[str, list[str]]:
-    """Every row of every table (partitions read through their parent) as text, sorted."""
+    """Every row of every table (partitions read through their parent) as JSON text, sorted;
+    the bookkeeping columns ``updated_at`` and ``ingested_at`` are left out."""
     return asyncio.run(_snapshot(settings.postgres_dsn.get()))
 
 
