@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -92,8 +93,27 @@ async def _delete_tenant(dsn: str, tenant: str) -> None:
 def bench_stack(
     tenant: str, *, broker: bool = True, clean: bool = True, partitions: int = 4
 ) -> Iterator[BenchStack]:
-    """Start PostgreSQL (and the broker), yield settings for a fresh run, stop them after."""
+    """Start PostgreSQL (and the broker), yield settings for a fresh run, stop them after.
+
+    Holds an exclusive lock on the stack directory for the whole run: two benchmarks (from
+    two engineers on one machine) must not share servers, since either's ``down`` would stop
+    the other's, and their figures would disturb each other anyway. The second one waits.
+    """
     home = cache_dir() / "stack"
+    with open(cache_dir() / "stack.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("  waiting for another benchmark run to release the stack ...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _stack(home, tenant, broker=broker, clean=clean, partitions=partitions) as bs:
+            yield bs
+
+
+@contextlib.contextmanager
+def _stack(
+    home: Path, tenant: str, *, broker: bool, clean: bool, partitions: int
+) -> Iterator[BenchStack]:
     stack = LocalStack(home, detached=False, echo=lambda m: print(m, flush=True))
     try:
         dsn = stack.start_postgres()
