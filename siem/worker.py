@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_WAIT_MS = 500
+FETCH_MAX_WAIT_MS = 50
 STATE_EVERY_S = 1.0
 #: Longest single sleep while waiting to retry: the consumer is polled (kept in its group)
 #: at least this often.
@@ -214,6 +215,8 @@ class SinkWorker:
                 config.group_id,
                 topics,
                 max_poll_records=max(config.batch.max_events, 1),
+                # The broker may hold an idle fetch this long: part of every event's latency.
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
         )
         self._deadletter_factory = deadletter_factory or (
