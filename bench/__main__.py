@@ -15,7 +15,16 @@ from collections.abc import Callable, Sequence
 
 from bench._common import Figure, format_table, machine_note
 
-BENCHES = ("compression", "persist", "latency", "replay", "webhook", "importer", "search_os")
+BENCHES = (
+    "compression",
+    "persist",
+    "latency",
+    "replay",
+    "webhook",
+    "importer",
+    "search_os",
+    "search_pg",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
