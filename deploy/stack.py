@@ -612,8 +612,11 @@ class LocalStack:
 
     # -- workers --
 
-    def start_workers(self) -> list[str]:
-        """Start each registered worker not yet running; returns the names started."""
+    def start_workers(self, settings: Settings | None = None) -> list[str]:
+        """Start each registered worker not yet running; returns the names started.
+
+        With ``settings.siem_config`` set, one ``worker siem --sink NAME`` per configured
+        sink is started too (each its own consumer group)."""
         started = []
         env = {
             "SESSIONVAULT_HOME": str(self.home),
@@ -621,8 +624,18 @@ class LocalStack:
             "SESSIONVAULT_POSTGRES_DSN": self.postgres_dsn,
             "SESSIONVAULT_OPENSEARCH_URL": self.opensearch_url,
         }
-        for path in registered_workers():
-            name = "-".join(path)
+        paths: list[tuple[tuple[str, ...], str]] = [
+            (path, "-".join(path)) for path in registered_workers()
+        ]
+        if settings is not None and settings.siem_config:
+            from siem.config import load_siem_config
+
+            env["SESSIONVAULT_SIEM_CONFIG"] = settings.siem_config
+            paths += [
+                (("worker", "siem", "--sink", sink.name), f"worker-siem-{sink.name}")
+                for sink in load_siem_config(settings).sinks
+            ]
+        for path, name in paths:
             if self.is_running(name):
                 self.echo(f"  {' '.join(path)} already running (pid {self.state['pids'][name]})")
                 continue
@@ -689,7 +702,7 @@ class LocalStack:
         if created:
             self.echo(f"  created topics: {', '.join(created)}")
         if workers:
-            self.start_workers()
+            self.start_workers(base)
         self.state["running"] = True
         self._save()
         return dict(self.state)
