@@ -17,9 +17,12 @@ Example (TOML)::
 
     [sink.filter]
     tenants = ["acme"]             # empty: every tenant
-    event_types = ["session.*", "kube.*", "sv.alert*"]   # fnmatch globs; empty: every type
+    event_types = ["session.*", "kube.*", "alert.*"]   # fnmatch globs; empty: every type
     exclude_types = ["session.data"]
     include_output = false         # terminal output events (Teleport ``print``) skipped by default
+
+Alerts of the detection rules are events too (type ``alert.sigma``, on the events topic): a
+sink for alerts only says ``event_types = ["alert.*"]``.
 
     [sink.batch]
     max_events = 500

@@ -44,7 +44,7 @@ from ingest.deadletter import DeadLetterProducer
 from schemas.codec import decode_event
 from sessionvault.errors import SessionVaultError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
-from siem.config import RetryPolicy, SinkConfig, SinkFilter
+from siem.config import HecOptions, RetryPolicy, SinkConfig, SinkFilter
 from siem.sinks.base import FormatError, Sink, SinkError, SinkRejectedError
 from siem.state import write_state
 
@@ -108,6 +108,17 @@ def retry_delay_ms(attempt: int, policy: RetryPolicy) -> int:
 
 def exhausted(attempt: int, policy: RetryPolicy) -> bool:
     return policy.max_attempts > 0 and attempt >= policy.max_attempts
+
+
+def max_poll_interval_ms(config: SinkConfig, settings: Settings) -> int:
+    """The group's poll deadline for this sink: one delivery call (an HTTP timeout, plus the
+    wait for a HEC indexer ack) must fit in it with room to spare, or the group would evict
+    the member mid-delivery and the batch would be delivered twice (pure)."""
+    o = config.options
+    longest = int(getattr(o, "timeout_ms", 10_000))
+    if isinstance(o, HecOptions) and o.ack:
+        longest += o.ack_timeout_ms + o.timeout_ms
+    return max(settings.consumer_max_poll_interval_ms, longest + 10_000)
 
 
 # --- running totals -------------------------------------------------------------------------
@@ -217,6 +228,7 @@ class SinkWorker:
                 max_poll_records=max(config.batch.max_events, 1),
                 # The broker may hold an idle fetch this long: part of every event's latency.
                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                max_poll_interval_ms=max_poll_interval_ms(config, settings),
             )
         )
         self._deadletter_factory = deadletter_factory or (
@@ -494,6 +506,8 @@ class SinkWorker:
         try:
             self._consumer = self._open_consumer()
             while not self._stop.is_set():
+                # Any wait (a retried delivery, dead letters, a commit) paused the partitions.
+                self._consumer.release()
                 try:
                     records = self._consumer.poll_batch(
                         max_records=self.config.batch.max_events,
@@ -551,6 +565,7 @@ __all__ = [
     "SinkStats",
     "SinkWorker",
     "exhausted",
+    "max_poll_interval_ms",
     "retry_delay_ms",
     "selected",
     "split_batches",
