@@ -183,3 +183,41 @@ exclude_types = ["session.end"]
         assert name in format_status(status)
     finally:
         (stack.home / "siem" / f"{name}.json").unlink(missing_ok=True)
+
+
+def test_worker_siem_cli_delivers_and_stops_cleanly_on_sigterm(
+    settings: Settings, sv_env: dict[str, str], tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli.jsonl"
+    conf = tmp_path / "siem.yaml"
+    conf.write_text(f"sink:\n  - name: cli\n    type: jsonl\n    path: {out}\n")
+    events = make_events(settings.tenant, sessions=2, per_session=3)
+    wanted = [e for e in events if e["event"] != "print"]
+    produce_events(settings, events)
+    exe = Path(sys.executable).parent / "sessionvault"
+    env = {**sv_env, "SESSIONVAULT_SIEM_CONFIG": str(conf)}
+    proc = subprocess.Popen(
+        [str(exe), "worker", "siem", "--sink", "cli", "--status-every", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and len(out.read_bytes().splitlines()) >= len(wanted)):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the CLI worker delivered nothing in 60 s"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    docs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert sorted(docs, key=lambda d: d["uid"]) == sorted(wanted, key=lambda d: d["uid"])
+    for sid in {e["sid"] for e in wanted}:  # each session in produced order
+        assert [d for d in docs if d["sid"] == sid] == [e for e in wanted if e["sid"] == sid]
+    assert b"siem[cli]: stopped after" in err
