@@ -139,20 +139,20 @@ def build(settings: Settings) -> Corpus:
     return Corpus(a, b, sid_a, sid_b, sid_csv)
 
 
-async def _reindex(dsn: str, url: str, prefix: str, tenants: list[str]) -> None:
+async def _reindex(dsn: str, url: str, prefix: str) -> None:
     store = OpenSearchStore(url, prefix=prefix)
     conn = await pg.connect(dsn)
     try:
-        for t in tenants:
-            await reindex(conn, store, tenant=t)
+        # A full rebuild (not per tenant): only it writes the completeness marker that makes
+        # the search service trust OpenSearch.
+        await reindex(conn, store)
     finally:
         await conn.close()
         store.close()
 
 
 def index_into_opensearch(corpus: Corpus, prefix: str) -> None:
-    """Copy both tenants' rows into OpenSearch under ``prefix`` (the real reindex)."""
+    """Copy the corpus database (both tenants) into OpenSearch under ``prefix`` (the real
+    reindex)."""
     s = corpus.a
-    asyncio.run(
-        _reindex(s.postgres_dsn.get(), s.opensearch_url, prefix, [corpus.a.tenant, corpus.b.tenant])
-    )
+    asyncio.run(_reindex(s.postgres_dsn.get(), s.opensearch_url, prefix))
