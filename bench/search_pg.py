@@ -88,6 +88,17 @@ def free_text_queries() -> list[Query]:
     ]
 
 
+def hard_free_text_queries() -> list[Query]:
+    """Free text the trigram index cannot narrow cheaply: a rare term (output only), a term
+    matching nothing, and a term without any alphanumeric trigram (pg_trgm ignores
+    punctuation, so only a scan can answer it)."""
+    return [
+        Query(tenant=BIG, text=("12%_usage",)),
+        Query(tenant=BIG, text=("zq-no-such-term",)),
+        Query(tenant=BIG, text=(";;",)),
+    ]
+
+
 async def _latencies(service: SearchService, queries: Sequence[Query], reps: int) -> list[float]:
     out = []
     for _ in range(reps):
@@ -160,7 +171,51 @@ async def search_latencies(dsn: str, reps: int, pages: int) -> list[Figure]:
             figures += _latency_figures(f"{label}, deep pages", lat, target, note)
     finally:
         await service.pg.close()
+    figures += await _hard_cases(dsn, reps)
     return figures
+
+
+async def _hard_cases(dsn: str, reps: int) -> list[Figure]:
+    """The hard free-text queries, through the backend's own pool and through a pool whose
+    sessions force custom plans. asyncpg prepares each statement; after five executions
+    PostgreSQL may switch a prepared statement to a generic plan, which cannot use the
+    trigram index for ``LIKE $n`` (the pattern is unknown when planning) and walks the
+    tenant's rows in time order instead: fast for common terms, a full walk for rare ones."""
+    import asyncpg
+
+    figures: list[Figure] = []
+    queries = hard_free_text_queries()
+    terms = ", ".join(repr(q.text[0]) for q in queries)
+    for label, settings in (
+        ("default plan cache", None),
+        ("plan_cache_mode=force_custom_plan", {"plan_cache_mode": "force_custom_plan"}),
+    ):
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings=settings)
+        service = SearchService(PgSearchBackend(pool=pool))
+        try:
+            # Past the five custom plans on every pooled connection (the steady state).
+            await _latencies(service, queries, 3)
+            lat = await _latencies(service, queries, reps)
+        finally:
+            await pool.close()
+        note = f"{terms} x {reps}, after warm-up"
+        figures += _latency_figures(f"hard free text, {label}", lat, 500.0, note)
+        for q in queries:
+            one = await _one_query(dsn, settings, q, reps)
+            figures.append(Figure(NAME, f"  {q.text[0]!r}, {label} p50", one, "ms"))
+    return figures
+
+
+async def _one_query(dsn: str, settings: dict[str, str] | None, q: Query, reps: int) -> float:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, server_settings=settings)
+    service = SearchService(PgSearchBackend(pool=pool))
+    try:
+        await _latencies(service, [q], 6)
+        return _pct(await _latencies(service, [q], max(3, reps // 4)), 50)
+    finally:
+        await pool.close()
 
 
 # -- ingest to searchable --------------------------------------------------------------------
