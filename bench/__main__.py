@@ -24,6 +24,7 @@ BENCHES = (
     "importer",
     "search_os",
     "search_pg",
+    "siem",
 )
 
 
