@@ -43,6 +43,7 @@ def consumer_tuning(settings: Settings) -> dict[str, int]:
         "session_timeout_ms": settings.consumer_session_timeout_ms,
         "heartbeat_interval_ms": settings.consumer_heartbeat_interval_ms,
         "max_poll_interval_ms": settings.consumer_max_poll_interval_ms,
+        "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
     }
 
 

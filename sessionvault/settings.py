@@ -97,6 +97,10 @@ class Settings:
     consumer_session_timeout_ms: int = 6_000
     consumer_heartbeat_interval_ms: int = 1_000
     consumer_max_poll_interval_ms: int = 10_000
+    # How long the broker may hold a fetch with no new data. It is part of every record's
+    # latency when traffic is light (kafka-python's default of 500 ms dominated the
+    # write-to-durable-row latency: p99 about 400 ms with 50 against about 600 with 500).
+    consumer_fetch_max_wait_ms: int = 50
 
     log_level: str = "INFO"
 
