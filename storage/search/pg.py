@@ -207,7 +207,13 @@ class PgSearchBackend:
             return make_page(query, [], self.name)
         pool = await self._get_pool()
         try:
-            rows = await pool.fetch(sql, *params)
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+                # generic plan, which cannot use the trigram index for ``LIKE $n``: a rare term
+                # then took ~1 s instead of ~3 ms (bench/search_pg.py, hard cases). SET LOCAL
+                # works on shared pools too (the API passes its own).
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(sql, *params)
         except Exception as exc:
             raise pg.translate(exc, "search query failed") from exc
         return make_page(query, [hit_from_row(query, r) for r in rows], self.name)
