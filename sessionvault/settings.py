@@ -106,6 +106,11 @@ class Settings:
 
     # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.
     siem_config: str = ""
+    # Detection (siem.detect): extra Sigma rule files/directories (colon-separated), loaded
+    # after the starter set; and the working time the rules' business_hours field uses, as
+    # "TIMEZONE HH-HH DAYS" (e.g. "Europe/Berlin 08-18 mon-fri"); empty: UTC 08-18 mon-fri.
+    sigma_rules: str = ""
+    business_hours: str = ""
 
     @property
     def resolved_spool_dir(self) -> Path:

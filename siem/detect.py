@@ -1,0 +1,501 @@
+"""The detection worker: consumer group ``detect`` on the events topic -> Sigma rules -> alert
+events produced back to the events topic -> commit.
+
+Per polled batch (:meth:`DetectWorker.handle_batch`), in this order:
+
+1. decode each record (:func:`schemas.decode_event`). A record that does not decode is skipped:
+   the persist worker dead-letters it, so doing it here too would double every dead letter.
+   ``alert.*`` events (ours, coming back round) are skipped: no alerts on alerts;
+2. evaluate every other event with the :class:`~siem.rules.SigmaEngine` (starter rules plus
+   ``SESSIONVAULT_SIGMA_RULES``), in offset order per partition;
+3. produce the resulting ``alert.sigma`` events to the events topic (keyed by the session id,
+   else the alert uid) and wait until the broker acknowledged every one (retried with backoff
+   until it does, or the worker is stopped);
+4. only then commit the Kafka offsets.
+
+Delivery: at-least-once. A crash before 4 re-reads the batch and produces its alerts again.
+That is harmless: an alert's ``uid`` is derived from the rule and the matched event(s), its
+``time`` is the matched event's time, and the events table is idempotent on
+(tenant, uid, time), so the persist worker stores one row; sinks may see an alert twice
+(sinks are at-least-once anyway). Within one process, a record that comes back (a commit
+refused after a rebalance that handed the partition back) is not evaluated a second time,
+so it cannot count twice in a correlation window.
+
+Correlation state (the sliding windows of ``event_count`` rules) lives in this process's
+memory and is NOT rebuilt: after a restart the worker resumes at the last committed offset
+with empty windows, so a correlation whose events straddle the restart (some before the last
+commit, some after) can be missed. It is also per member: with several members in the group,
+events of one ``group-by`` value that land on different partitions are counted separately
+(login events are keyed by their uid, so run ONE detect member when correlations matter).
+
+Replay links need the session's start time: taken from a ``session.start`` event the engine
+saw, else from PostgreSQL (``sessions.started_at`` by tenant and sid, cached; see
+:class:`SessionStarts`). When neither knows the session yet (its first chunk is not stored),
+the alert goes out without ``offset_ms``/``replay``; PostgreSQL being down has the same effect
+and never blocks detection.
+
+Kafka calls and the engine run on the calling thread (kafka-python is not thread-safe);
+:meth:`DetectWorker.run` returns when ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+
+from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.kafka import make_producer, translate_errors
+from ingest.persist import backoff_ms
+from schemas.codec import decode_event, encode_event, validate_event
+from sessionvault.errors import ConfigError, SessionVaultError, TransportError, ValidationError
+from sessionvault.settings import Settings, require
+from siem.detect_config import parse_business_hours, rule_paths
+from siem.rules import STARTER_DIR, SigmaEngine, load_rules
+from storage import pg
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_GROUP = "detect"
+POLL_WAIT_MS = 500
+BATCH_MAX_RECORDS = 500
+BATCH_MAX_BYTES = 16 * 1024 * 1024
+LINGER_MS = 20
+PRODUCE_TIMEOUT_S = 30.0
+
+
+class Producer(Protocol):
+    """The part of kafka-python's ``KafkaProducer`` the worker uses."""
+
+    def send(self, topic: str, *, key: bytes, value: bytes) -> Any: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+# --- building the engine --------------------------------------------------------------------
+
+
+def rule_sources(settings: Settings) -> list[Path]:
+    """The starter set, then the files/directories of ``SESSIONVAULT_SIGMA_RULES``."""
+    extra = rule_paths(settings.sigma_rules)
+    missing = [str(p) for p in extra if not p.exists()]
+    if missing:
+        raise ConfigError(f"SESSIONVAULT_SIGMA_RULES: no such file or directory: {missing}")
+    return [STARTER_DIR, *extra]
+
+
+def build_engine(
+    settings: Settings, *, session_start_ms: Callable[[str], int | None] | None = None
+) -> SigmaEngine:
+    """The engine the detect worker runs: :func:`rule_sources` with the business hours of
+    ``SESSIONVAULT_BUSINESS_HOURS``. Raises ConfigError / RuleError on bad settings or rules."""
+    return SigmaEngine(
+        load_rules(rule_sources(settings)),
+        business_hours=parse_business_hours(settings.business_hours),
+        session_start_ms=session_start_ms,
+    )
+
+
+# --- the per-batch logic (no I/O) -----------------------------------------------------------
+
+
+@dataclass
+class Detection:
+    """What evaluating a batch gave: alerts to produce and what was skipped."""
+
+    alerts: list[dict[str, Any]]
+    evaluated: int = 0
+    undecodable: int = 0
+    own_alerts: int = 0
+    repeated: int = 0
+
+
+def detect(
+    records: Sequence[Record],
+    engine: SigmaEngine,
+    *,
+    max_record_bytes: int,
+    evaluated_up_to: dict[tuple[str, int], int] | None = None,
+    on_tenant: Callable[[str], None] | None = None,
+) -> Detection:
+    """Steps 1-2 of the module docstring for one batch (CPU only; the engine keeps state).
+
+    ``evaluated_up_to`` maps (topic, partition) to the next offset not yet evaluated; records
+    below it are skipped and it is advanced. ``on_tenant`` is told each event's tenant before
+    it is evaluated (the session-start lookup is scoped by it).
+    """
+    out = Detection(alerts=[])
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        if evaluated_up_to is not None:
+            if rec.offset < evaluated_up_to.get(tp, -1):
+                out.repeated += 1
+                continue
+            evaluated_up_to[tp] = rec.offset + 1
+        if rec.value is None:
+            out.undecodable += 1
+            continue
+        try:
+            event = decode_event(rec.value, max_bytes=max_record_bytes)
+        except ValidationError:
+            out.undecodable += 1  # the persist worker dead-letters it
+            continue
+        if event.type.startswith("alert."):
+            out.own_alerts += 1
+            continue
+        if on_tenant is not None:
+            on_tenant(event.tenant)
+        out.evaluated += 1
+        for alert in engine.evaluate(event.fields):
+            try:
+                validate_event(alert)
+            except ValidationError as exc:  # a rule/engine bug: never emit an invalid event
+                log.error("detect: alert of rule %s on %s is invalid, dropped: %s",
+                          alert.get("rule_id"), rec.where, exc)
+                continue
+            out.alerts.append(alert)
+    return out
+
+
+def alert_key(alert: Mapping[str, Any]) -> bytes:
+    """Kafka key of an alert: its session id (so it follows the session's partition), else its
+    uid."""
+    return str(alert.get("sid") or alert["uid"]).encode()
+
+
+# --- session start lookup -------------------------------------------------------------------
+
+
+class SessionStarts:
+    """``sid -> sessions.started_at`` (epoch ms) from PostgreSQL, for the tenant set in
+    :attr:`tenant`; a callable to give :class:`SigmaEngine` as ``session_start_ms``.
+
+    Found values are cached (LRU, ``max_entries``); misses are not (the session row may be
+    written later). After a PostgreSQL error the lookup answers None for ``retry_after_s``
+    instead of blocking detection. Runs its own event loop: call it from one thread only.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        max_entries: int = 10_000,
+        retry_after_s: float = 5.0,
+    ) -> None:
+        self.tenant = ""
+        self.lookups = 0
+        self._dsn = dsn
+        self._connect = connect
+        self._max = max_entries
+        self._retry_after_s = retry_after_s
+        self._cache: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection | None = None
+        self._down_until = 0.0
+
+    def set_tenant(self, tenant: str) -> None:
+        self.tenant = tenant
+
+    def __call__(self, sid: str) -> int | None:
+        key = (self.tenant, sid)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if time.monotonic() < self._down_until:
+            return None
+        self.lookups += 1
+        try:
+            ms = self._loop.run_until_complete(self._fetch(self.tenant, sid))
+        except SessionVaultError as exc:
+            log.warning("detect: session start of %s unavailable (no replay offset): %s", sid, exc)
+            self._down_until = time.monotonic() + self._retry_after_s
+            self._loop.run_until_complete(self._drop())
+            return None
+        if ms is not None:
+            self._cache[key] = ms
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return ms
+
+    async def _fetch(self, tenant: str, sid: str) -> int | None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect(self._dsn)
+        try:
+            value = await self._conn.fetchval(
+                "SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM sessions"
+                " WHERE tenant = $1 AND sid = $2",
+                tenant,
+                sid,
+            )
+        except Exception as exc:  # driver errors of any kind: translated at this boundary
+            raise pg.translate(exc, "read session start") from exc
+        return None if value is None else int(value)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    def close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._loop.run_until_complete(self._conn.close(timeout=2))
+        except Exception as exc:  # best effort at shutdown
+            log.debug("detect: closing the PostgreSQL connection: %s", exc)
+        finally:
+            self._conn = None
+            self._loop.close()
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+@dataclass
+class DetectStats:
+    """Running totals since the worker started."""
+
+    batches: int = 0
+    records: int = 0
+    evaluated: int = 0
+    alerts: int = 0
+    undecodable: int = 0
+    own_alerts: int = 0
+    repeated: int = 0
+    produce_retries: int = 0
+    commits: int = 0
+
+
+@dataclass(frozen=True)
+class DetectBatchReport:
+    """What one batch did (passed to ``on_batch``)."""
+
+    records: int
+    evaluated: int
+    alerts: int
+    committed: bool
+    seconds: float
+
+
+class _Stopped(Exception):
+    """Stop was requested while waiting to retry: leave without committing."""
+
+
+class DetectWorker:
+    """One member of the ``detect`` consumer group; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str = DEFAULT_GROUP,
+        engine: SigmaEngine | None = None,
+        session_starts: SessionStarts | None = None,
+        consumer_factory: Callable[[], BatchConsumer] | None = None,
+        producer_factory: Callable[[], Producer] | None = None,
+    ) -> None:
+        require(settings, "kafka_bootstrap")
+        self.settings = settings
+        self.group_id = group_id
+        self.stats = DetectStats()
+        if session_starts is None and engine is None and settings.postgres_dsn:
+            session_starts = SessionStarts(settings.postgres_dsn.get())
+        self._starts = session_starts
+        self.engine = engine or build_engine(settings, session_start_ms=session_starts)
+        self._consumer_factory = consumer_factory or (
+            lambda: BatchConsumer(
+                settings, group_id, [settings.topic_events], max_poll_records=BATCH_MAX_RECORDS
+            )
+        )
+        self._producer_factory: Callable[[], Producer] = producer_factory or (
+            lambda: make_producer(settings, client_id=f"sessionvault-{group_id}")
+        )
+        self._consumer: BatchConsumer | None = None
+        self._producer: Producer | None = None
+        self._evaluated: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+
+    # -- retrying ----------------------------------------------------------------------------
+
+    def _retry(self, what: str, op: Callable[[], T]) -> T:
+        """Run ``op`` until it succeeds; TransportError backs off (capped); _Stopped on stop."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return op()
+            except CommitRejectedError:
+                raise
+            except TransportError as exc:
+                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
+                log.warning("detect: %s failed (attempt %d), retrying in %.1fs: %s",
+                            what, attempt, delay, exc)
+                if self._stop.wait(delay):
+                    raise _Stopped from exc
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def _produce(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+        """Send every alert and wait for every acknowledgement (raises TransportError)."""
+        if self._producer is None:
+            self._producer = self._producer_factory()
+        producer = self._producer
+        try:
+            with translate_errors("produce alerts"):
+                futures = [
+                    producer.send(
+                        self.settings.topic_events, key=alert_key(a), value=encode_event(dict(a))
+                    )
+                    for a in alerts
+                ]
+                producer.flush(timeout=PRODUCE_TIMEOUT_S)
+                for f in futures:
+                    f.get(timeout=PRODUCE_TIMEOUT_S)
+        except TransportError:
+            # A fresh producer for the retry: the failed one may hold half-sent batches.
+            self.stats.produce_retries += 1
+            self._producer = None
+            try:
+                producer.close(timeout=1)
+            except Exception as exc:
+                log.debug("detect: closing the failed producer: %s", exc)
+            raise
+
+    # -- the batch step ----------------------------------------------------------------------
+
+    def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> DetectBatchReport:
+        """Steps 1-4 of the module docstring for one polled batch."""
+        t0 = time.monotonic()
+        found = detect(
+            records,
+            self.engine,
+            max_record_bytes=self.settings.max_record_bytes,
+            evaluated_up_to=self._evaluated,
+            on_tenant=self._starts.set_tenant if self._starts is not None else None,
+        )
+        if found.alerts:
+            self._retry("producing alerts", lambda: self._produce(found.alerts))
+            for a in found.alerts:
+                log.info("detect: alert %s rule=%s level=%s tenant=%s sid=%s", a["uid"],
+                         a["rule_id"], a["level"], a["tenant"], a.get("sid", "-"))
+        committed = False
+        offsets = next_offsets(records)
+        if commit and offsets and self._consumer is not None:
+            consumer = self._consumer
+            try:
+                self._retry("offset commit", lambda: consumer.commit(offsets))
+                committed = True
+                self.stats.commits += 1
+            except CommitRejectedError as exc:
+                log.warning("detect: %s; the batch will be redelivered", exc)
+        s = self.stats
+        s.batches += 1
+        s.records += len(records)
+        s.evaluated += found.evaluated
+        s.alerts += len(found.alerts)
+        s.undecodable += found.undecodable
+        s.own_alerts += found.own_alerts
+        s.repeated += found.repeated
+        return DetectBatchReport(
+            records=len(records),
+            evaluated=found.evaluated,
+            alerts=len(found.alerts),
+            committed=committed,
+            seconds=time.monotonic() - t0,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def lag(self) -> int | None:
+        if self._consumer is None:
+            return None
+        try:
+            return self._consumer.lag()
+        except TransportError:
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[DetectBatchReport], object] | None = None,
+    ) -> None:
+        """Consume until ``stop`` (or :meth:`stop`) is set; see the module docstring."""
+        if stop is not None:
+            self._stop = stop
+        try:
+            self._consumer = self._retry("joining the consumer group", self._consumer_factory)
+            while not self._stop.is_set():
+                try:
+                    records = self._consumer.poll_batch(
+                        max_records=BATCH_MAX_RECORDS,
+                        max_bytes=BATCH_MAX_BYTES,
+                        linger_ms=LINGER_MS,
+                        wait_ms=POLL_WAIT_MS,
+                    )
+                except TransportError as exc:
+                    log.warning("detect: poll failed: %s", exc)
+                    if self._stop.wait(1.0):
+                        break
+                    continue
+                if records:
+                    report = self.handle_batch(records)
+                    if on_batch is not None:
+                        on_batch(report)
+        except _Stopped:
+            log.info("detect: stopping with an uncommitted batch; it will be redelivered")
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        producer = self._producer
+        for closer in (
+            self._consumer.close if self._consumer is not None else None,
+            (lambda: producer.close(timeout=5)) if producer is not None else None,
+            self._starts.close if self._starts is not None else None,
+        ):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception as exc:  # best effort at shutdown
+                    log.debug("detect: close: %s", exc)
+        self._consumer = None
+        self._producer = None
+
+
+def run_detect_worker(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[DetectBatchReport], object] | None = None,
+    group_id: str = DEFAULT_GROUP,
+) -> None:
+    """Run one detect worker until ``stop`` is set (see the module docstring)."""
+    DetectWorker(settings, group_id=group_id).run(stop=stop, on_batch=on_batch)
+
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DetectBatchReport",
+    "DetectStats",
+    "DetectWorker",
+    "Detection",
+    "SessionStarts",
+    "alert_key",
+    "build_engine",
+    "detect",
+    "rule_sources",
+    "run_detect_worker",
+]
