@@ -72,6 +72,7 @@ def _register_all() -> None:
         "api.cli",
         "api.cli_search",
         "siem.cli",
+        "siem.cli_detect",
     ):
         try:
             module = importlib.import_module(mod)

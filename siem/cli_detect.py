@@ -1,0 +1,172 @@
+"""Detection commands: ``worker detect``, ``rules list`` and ``rules test FILE EVENTS``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from sessionvault.cli import get_settings
+from sessionvault.errors import ConfigError
+from siem.cli import _group
+
+
+def register(main: click.Group) -> None:
+    """Add ``worker detect`` and the ``rules`` group to the ``sessionvault`` group."""
+    _register_worker(main)
+    _register_rules(main)
+
+
+def _register_worker(main: click.Group) -> None:
+    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+
+    @worker_group.command("detect")
+    @click.option("--group", "group_id", default="detect", show_default=True,
+                  help="Consumer group id.")
+    @click.option("--status-every", default=5.0, show_default=True,
+                  help="Seconds between status lines on stderr (0: none).")
+    @click.pass_context
+    def detect_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
+        """Run the Sigma rules over the events topic and produce alert events, until
+        SIGTERM/SIGINT (rules: starter set + SESSIONVAULT_SIGMA_RULES)."""
+        from siem.detect import DetectBatchReport, DetectWorker
+
+        settings = get_settings(ctx)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("siem").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker = DetectWorker(settings, group_id=group_id)
+        last = {"t": time.monotonic()}
+
+        def status_line(_: DetectBatchReport) -> None:
+            now = time.monotonic()
+            if status_every <= 0 or now - last["t"] < status_every:
+                return
+            last["t"] = now
+            s = worker.stats
+            click.echo(
+                f"detect[{group_id}]: {s.records} records, {s.evaluated} evaluated, "
+                f"{s.alerts} alerts, lag {worker.lag()}",
+                err=True,
+            )
+
+        click.echo(
+            f"detect[{group_id}]: {len(worker.engine.rule_ids)} rules over "
+            f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)",
+            err=True,
+        )
+        worker.run(stop=stop, on_batch=status_line)
+        click.echo(
+            f"detect[{group_id}]: stopped after {worker.stats.records} records, "
+            f"{worker.stats.alerts} alerts",
+            err=True,
+        )
+
+
+def _rule_files(sources: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            files += sorted(src.glob("*.yml")) + sorted(src.glob("*.yaml"))
+        else:
+            files.append(src)
+    return files
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSON-lines file of events: sessionvault events, raw
+    Kubernetes audit Events, or EventLists (expanded to their items)."""
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not JSON: {exc}") from exc
+            if isinstance(value, dict) and value.get("kind") == "EventList":
+                value = value.get("items") or []
+            for item in value if isinstance(value, list) else [value]:
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{path}:{n}: expected a JSON object")
+                yield n, item
+
+
+def _register_rules(main: click.Group) -> None:
+    rules_group = _group(main, "rules", "Sigma detection rules.")
+
+    @rules_group.command("list")
+    @click.pass_context
+    def list_cmd(ctx: click.Context) -> None:
+        """The rules the detect worker loads (starter set + SESSIONVAULT_SIGMA_RULES)."""
+        from sigma.correlations import SigmaCorrelationRule
+
+        from siem.detect import build_engine, rule_sources
+        from siem.rules import load_rules
+
+        settings = get_settings(ctx)
+        build_engine(settings)  # the whole set must compile, as in the worker
+        click.echo(f"{'id':<36}  {'level':<8} {'type':<11} {'title':<50} file")
+        for f in _rule_files(rule_sources(settings)):
+            for rule in load_rules([f]).rules:
+                kind = "correlation" if isinstance(rule, SigmaCorrelationRule) else "rule"
+                level = rule.level.name.lower() if rule.level is not None else "-"
+                rid = str(rule.id or rule.name or "-")
+                click.echo(f"{rid:<36}  {level:<8} {kind:<11} {rule.title[:50]:<50} {f}")
+
+    @rules_group.command("test")
+    @click.argument("rule_file", type=click.Path(exists=True, path_type=Path))
+    @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--with-starter", is_flag=True, help="Also load the starter rule set.")
+    @click.option("--business-hours", default=None,
+                  help='e.g. "Europe/Berlin 08-18 mon-fri" (default: SESSIONVAULT_BUSINESS_HOURS).')
+    @click.option("--json", "as_json", is_flag=True, help="Print the alert events as JSON lines.")
+    @click.pass_context
+    def test_cmd(
+        ctx: click.Context,
+        rule_file: Path,
+        events: Path,
+        with_starter: bool,
+        business_hours: str | None,
+        as_json: bool,
+    ) -> None:
+        """Evaluate the rules of RULE_FILE (a file or directory) against the records of
+        EVENTS (JSON lines) offline, in file order, and print every alert."""
+        from siem.detect_config import parse_business_hours
+        from siem.rules import STARTER_DIR, SigmaEngine
+
+        settings = get_settings(ctx)
+        hours = parse_business_hours(
+            settings.business_hours if business_hours is None else business_hours
+        )
+        sources = [STARTER_DIR, rule_file] if with_starter else [rule_file]
+        engine = SigmaEngine.from_sources(sources, business_hours=hours)
+        records = alerts = 0
+        for line, rec in iter_records(events):
+            records += 1
+            for alert in engine.evaluate(rec):
+                alerts += 1
+                if as_json:
+                    click.echo(orjson.dumps(alert).decode())
+                    continue
+                where = f" replay: {alert['replay']}" if alert.get("replay") else ""
+                click.echo(
+                    f"{events.name}:{line}: {alert['level'].upper()} {alert['title']} "
+                    f"[{alert['rule_id']}] on {alert['matched_event']} "
+                    f"{alert['matched_uid']}{where}"
+                )
+        click.echo(f"{records} records, {alerts} alerts, {len(engine.rule_ids)} rules", err=True)
+
+
+__all__ = ["iter_records", "register"]
