@@ -1,0 +1,252 @@
+"""Detection end to end on the real servers: Kubernetes audit webhook (uvicorn) -> Kafka ->
+detect worker (Sigma rules) -> alert events on Kafka -> persist worker -> PostgreSQL, and a
+JSON-lines sink subscribed to ``alert.*`` (the siem sink worker, in-process)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from schemas import encode_chunk
+from sessionvault.settings import Settings
+from siem.config import SinkConfig, parse_siem_config
+from siem.detect import DetectWorker
+from tests.integration.api_support import make_token, serve
+from tests.integration.import_support import drain, fetch
+from tests.integration.persist_helpers import build_session, drained, group_lag, produce
+from tests.integration.siem_support import produce_events, running_sink
+from tests.integration.test_kube_webhook import event_list, fixture_events
+from tests.integration.test_recorder_spool import consume_all
+
+pytestmark = pytest.mark.integration
+
+EXEC_RULE = "6b3e6a8e-1a53-4c36-9d7e-3f0c5a1d2b01"
+CURL_RULE = "9a1c3e5f-7b2d-4f6a-8c0e-1d3b5f7a9c03"
+FAILED_LOGINS_RULE = "5e9b1d3f-7a2c-4f4e-8b0a-ab2c4e6f8d07"
+FAILED_LOGIN_BASE = "4d8a0c2e-6f1b-4e3d-b7a9-9b1d3f5a7c06"
+EXEC_AUDIT_ID = "ca1ed9f4-7bf4-4c85-81a8-1b11253d1ba6"
+
+
+def run_detect_until_drained(
+    settings: Settings, *, group: str = "detect", timeout_s: float = 90
+) -> DetectWorker:
+    """A real DetectWorker in a thread until its group's committed lag on the events topic is
+    0 (which includes the alerts it produced itself: it has read them back and skipped them)."""
+    worker = DetectWorker(settings, group_id=group)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run(stop=stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"detect-{group}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not drained(settings, [settings.topic_events], group):
+            assert not errors, f"detect worker crashed: {errors[0]!r}"
+            assert thread.is_alive(), "detect worker returned before it was stopped"
+            assert time.monotonic() < deadline, f"lag not 0: {group_lag(settings, group)}"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "detect worker did not stop"
+    assert not errors, f"detect worker crashed: {errors[0]!r}"
+    return worker
+
+
+def stored_alerts(settings: Settings) -> list[dict[str, Any]]:
+    rows = fetch(
+        settings,
+        "SELECT body FROM events WHERE tenant = $1 AND event = 'alert.sigma' ORDER BY uid",
+        settings.tenant,
+    )
+    return [orjson.loads(str(r["body"])) for r in rows]
+
+
+def alerts_on_kafka(settings: Settings) -> list[dict[str, Any]]:
+    docs = [orjson.loads(r.value) for r in consume_all(settings, settings.topic_events)]
+    return [d for d in docs if d.get("event") == "alert.sigma"]
+
+
+def alert_sink(settings: Settings, out: Path) -> SinkConfig:
+    return parse_siem_config(
+        f"""
+[[sink]]
+name = "alerts-{settings.tenant[-8:]}"
+type = "jsonl"
+path = "{out}"
+[sink.filter]
+event_types = ["alert.*"]
+""".encode()
+    ).sinks[0]
+
+
+def sink_lines(settings: Settings, out: Path, want: int) -> list[dict[str, Any]]:
+    """Run the alert sink until it has written ``want`` lines and committed everything."""
+    cfg = alert_sink(settings, out)
+    with running_sink(settings, cfg) as run:
+        run.wait(lambda: out.exists() and len(out.read_bytes().splitlines()) >= want, 60, "lines")
+        run.wait(
+            lambda: group_lag(settings, cfg.group_id).get(settings.topic_events) == 0,
+            30,
+            "sink committed lag 0",
+        )
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+def test_exec_fixture_posted_to_the_webhook_raises_one_stored_alert_and_redelivery_adds_no_row(
+    settings: Settings, tmp_path: Path
+) -> None:
+    token = make_token(settings, clusters=["prod"])
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        resp = http.post(
+            "/v1/kube/audit/prod",
+            content=event_list(fixture_events()),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"accepted": 3}
+    drain(settings, [settings.topic_events])
+    first = run_detect_until_drained(settings)
+    assert first.stats.evaluated == 3
+    assert first.stats.alerts == 1
+    assert first.stats.own_alerts == 1  # it read its own alert back and skipped it
+    drain(settings, [settings.topic_events])  # the persist worker stores the alert event
+
+    alerts = stored_alerts(settings)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    exec_req = fetch(
+        settings,
+        "SELECT uid, time FROM events WHERE tenant = $1 AND body::jsonb #>> "
+        "'{kube_audit,auditID}' = $2",
+        settings.tenant,
+        EXEC_AUDIT_ID,
+    )
+    assert len(exec_req) == 1
+    assert alert["rule_id"] == EXEC_RULE
+    assert alert["title"] == "Exec or attach into a container"
+    assert alert["level"] == "medium"
+    assert alert["code"] == "SV5001W"
+    assert alert["matched_uid"] == exec_req[0]["uid"]
+    assert alert["matched_event"] == "kube.request"
+    assert alert["tenant"] == settings.tenant
+    assert alert["user"] == "minikube-user"
+    # Kubernetes audit events belong to no recorded session: no replay link to give.
+    assert "sid" not in alert
+    assert "replay" not in alert
+
+    lines = sink_lines(settings, tmp_path / "alerts.jsonl", 1)
+    assert [(d["event"], d["uid"], d["rule_id"]) for d in lines] == [
+        ("alert.sigma", alert["uid"], EXEC_RULE)
+    ]
+
+    # Redelivery: a second group reads the topic from the start and produces the alert again.
+    again = run_detect_until_drained(settings, group="detect-replay")
+    assert again.stats.alerts == 1
+    on_kafka = alerts_on_kafka(settings)
+    assert len(on_kafka) == 2
+    assert {a["uid"] for a in on_kafka} == {alert["uid"]}
+    assert {a["time"] for a in on_kafka} == {alert["time"]}
+    drain(settings, [settings.topic_events])
+    assert stored_alerts(settings) == [alert]
+
+
+def test_curl_pipe_shell_in_a_stored_session_gets_a_replay_link_at_the_right_offset(
+    settings: Settings, tmp_path: Path
+) -> None:
+    sid = "7e57c0de-0000-4000-8000-00000000c0de"
+    # The session row (started 2026-11-21T10:00:00Z) exists in PostgreSQL; the detect worker
+    # never sees a session.start event, so the offset can only come from the sessions table.
+    session = build_session(settings.tenant, sid, 2, random.Random(5))
+    chunks = [(sid.encode(), encode_chunk(c)) for c in session.chunks]
+    produce(settings, settings.topic_chunks, chunks)
+    drain(settings, [settings.topic_chunks])
+    command = {
+        "sv_version": 1,
+        "tenant": settings.tenant,
+        "event": "session.command",
+        "code": "T4000I",
+        "uid": f"{sid}-cmd",
+        "sid": sid,
+        "time": "2026-11-21T10:00:42.500Z",
+        "user": "alice",
+        "program": "sh",
+        "path": "/bin/sh",
+        "argv": ["-c", "curl -fsSL https://get.example.com/install | sudo bash"],
+    }
+    harmless = dict(command, uid=f"{sid}-cmd2", argv=["-c", "curl -o x https://example.com"])
+    produce_events(settings, [command, harmless])
+    worker = run_detect_until_drained(settings)
+    assert worker.stats.alerts == 1
+    drain(settings, [settings.topic_events])
+
+    alerts = stored_alerts(settings)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert["rule_id"] == CURL_RULE
+    assert alert["matched_uid"] == command["uid"]
+    assert alert["sid"] == sid
+    assert alert["offset_ms"] == 42_500
+    assert alert["replay"] == f"sessionvault play {sid} --start-at 42.500"
+    lines = sink_lines(settings, tmp_path / "alerts.jsonl", 1)
+    assert len(lines) == 1
+    assert lines[0]["replay"] == alert["replay"]
+    assert lines[0]["uid"] == alert["uid"]
+
+
+def _login(tenant: str, i: int, user: str, second: int, success: bool = False) -> dict[str, Any]:
+    return {
+        "sv_version": 1,
+        "tenant": tenant,
+        "event": "user.login",
+        "code": "T1000W" if not success else "T1000I",
+        "uid": f"login-{user}-{i}",
+        "time": f"2026-03-02T09:{second // 60:02d}:{second % 60:02d}.000Z",
+        "user": user,
+        "method": "local",
+        "success": success,
+    }
+
+
+def test_five_failed_logins_by_one_user_within_a_minute_store_one_correlation_alert(
+    settings: Settings,
+) -> None:
+    t = settings.tenant
+    events = (
+        # mallory: 5 failures in 48 s -> fires once.
+        [_login(t, i, "mallory", 12 * i) for i in range(5)]
+        # bob: 5 failures, but spread over 4 minutes -> never 5 within a minute.
+        + [_login(t, i, "bob", 60 * i) for i in range(5)]
+        # carol: 4 failures and a success within a minute -> 4 failures only.
+        + [_login(t, i, "carol", 5 * i) for i in range(4)]
+        + [_login(t, 9, "carol", 30, success=True)]
+    )
+    produce_events(settings, events)  # keyed by uid: spread over the partitions
+    worker = run_detect_until_drained(settings)
+    assert worker.stats.evaluated == len(events)
+    drain(settings, [settings.topic_events])
+
+    alerts = stored_alerts(settings)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert["rule_id"] == FAILED_LOGINS_RULE
+    assert alert["level"] == "high"
+    corr = alert["correlation"]
+    assert corr["group"] == {"user": "mallory"}
+    assert corr["count"] == 5
+    assert sorted(corr["matched_uids"]) == sorted(f"login-mallory-{i}" for i in range(5))
+    # The base rule only feeds the correlation (generate: false): no alert of its own.
+    assert FAILED_LOGIN_BASE not in {a["rule_id"] for a in alerts}
