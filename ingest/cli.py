@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from sessionvault.cli import get_settings
-from sessionvault.errors import ConfigError
+from sessionvault.errors import ConfigError, SessionVaultError
 from sessionvault.settings import Settings
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -28,6 +28,7 @@ def register(main: click.Group) -> None:
     _register_worker(main)
     _register_import(main)
     _register_index(main)
+    _register_segments(main)
 
 
 def _log_to_file(settings: Settings, verbose: bool) -> None:
@@ -571,5 +572,73 @@ def _register_index(main: click.Group) -> None:
             )
             for doc_id, reason in report.rejected[:20]:
                 click.echo(f"  refused {doc_id}: {reason}", err=True)
+
+        asyncio.run(run())
+
+
+def _register_segments(main: click.Group) -> None:
+    """``worker segments``: the segmenter (terminal output -> searchable text segments)."""
+    import asyncio
+    import signal
+    import time
+
+    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+
+    @worker_group.command("segments")
+    @click.option(
+        "--status-every",
+        default=5.0,
+        show_default=True,
+        help="Seconds between status lines on stderr (0: none).",
+    )
+    @click.pass_context
+    def segments_cmd(ctx: click.Context, status_every: float) -> None:
+        """Render stored terminal output into search segments until SIGTERM/SIGINT.
+
+        Driven by PostgreSQL (LISTEN sv_segments, polled every second); several may run."""
+        from ingest.segmenter import Segmenter
+
+        settings = get_settings(ctx)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
+        logging.getLogger("storage").setLevel(min(logging.getLogger().level, logging.INFO))
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            seg = Segmenter(settings)
+
+            async def status() -> None:
+                last_t, last_chunks, last_segs = time.monotonic(), 0, 0
+                while True:
+                    await asyncio.sleep(status_every)
+                    now = time.monotonic()
+                    s = seg.stats
+                    dt = max(now - last_t, 1e-9)
+                    try:
+                        pending: object = await seg.pending()
+                    except SessionVaultError:
+                        pending = "?"
+                    click.echo(
+                        f"segments: {(s.chunks - last_chunks) / dt:,.0f} chunks/s "
+                        f"{(s.segments - last_segs) / dt:,.0f} segments/s, {pending} sessions"
+                        f" queued | total {s.chunks} chunks, {s.segments} segments,"
+                        f" {s.resynced} re-synced, {s.bad_chunks} undecodable,"
+                        f" {s.db_retries} db retries",
+                        err=True,
+                    )
+                    last_t, last_chunks, last_segs = now, s.chunks, s.segments
+
+            click.echo("segments: rendering queued sessions (Ctrl-C or SIGTERM to stop)", err=True)
+            ticker = asyncio.create_task(status()) if status_every > 0 else None
+            try:
+                await seg.run(stop=stop)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            click.echo(f"segments: stopped after {seg.stats.segments} segments", err=True)
 
         asyncio.run(run())

@@ -9,16 +9,18 @@ Kafka records are used as *notifications* of what changed, never as the document
 every document is built from the PostgreSQL row by the model's builders
 (:func:`storage.search.reindex.event_action` / ``segment_action``), because the stored row is
 what search must show (kube.request stages merged across deliveries, session fields re-synced
-into segments by ``session.start``, segments rendered deterministically by the persist worker).
+into segments by ``session.start``, segments rendered deterministically by the segmenter).
 
 Per polled batch (:meth:`IndexWorker.handle_batch`):
 
 1. each event record gives its key (tenant, uid, time); each chunk record its (tenant, sid, seq);
    a record that does not decode is skipped (the persist worker dead-letters it);
-2. wait until each is durable in PostgreSQL: the event row / the chunk row exists (segments are
-   written in the chunk's transaction). A key still absent after the persist group committed
-   past its record was refused by the persist worker (dead-lettered there): skipped. Otherwise
-   the persist worker is behind: wait and look again (never commit past it);
+2. wait until each is durable in PostgreSQL: the event row / the chunk row exists, and for a
+   chunk, the segmenter (:mod:`ingest.segmenter`) has rendered past its seq (segments are
+   written after the chunk's transaction). A key still absent after the persist group
+   committed past its record was refused by the persist worker (dead-lettered there): skipped.
+   Otherwise the persist worker or the segmenter is behind: wait and look again (never commit
+   past them);
 3. documents: the events' rows, and for each session with chunks in the batch its segments
    from the first one this worker has not indexed yet (all of them after a session.start /
    session.end event, which re-syncs the session's fields into its segments);
@@ -66,6 +68,7 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.persist import backoff_ms
 from ingest.persist_logic import parse_time
+from ingest.segmenter import rendered_through
 from ingest.topics import admin_client
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.errors import (
@@ -330,8 +333,30 @@ class IndexWorker:
             chunks = await stored_chunks(conn, parsed.chunks)
             missing = [ref for key, ref in parsed.events.items() if key not in found]
             missing += [ref for key, (ref, _) in parsed.chunks.items() if key not in chunks]
-            if not missing:
+            # Segments are rendered after the chunk's commit, by the segmenter: a stored chunk
+            # counts once the segmenter's position is past it (the segmenter never gives up
+            # on a stored chunk, so this wait ends when it runs).
+            through = await rendered_through(conn, [sid for sid, _ in chunks])
+            unrendered = [
+                ref
+                for (sid, seq), (ref, _) in parsed.chunks.items()
+                if (sid, seq) in chunks and through.get(sid, -1) < seq
+            ]
+            if not missing and not unrendered:
                 return rows, chunks, waits
+            if not missing:
+                waits += 1
+                delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
+                log.log(
+                    logging.WARNING if waits % 30 == 0 else logging.DEBUG,
+                    "index: %d chunks stored but not rendered into text yet (e.g. %s); waiting"
+                    " %.1fs (is a segmenter running? sessionvault worker segments)",
+                    len(unrendered),
+                    records[unrendered[0]].where,
+                    delay,
+                )
+                await self._sleep_or_stop(delay)
+                continue
             committed = await self._kafka(self._persist_committed)
             behind = [
                 ref

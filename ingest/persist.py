@@ -51,8 +51,8 @@ from storage.chunkstore import (
     DEFAULT_METHOD,
     ChunkWriteResult,
     DataRejectedError,
+    enqueue_segments,
     storage_error,
-    sync_segment_sessions,
     write_chunks,
 )
 from storage.codec import Compressor, pack_frames
@@ -166,9 +166,12 @@ async def store_batch(
             opened = set(result.chunks.opened)
             keys |= {(c.chunk.tenant, c.sid) for c in batch.chunks if c.sid in opened}
             result.enriched = await enrich_sessions(conn, keys)
+            # Text segments are rendered (and copy who/where from their session) by the
+            # segmenter, later: here only the cheap enqueue, so search never slows persistence.
+            todo = {sid: st.tenant for sid, st in result.chunks.sessions.items()}
             if result.enriched:
-                # Text segments copy who/where from their session (search filters).
-                await sync_segment_sessions(conn, (sid for _, sid in keys))
+                todo.update((sid, tenant) for tenant, sid in keys)
+            await enqueue_segments(conn, todo)
     except StorageError:
         raise
     except Exception as exc:  # commit itself failed (connection lost mid-commit, ...)

@@ -3,10 +3,12 @@
 Invariants (the persist worker relies on them for exactly-once effect):
 
 * :func:`write_chunks` runs inside the caller's transaction. It locks the batch's session rows
-  (``FOR UPDATE``, in sid order so concurrent writers cannot deadlock on them), inserts the
+  (``FOR NO KEY UPDATE``, in sid order so concurrent writers cannot deadlock on them), inserts the
   chunks with ``ON CONFLICT (sid, seq) DO NOTHING RETURNING``, and folds only the rows the
   database reports as inserted into the sessions' counters. A redelivered batch inserts nothing
   and so changes no counter, even after a crash between the commit and the Kafka offset commit.
+* Terminal text is NOT rendered here: :func:`enqueue_segments` only records, in the same
+  transaction, which sessions the segmenter (:mod:`ingest.segmenter`) has to look at.
 * asyncpg exceptions never leave this module: :func:`storage_error` translates them. A value the
   database refuses (:class:`DataRejectedError`) is the record's fault, not the server's: retrying
   cannot help, the caller isolates and dead-letters the record.
@@ -15,11 +17,10 @@ Invariants (the persist worker relies on them for exactly-once effect):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
 
 from ingest.persist_logic import (
     ChunkRow,
@@ -33,8 +34,6 @@ from ingest.persist_logic import (
 )
 from sessionvault.errors import StorageError
 from storage.pg import translate
-from storage.search.model import SegmentRow, to_us
-from storage.search.segments import SessionText, render_session
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ CHUNK_COLUMNS = (
     "payload",
     "prev_hash",
     "hash",
+    "final",
 )
 _CHUNK_TYPES = (
     "text",
@@ -65,6 +65,7 @@ _CHUNK_TYPES = (
     "bytea",
     "text",
     "text",
+    "bool",
 )
 
 _INSERT_UNNEST = (
@@ -127,7 +128,6 @@ class ChunkWriteResult:
     stored_bytes: int = 0
     opened: list[str] = field(default_factory=list)
     sessions: dict[str, SessionState] = field(default_factory=dict)
-    segments: list[SegmentRow] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
@@ -135,10 +135,14 @@ class ChunkWriteResult:
 
 
 async def lock_sessions(conn: asyncpg.Connection, sids: Iterable[str]) -> dict[str, SessionState]:
-    """The session rows of ``sids`` (those that exist), locked until the transaction ends."""
+    """The session rows of ``sids`` (those that exist), locked until the transaction ends.
+
+    ``FOR NO KEY UPDATE`` (the key never changes here): it excludes other writers of the row and
+    its deletion by retention, but not the segmenter's ``FOR KEY SHARE`` read, so rendering
+    never makes the persist worker wait."""
     rows = await conn.fetch(
         f"SELECT {_STATE_COLUMNS} FROM sessions WHERE sid = ANY($1::text[]) ORDER BY sid "
-        "FOR UPDATE",
+        "FOR NO KEY UPDATE",
         sorted(set(sids)),
     )
     return {r["sid"]: SessionState(**dict(r)) for r in rows}
@@ -194,6 +198,7 @@ def _columns(rows: Sequence[ChunkRow]) -> list[list[object]]:
         [r.prepared.stored for r in rows],
         [r.prepared.chunk.prev_hash for r in rows],
         [r.prepared.chunk.hash for r in rows],
+        [r.prepared.chunk.final for r in rows],
     ]
 
 
@@ -226,6 +231,7 @@ async def insert_chunks(
                     r.prepared.stored,
                     r.prepared.chunk.prev_hash,
                     r.prepared.chunk.hash,
+                    r.prepared.chunk.final,
                 )
                 for r in rows
             ],
@@ -291,7 +297,6 @@ async def write_chunks(
         inserted = await insert_chunks(conn, plan.rows, method=method)
         changed = fold_inserted(states, inserted)
         await update_sessions(conn, list(changed.values()))
-        segments = await write_segments(conn, inserted)
     except StorageError:
         raise
     except Exception as exc:
@@ -303,104 +308,29 @@ async def write_chunks(
     result.stored_bytes = sum(len(r.prepared.stored) for r in inserted)
     result.opened = [o.sid for o in plan.opens]
     result.sessions = changed
-    result.segments = segments
     return result
 
 
-async def write_segments(
-    conn: asyncpg.Connection, inserted: Sequence[ChunkRow]
-) -> list[SegmentRow]:
-    """Render the chunks just inserted into text segments (storage.search.segments) and store
-    them with the sessions' new rendering positions, inside the caller's transaction (the
-    session rows are already locked by it). Only inserted chunks advance the state, so a
-    redelivered batch renders nothing twice. Returns the segments written."""
-    by_sid: dict[str, list[ChunkRow]] = {}
-    for r in inserted:
-        by_sid.setdefault(r.prepared.sid, []).append(r)
-    if not by_sid:
-        return []
-    rows = await conn.fetch(
-        "SELECT sid, tenant, started_at, text_state, text_seg_next, text_seq, user_name, login,"
-        " server_id, cluster_name, kubernetes_cluster FROM sessions WHERE sid = ANY($1::text[])",
-        sorted(by_sid),
+#: The channel the segmenter LISTENs on (ingest.segmenter); the payload is empty.
+SEGMENT_CHANNEL = "sv_segments"
+
+
+async def enqueue_segments(conn: asyncpg.Connection, sessions: Mapping[str, str]) -> None:
+    """Ask the segmenter (:mod:`ingest.segmenter`) to render ``sessions`` (sid -> tenant),
+    inside the caller's transaction: one upsert bumping ``segment_queue.gen`` and a NOTIFY,
+    both delivered only if the transaction commits. This is ALL the text-search work the
+    persist worker does: rendering and the trigram-indexed inserts happen later, elsewhere.
+
+    Rows are upserted in sid order so two writers cannot deadlock on them; the segmenter locks
+    a queue row only in its final DELETE, so this waits at most for one segmenter commit."""
+    if not sessions:
+        return
+    sids = sorted(sessions)
+    await conn.execute(
+        "INSERT INTO segment_queue AS q (sid, tenant)"
+        " SELECT * FROM unnest($1::text[], $2::text[])"
+        " ON CONFLICT (sid) DO UPDATE SET gen = q.gen + 1",
+        sids,
+        [sessions[sid] for sid in sids],
     )
-    segments: list[SegmentRow] = []
-    positions: list[tuple[str, bytes | None, int, int]] = []
-    for row in rows:
-        ctx = SessionText(
-            tenant=row["tenant"],
-            sid=row["sid"],
-            started_us=to_us(row["started_at"]),
-            state=None if row["text_state"] is None else bytes(row["text_state"]),
-            seg_next=row["text_seg_next"],
-            text_seq=row["text_seq"],
-            user=row["user_name"],
-            login=row["login"],
-            server_id=row["server_id"],
-            cluster_name=row["cluster_name"],
-            kubernetes_cluster=row["kubernetes_cluster"],
-        )
-        done = render_session(ctx, [r.prepared.chunk for r in by_sid[ctx.sid]])
-        if done.text_seq != ctx.text_seq:
-            segments.extend(done.segments)
-            positions.append((ctx.sid, done.state, done.seg_next, done.text_seq))
-    if segments:
-        await conn.execute(
-            "INSERT INTO text_segments (sid, seg_no, tenant, start_ms, end_ms, time_us, text,"
-            " text_norm, times, user_name, login, server_id, cluster_name, kubernetes_cluster)"
-            " SELECT sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm,"
-            " translate(times, '[]', '{}')::bigint[], un, lo, si, cn, kc"
-            " FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[],"
-            " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
-            " $12::text[], $13::text[], $14::text[])"
-            " AS x(sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm, times, un, lo,"
-            " si, cn, kc)"
-            " ON CONFLICT (sid, seg_no) DO NOTHING",
-            [g.sid for g in segments],
-            [g.seg_no for g in segments],
-            [g.tenant for g in segments],
-            [g.start_ms for g in segments],
-            [g.end_ms for g in segments],
-            [g.time_us for g in segments],
-            [g.text for g in segments],
-            [g.text_norm for g in segments],
-            [orjson.dumps(list(g.times)).decode() for g in segments],
-            [g.user for g in segments],
-            [g.login for g in segments],
-            [g.server_id for g in segments],
-            [g.cluster_name for g in segments],
-            [g.kubernetes_cluster for g in segments],
-        )
-    if positions:
-        await conn.execute(
-            "UPDATE sessions s SET text_state = u.st, text_seg_next = u.nx, text_seq = u.sq"
-            " FROM unnest($1::text[], $2::bytea[], $3::int[], $4::int[]) AS u(sid, st, nx, sq)"
-            " WHERE s.sid = u.sid",
-            [p[0] for p in positions],
-            [p[1] for p in positions],
-            [p[2] for p in positions],
-            [p[3] for p in positions],
-        )
-    return segments
-
-
-async def sync_segment_sessions(conn: asyncpg.Connection, sids: Iterable[str]) -> int:
-    """Copy the sessions' who/where (changed by session.start enrichment) into their text
-    segments; returns the segments updated."""
-    keys = sorted(set(sids))
-    if not keys:
-        return 0
-    try:
-        status = await conn.execute(
-            "UPDATE text_segments t SET user_name = s.user_name, login = s.login,"
-            " server_id = s.server_id, cluster_name = s.cluster_name,"
-            " kubernetes_cluster = s.kubernetes_cluster"
-            " FROM sessions s WHERE s.sid = ANY($1::text[]) AND t.sid = s.sid"
-            " AND (t.user_name, t.login, t.server_id, t.cluster_name, t.kubernetes_cluster)"
-            " IS DISTINCT FROM"
-            " (s.user_name, s.login, s.server_id, s.cluster_name, s.kubernetes_cluster)",
-            keys,
-        )
-    except Exception as exc:
-        raise storage_error(exc, "cannot update text segments from their sessions") from exc
-    return int(status.split()[-1])
+    await conn.execute(f"NOTIFY {SEGMENT_CHANNEL}")

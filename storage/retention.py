@@ -625,6 +625,19 @@ async def _tenant_sessions(
                             sids,
                         )
                     )
+                if await _has_table(conn, "session_text"):
+                    # The segmenter's position and queue entries (ingest.segmenter); it holds
+                    # FOR KEY SHARE on a session it renders, so it cannot write after this.
+                    await conn.execute(
+                        "DELETE FROM session_text WHERE tenant = $1 AND sid = ANY($2::text[])",
+                        tenant,
+                        sids,
+                    )
+                    await conn.execute(
+                        "DELETE FROM segment_queue WHERE tenant = $1 AND sid = ANY($2::text[])",
+                        tenant,
+                        sids,
+                    )
                 tr.chunks += _count(
                     await conn.execute(
                         "DELETE FROM chunks WHERE tenant = $1 AND sid = ANY($2::text[])",

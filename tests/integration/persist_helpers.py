@@ -14,6 +14,7 @@ from typing import Any
 
 from ingest.kafka import make_producer
 from ingest.persist import BatchReport, PersistWorker
+from ingest.segmenter import Segmenter
 from ingest.topics import consumer_lag
 from schemas import GENESIS_HASH, Chunk, Frame, SessionInfo, Stream, chain_hash, encode_chunk
 from sessionvault.settings import Settings
@@ -119,27 +120,55 @@ async def run_until_drained(
     timeout_s: float = 90.0,
     on_batch: Callable[[BatchReport], object] | None = None,
     insert_method: str = "unnest",
+    segments: bool = True,
 ) -> PersistWorker:
-    """Run an in-process worker until the group's committed lag is 0 on ``topics``."""
+    """Run an in-process persist worker until the group's committed lag is 0 on ``topics``
+    and, with ``segments`` (the default), a segmenter beside it until every stored chunk is
+    rendered into text segments (the segment queue is empty)."""
     wanted = list(topics)
     worker = PersistWorker(settings, group_id=group, insert_method=insert_method)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop=stop, on_batch=on_batch))
+    seg = Segmenter(settings, poll_s=0.2) if segments else None
+    seg_task = asyncio.create_task(seg.run(stop=stop)) if seg is not None else None
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             await asyncio.sleep(1.0)
-            if task.done():
-                task.result()
-                raise AssertionError("the worker returned before it was stopped")
+            for t in (task, seg_task):
+                if t is not None and t.done():
+                    t.result()
+                    raise AssertionError("a worker returned before it was stopped")
             if await asyncio.to_thread(drained, settings, wanted, group):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"lag not 0 after {timeout_s}s: {group_lag(settings, group)}")
+        if seg is not None:
+            await segments_caught_up(settings, timeout_s=max(10.0, deadline - time.monotonic()))
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(asyncio.gather(*(t for t in (task, seg_task) if t is not None)), 30)
     return worker
+
+
+async def segments_caught_up(settings: Settings, *, timeout_s: float = 60.0) -> None:
+    """Wait until the segment queue is empty (a segmenter must be running)."""
+    deadline = time.monotonic() + timeout_s
+    dsn = settings.postgres_dsn.get()
+    while (await fetch_all(dsn, "SELECT count(*) AS n FROM segment_queue"))[0]["n"]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"segment queue not empty after {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
+async def run_segmenter_until_caught_up(settings: Settings) -> Segmenter:
+    """Render every queued session with an in-process segmenter (no Kafka involved)."""
+    seg = Segmenter(settings)
+    try:
+        await seg.catch_up()
+    finally:
+        await seg.close()
+    return seg
 
 
 async def fetch_all(dsn: str, sql: str, *args: object) -> list[dict[str, Any]]:

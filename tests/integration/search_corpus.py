@@ -20,6 +20,7 @@ the Teleport fixtures, in one PostgreSQL database (reused by the search tests an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import multiprocessing
 import random
@@ -40,9 +41,10 @@ from ingest.importers import load_recording
 from ingest.importers.teleport_json import load as load_teleport_events
 from ingest.persist import prepare_batch, store_batch
 from ingest.persist_logic import month_of, parse_time
+from ingest.segmenter import Segmenter
 from schemas import Chunk, Frame, SessionInfo, Stream, chain_hash, encode_chunk
 from schemas.models import GENESIS_HASH
-from sessionvault.settings import Settings
+from sessionvault.settings import Secret, Settings
 from storage import pg
 from storage.codec import Compressor
 from storage.eventstore import ensure_partitions, known_partitions
@@ -482,6 +484,12 @@ async def persist_records(
         await store_batch(conn, batch, partitions=parts)
     finally:
         await conn.close()
+    # Text segments are rendered after the write, by the segmenter (ingest.segmenter).
+    seg = Segmenter(dataclasses.replace(settings, postgres_dsn=Secret(dsn)))
+    try:
+        await seg.catch_up()
+    finally:
+        await seg.close()
 
 
 async def load_fixtures(dsn: str, settings: Settings, tenant: str = FIXTURE_TENANT) -> str:

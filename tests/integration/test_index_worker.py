@@ -21,6 +21,7 @@ from deploy.stack import LocalStack
 from ingest.deadletter import iter_deadletters
 from ingest.index_worker import IndexWorker
 from ingest.persist import PersistWorker
+from ingest.segmenter import Segmenter
 from schemas import Frame, Stream, encode_chunk
 from schemas.models import EVENT_VERSION
 from sessionvault.settings import Settings
@@ -89,12 +90,14 @@ def produce_session(settings: Settings, chunks: list[Any]) -> None:
 
 @asynccontextmanager
 async def workers(settings: Settings, *, index_group: str = "index") -> AsyncIterator[IndexWorker]:
-    """A persist worker and an index worker running in this process until the block ends."""
+    """A persist worker, a segmenter and an index worker running in this process until the
+    block ends."""
     stop = asyncio.Event()
     persist = PersistWorker(settings)
     index = IndexWorker(settings, group_id=index_group)
     tasks = [
         asyncio.create_task(persist.run(stop=stop)),
+        asyncio.create_task(Segmenter(settings, poll_s=0.2).run(stop=stop)),
         asyncio.create_task(index.run(stop=stop)),
     ]
     try:

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from ingest.persist import run_persist_worker
+from ingest.segmenter import run_segmenter
 from replay.frames import parse_offset
 from sessionvault.settings import Settings
 from storage.search.model import KIND_OUTPUT, Query, SegmentHit
 from storage.search.pg import PgSearchBackend
 from storage.search.service import SearchService
 from tests.integration.conftest import env_for
-from tests.integration.persist_helpers import drained
+from tests.integration.persist_helpers import drained, segments_caught_up
 from tests.integration.typed_session import (
     COMMAND,
     ERASE_BLANK,
@@ -40,10 +41,11 @@ pytestmark = pytest.mark.integration
 async def _persist_and_search(
     settings: Settings, sessions: list[TypedSession], timeout_s: float = 60.0
 ) -> dict[str, list[SegmentHit]]:
-    """Run the persist worker until the chunks topic is drained; return, per session, the
-    output hits of a search for :data:`COMMAND`."""
+    """Run the persist worker and the segmenter until the chunks topic is drained and its
+    output rendered; return, per session, the output hits of a search for :data:`COMMAND`."""
     stop = asyncio.Event()
     worker = asyncio.create_task(run_persist_worker(settings, stop=stop))
+    segmenter = asyncio.create_task(run_segmenter(settings, stop=stop))
     backend = PgSearchBackend(settings.postgres_dsn.get())
     service = SearchService(backend)
     try:
@@ -55,6 +57,7 @@ async def _persist_and_search(
             if time.monotonic() > deadline:
                 raise AssertionError(f"chunks not persisted within {timeout_s}s")
             await asyncio.sleep(0.5)
+        await segments_caught_up(settings, timeout_s=timeout_s)
         found: dict[str, list[SegmentHit]] = {}
         for s in sessions:
             query = Query(tenant=settings.tenant, text=(COMMAND,), sid=(s.sid,))
@@ -66,7 +69,7 @@ async def _persist_and_search(
         return found
     finally:
         stop.set()
-        await asyncio.wait_for(worker, 30)
+        await asyncio.wait_for(asyncio.gather(worker, segmenter), 30)
         await backend.close()
 
 

@@ -1,0 +1,458 @@
+"""The segmenter: stored chunks -> rendered text segments (``text_segments``), after the fact.
+
+Why a stage of its own: rendering terminal output and inserting the lines into the pg_trgm
+GIN index inside the persist worker's transaction cut persistence from ~30 MB/s to 0.5 MB/s per
+worker (docs/benchmarks.md). Durability of a recording must never wait for search, so the
+persist worker only enqueues (:func:`storage.chunkstore.enqueue_segments`: a ``segment_queue``
+upsert and ``NOTIFY sv_segments`` in its own transaction) and this stage does the rest.
+
+It is driven by PostgreSQL alone (no Kafka): it LISTENs on ``sv_segments`` and also polls every
+``poll_s`` seconds (a notification sent while it was reconnecting is not lost work, only a
+later wake-up). Per queued session, ONE transaction:
+
+1. ``pg_try_advisory_xact_lock`` on the session (several segmenters may run; a session being
+   rendered by another one is skipped, not waited for);
+2. read the queue row's ``gen``, the session's who/where (``FOR KEY SHARE``: it does not
+   conflict with the persist worker's ``FOR NO KEY UPDATE``, but retention cannot delete the
+   session under us), the position in ``session_text``, and up to ``chunk_batch`` chunks after
+   ``text_seq`` in seq order;
+3. if the session's who/where changed since its segments were written (``session.start``
+   enrichment), update the segments (search filters use them);
+4. render with :func:`storage.search.segments.render_session` (the same deterministic rendering
+   the persist worker used to do), insert the segments (``ON CONFLICT DO NOTHING``), store the
+   new position;
+5. if fewer than ``chunk_batch`` chunks were read (caught up), delete the queue row, but only
+   if ``gen`` is unchanged: work enqueued meanwhile keeps it.
+
+A crash (or a kill) between transactions loses nothing: an uncommitted transaction changed
+nothing, so the next run starts from the same position and renders the same segments. The
+rendering position only moves with the segments it produced, in the same commit.
+
+Ordering: chunks are rendered in seq order from the last rendered seq. A chunk stored after
+later chunks were rendered (a hole filled late) is not rendered (its text would be out of
+order); a gap is rendered across. This is what the in-transaction renderer did too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ingest.persist import backoff_ms
+from schemas.models import Chunk
+from sessionvault.errors import StorageError
+from sessionvault.settings import Settings, require
+from storage import pg
+from storage.chunkstore import SEGMENT_CHANNEL, storage_error
+from storage.codec import Decompressor, unpack_frames
+from storage.search.model import SegmentRow, to_us
+from storage.search.segments import SessionText, render_session
+
+log = logging.getLogger(__name__)
+
+#: Chunks rendered per session per transaction (bounds memory and transaction length).
+CHUNK_BATCH = 64
+#: Queued sessions taken per round.
+SESSIONS_PER_ROUND = 64
+#: Seconds between looks at the queue when no notification arrives.
+POLL_S = 1.0
+
+_WHO = ("user_name", "login", "server_id", "cluster_name", "kubernetes_cluster")
+
+
+@dataclass
+class SegmenterStats:
+    """Running totals since the segmenter started."""
+
+    rounds: int = 0
+    sessions: int = 0
+    chunks: int = 0
+    segments: int = 0
+    resynced: int = 0
+    skipped_locked: int = 0
+    bad_chunks: int = 0
+    db_retries: int = 0
+
+
+@dataclass(frozen=True)
+class SessionStep:
+    """What one transaction did for one session."""
+
+    sid: str
+    chunks: int
+    segments: int
+    resynced: int
+    caught_up: bool
+    locked: bool = False
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting to retry."""
+
+
+async def _insert_segments(conn: asyncpg.Connection, segments: Sequence[SegmentRow]) -> None:
+    if not segments:
+        return
+    await conn.execute(
+        "INSERT INTO text_segments (sid, seg_no, tenant, start_ms, end_ms, time_us, text,"
+        " text_norm, times, user_name, login, server_id, cluster_name, kubernetes_cluster)"
+        " SELECT sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm,"
+        " translate(times, '[]', '{}')::bigint[], un, lo, si, cn, kc"
+        " FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[],"
+        " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+        " $12::text[], $13::text[], $14::text[])"
+        " AS x(sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm, times, un, lo,"
+        " si, cn, kc)"
+        " ON CONFLICT (sid, seg_no) DO NOTHING",
+        [g.sid for g in segments],
+        [g.seg_no for g in segments],
+        [g.tenant for g in segments],
+        [g.start_ms for g in segments],
+        [g.end_ms for g in segments],
+        [g.time_us for g in segments],
+        [g.text for g in segments],
+        [g.text_norm for g in segments],
+        [orjson.dumps(list(g.times)).decode() for g in segments],
+        [g.user for g in segments],
+        [g.login for g in segments],
+        [g.server_id for g in segments],
+        [g.cluster_name for g in segments],
+        [g.kubernetes_cluster for g in segments],
+    )
+
+
+class Segmenter:
+    """Renders queued sessions' chunks into ``text_segments``; see the module docstring.
+
+    :meth:`run` is the long-running loop; :meth:`step` one round (every queued session once)
+    and :meth:`catch_up` rounds until the queue is empty (tests, benches, one-off backfills).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        chunk_batch: int = CHUNK_BATCH,
+        sessions_per_round: int = SESSIONS_PER_ROUND,
+        poll_s: float = POLL_S,
+    ) -> None:
+        require(settings, "postgres_dsn")
+        self.settings = settings
+        self.chunk_batch = chunk_batch
+        self.sessions_per_round = sessions_per_round
+        self.poll_s = poll_s
+        self.stats = SegmenterStats()
+        self._connect = connect
+        self._conn: asyncpg.Connection | None = None
+        self._decompressor = Decompressor()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # -- PostgreSQL --------------------------------------------------------------------------
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            conn = await self._connect(self.settings.postgres_dsn.get())
+            try:
+                await conn.add_listener(SEGMENT_CHANNEL, self._notified)
+            except Exception as exc:
+                conn.terminate()
+                raise storage_error(exc, f"cannot LISTEN {SEGMENT_CHANNEL}") from exc
+            self._conn = conn
+            # Work may have been enqueued while we were not listening.
+            self._wake.set()
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:  # already broken; terminate() frees it regardless
+                conn.terminate()
+
+    async def _payload(self, conn: asyncpg.Connection, sid: str, row: Any) -> bytes:
+        dict_id = row["dict_id"]
+        if dict_id is not None and not self._decompressor.has_dictionary(dict_id):
+            data = await conn.fetchval("SELECT data FROM zstd_dicts WHERE id = $1", dict_id)
+            if data is None:
+                raise ValueError(f"zstd dictionary {dict_id} is gone")
+            self._decompressor.add_dictionary(dict_id, bytes(data))
+        return self._decompressor.decompress(
+            row["codec"], dict_id, bytes(row["payload"]), row["raw_len"]
+        )
+
+    async def _chunks(
+        self, conn: asyncpg.Connection, tenant: str, sid: str, after: int
+    ) -> list[Chunk]:
+        rows = await conn.fetch(
+            "SELECT seq, frames, codec, dict_id, raw_len, payload, final FROM chunks"
+            " WHERE sid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            sid,
+            after,
+            self.chunk_batch,
+        )
+        out = []
+        for row in rows:
+            try:
+                payload = await self._payload(conn, sid, row)
+                frames = tuple(unpack_frames(bytes(row["frames"]), payload))
+            except (ValueError, KeyError) as exc:
+                # A chunk we cannot decode must not stop the session's text for ever: its text
+                # is left out (replay and verify report the damage), the rest is rendered.
+                self.stats.bad_chunks += 1
+                log.error("segmenter: sid %s seq %d: cannot decode chunk: %s", sid, row["seq"], exc)
+                frames = ()
+            out.append(Chunk(tenant, sid, row["seq"], frames, "", "", bool(row["final"])))
+        return out
+
+    async def process_session(self, sid: str) -> SessionStep:
+        """One transaction for one queued session (steps 1-5 of the module docstring)."""
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                return await self._process(conn, sid)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc, f"cannot render text of session {sid}") from exc
+
+    async def _process(self, conn: asyncpg.Connection, sid: str) -> SessionStep:
+        locked = await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('sv_segments/' || $1, 0))", sid
+        )
+        if not locked:
+            return SessionStep(sid, 0, 0, 0, False, locked=True)
+        gen = await conn.fetchval("SELECT gen FROM segment_queue WHERE sid = $1", sid)
+        if gen is None:  # done by another segmenter since we listed the queue
+            return SessionStep(sid, 0, 0, 0, True)
+        sess = await conn.fetchrow(
+            "SELECT tenant, started_at, user_name, login, server_id, cluster_name,"
+            " kubernetes_cluster FROM sessions WHERE sid = $1 FOR KEY SHARE",
+            sid,
+        )
+        if sess is None:
+            # Never opened (session.start event without chunks) or deleted by retention.
+            await conn.execute("DELETE FROM segment_queue WHERE sid = $1 AND gen = $2", sid, gen)
+            return SessionStep(sid, 0, 0, 0, True)
+        tenant = sess["tenant"]
+        who = tuple(sess[c] for c in _WHO)
+        pos = await conn.fetchrow(
+            "SELECT text_state, text_seg_next, text_seq, user_name, login, server_id,"
+            " cluster_name, kubernetes_cluster FROM session_text WHERE sid = $1",
+            sid,
+        )
+        resynced = 0
+        if pos is not None and tuple(pos[c] for c in _WHO) != who:
+            status = await conn.execute(
+                "UPDATE text_segments SET user_name = $2, login = $3, server_id = $4,"
+                " cluster_name = $5, kubernetes_cluster = $6 WHERE sid = $1",
+                sid,
+                *who,
+            )
+            resynced = int(status.split()[-1])
+        ctx = SessionText(
+            tenant=tenant,
+            sid=sid,
+            started_us=to_us(sess["started_at"]),
+            state=None if pos is None or pos["text_state"] is None else bytes(pos["text_state"]),
+            seg_next=0 if pos is None else pos["text_seg_next"],
+            text_seq=-1 if pos is None else pos["text_seq"],
+            user=who[0],
+            login=who[1],
+            server_id=who[2],
+            cluster_name=who[3],
+            kubernetes_cluster=who[4],
+        )
+        chunks = await self._chunks(conn, tenant, sid, ctx.text_seq)
+        done = render_session(ctx, chunks)
+        await _insert_segments(conn, done.segments)
+        if pos is None or chunks or resynced or tuple(pos[c] for c in _WHO) != who:
+            await conn.execute(
+                "INSERT INTO session_text AS t (sid, tenant, text_state, text_seg_next, text_seq,"
+                " user_name, login, server_id, cluster_name, kubernetes_cluster)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                " ON CONFLICT (sid) DO UPDATE SET text_state = EXCLUDED.text_state,"
+                " text_seg_next = EXCLUDED.text_seg_next, text_seq = EXCLUDED.text_seq,"
+                " user_name = EXCLUDED.user_name, login = EXCLUDED.login,"
+                " server_id = EXCLUDED.server_id, cluster_name = EXCLUDED.cluster_name,"
+                " kubernetes_cluster = EXCLUDED.kubernetes_cluster",
+                sid,
+                tenant,
+                done.state,
+                done.seg_next,
+                done.text_seq,
+                *who,
+            )
+        caught_up = len(chunks) < self.chunk_batch
+        if caught_up:
+            # Last statement before the commit: the queue row stays locked only for the commit.
+            await conn.execute("DELETE FROM segment_queue WHERE sid = $1 AND gen = $2", sid, gen)
+        return SessionStep(sid, len(chunks), len(done.segments), resynced, caught_up)
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    async def step(self) -> tuple[int, bool]:
+        """One round over (up to ``sessions_per_round``) queued sessions, oldest first.
+        Returns (sessions that made progress, whether work is known to remain)."""
+        conn = await self._connection()
+        try:
+            sids = [
+                r["sid"]
+                for r in await conn.fetch(
+                    "SELECT sid FROM segment_queue ORDER BY enqueued_at, sid LIMIT $1",
+                    self.sessions_per_round,
+                )
+            ]
+        except Exception as exc:
+            raise storage_error(exc, "cannot read the segment queue") from exc
+        self.stats.rounds += 1
+        progressed = 0
+        remaining = len(sids) == self.sessions_per_round
+        for sid in sids:
+            st = await self.process_session(sid)
+            s = self.stats
+            if st.locked:
+                s.skipped_locked += 1
+                continue
+            if st.chunks or st.resynced:
+                progressed += 1
+            s.sessions += 1
+            s.chunks += st.chunks
+            s.segments += st.segments
+            s.resynced += st.resynced
+            remaining = remaining or not st.caught_up
+        return progressed, remaining
+
+    async def pending(self) -> int:
+        """Sessions in the queue (0: every stored chunk is rendered)."""
+        conn = await self._connection()
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM segment_queue"))
+        except Exception as exc:
+            raise storage_error(exc, "cannot read the segment queue") from exc
+
+    async def catch_up(self, *, timeout_s: float = 300.0) -> None:
+        """Render until the queue is empty (no retry: errors are raised)."""
+        deadline = time.monotonic() + timeout_s
+        while await self.pending():
+            progressed, _ = await self.step()
+            if not progressed and time.monotonic() > deadline:
+                raise StorageError(f"segment queue not empty after {timeout_s}s")
+            if not progressed:
+                await asyncio.sleep(0.05)  # another segmenter holds the sessions left
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Stopped
+
+    async def _wait_for_work(self) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stopper}, timeout=self.poll_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        on_round: Callable[[SegmenterStats], object] | None = None,
+    ) -> None:
+        """Render queued sessions until ``stop`` is set. PostgreSQL unreachable: retry with
+        capped exponential backoff, never crash."""
+        watcher: asyncio.Task[None] | None = None
+        if stop is not None:
+
+            async def relay() -> None:
+                await stop.wait()
+                self._stop.set()
+
+            watcher = asyncio.create_task(relay())
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    _, remaining = await self.step()
+                    attempt = 0
+                except StorageError as exc:
+                    attempt += 1
+                    self.stats.db_retries += 1
+                    await self.close()
+                    delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
+                    level = logging.WARNING if exc.retriable else logging.ERROR
+                    log.log(
+                        level,
+                        "segmenter: round failed (attempt %d), retrying in %.1fs: %s",
+                        attempt,
+                        delay,
+                        exc,
+                    )
+                    await self._sleep_or_stop(delay)
+                    continue
+                if on_round is not None:
+                    on_round(self.stats)
+                if not remaining:
+                    await self._wait_for_work()
+        except _Stopped:
+            pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self.close()
+
+
+async def rendered_through(conn: asyncpg.Connection, sids: Sequence[str]) -> dict[str, int]:
+    """Per sid, the last chunk seq the segmenter has rendered (absent: none yet). A chunk
+    ``(sid, seq)`` stored in ``chunks`` has its segments in ``text_segments`` once
+    ``rendered_through[sid] >= seq``."""
+    wanted = sorted(set(sids))
+    if not wanted:
+        return {}
+    try:
+        rows = await conn.fetch(
+            "SELECT sid, text_seq FROM session_text WHERE sid = ANY($1::text[])", wanted
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot read the segmenter's positions") from exc
+    return {r["sid"]: int(r["text_seq"]) for r in rows}
+
+
+async def run_segmenter(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_round: Callable[[SegmenterStats], object] | None = None,
+) -> None:
+    """Run one segmenter until ``stop`` is set (see the module docstring)."""
+    await Segmenter(settings).run(stop=stop, on_round=on_round)
+
+
+__all__ = [
+    "CHUNK_BATCH",
+    "Segmenter",
+    "SegmenterStats",
+    "SessionStep",
+    "rendered_through",
+    "run_segmenter",
+]
