@@ -19,14 +19,28 @@ decoded as UTF-8 with U+FFFD for invalid sequences (incrementally, so characters
 from __future__ import annotations
 
 import codecs
+import re
 
 _ESC = "\x1b"
+# Everything _normal does not simply put: C0 controls, DEL, C1 controls (ESC is a C0 control).
+_SPECIAL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A complete CSI sequence: ESC [, parameter and intermediate bytes, final byte.
+_CSI_SEQ = re.compile("\x1b\\[([\x20-\x3f]*)([\x40-\x7e])")
 _NORMAL, _ESCAPE, _CSI, _STRING, _STRING_ESC, _ESC_INTER = range(6)
 _MAX_PARAMS = 64
+# The CSI final bytes _apply acts on.
+_EDITING = frozenset("KCDGP@X")
 
 
 class TextRenderer:
-    """Feed terminal bytes, get back completed lines (each ending in ``\\n``)."""
+    """Feed terminal bytes, get back completed lines (each ending in ``\\n``).
+
+    Runs of printable characters (the bulk of real output) are put in one step
+    (:meth:`_put_run`) instead of one character at a time; ``_fast = False`` forces the
+    character-by-character path, which is the reference the fast path is tested against.
+    """
+
+    _fast = True
 
     def __init__(self, *, max_line_chars: int = 64 * 1024, tab_width: int = 8) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -72,7 +86,49 @@ class TextRenderer:
             line.append(ch)
         self._col += 1
 
+    def _put_run(self, run: str) -> None:
+        """``_put`` of every character of ``run`` (printable characters only), in slices."""
+        pos, n = 0, len(run)
+        while pos < n:
+            if self._col >= self._max:
+                self._end_line()
+            col = self._col
+            part = run[pos : pos + max(1, self._max - col)]
+            pos += len(part)
+            line = self._line
+            if col > len(line):
+                line.extend(" " * (col - len(line)))
+            line[col : col + len(part)] = part
+            self._col = col + len(part)
+
     def _run(self, text: str) -> None:
+        if not self._fast:
+            self._run_chars(text)
+            return
+        i, n = 0, len(text)
+        search = _SPECIAL.search
+        while i < n:
+            if self._state == _NORMAL:
+                m = search(text, i)
+                j = n if m is None else m.start()
+                if j > i:
+                    self._put_run(text[i:j])
+                    i = j
+                    continue
+                if text[i] == _ESC:
+                    m = _CSI_SEQ.match(text, i)
+                    if m is not None:
+                        # The whole sequence at once, as _escape/_csi would take it.
+                        params = m.group(1)[:_MAX_PARAMS]
+                        self._params = list(params)
+                        self._csi_final(m.group(2), params)
+                        i = m.end()
+                        continue
+            # A control character, or a character of an escape sequence: the reference path.
+            self._run_chars(text[i])
+            i += 1
+
+    def _run_chars(self, text: str) -> None:
         for ch in text:
             state = self._state
             if state == _NORMAL:
@@ -138,7 +194,11 @@ class TextRenderer:
             # A control character aborts the sequence; process it normally.
             self._normal(ch)
             return
-        params = "".join(self._params)
+        self._csi_final(ch, "".join(self._params))
+
+    def _csi_final(self, ch: str, params: str) -> None:
+        if ch not in _EDITING:
+            return  # colours (SGR) and everything else that does not edit the line
         if params[:1] in ("?", ">", "<", "=") or any("\x20" <= c <= "\x2f" for c in params):
             return  # private modes and intermediates never edit the line
         self._apply(ch, params)
@@ -235,6 +295,24 @@ class TimedTextRenderer(TextRenderer):
             line.append(ch)
             times.append(self._now)
         self._col += 1
+
+    def _put_run(self, run: str) -> None:
+        pos, n, now = 0, len(run), self._now
+        while pos < n:
+            if self._col >= self._max:
+                self._end_line()
+            col = self._col
+            part = run[pos : pos + max(1, self._max - col)]
+            k = len(part)
+            pos += k
+            line, times = self._line, self._times
+            if col > len(line):
+                pad = col - len(line)
+                line.extend(" " * pad)
+                times.extend([now] * pad)
+            line[col : col + k] = part
+            times[col : col + k] = [now] * k
+            self._col = col + k
 
     def _apply(self, final: str, params: str) -> None:
         first = params.split(";", 1)[0]

@@ -1,0 +1,72 @@
+"""Terminal output -> text, as the segmenter renders it: MB/s of
+:class:`replay.text.TimedTextRenderer` (and of :func:`storage.search.segments.render_session`,
+which adds segment building) on the bench corpus, fed in recorder-like reads.
+
+``python -m bench.text_render [--quick]``. One core; figures printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from bench._common import Figure, format_table, machine_note
+from bench.corpus import MIB, build_corpus, pty_reads
+from replay.text import TimedTextRenderer
+from schemas.models import Chunk, Frame, Stream
+from storage.search.model import SEGMENT_MAX_CHARS
+from storage.search.segments import SessionText, render_session
+
+
+def _reads(data: bytes, seed: int) -> list[bytes]:
+    return list(pty_reads(data, random.Random(seed)))
+
+
+def measure(data: bytes, reads: list[bytes]) -> tuple[float, float]:
+    """(renderer MB/s, render_session MB/s) over ``reads`` (the bytes of ``data``)."""
+    r = TimedTextRenderer(max_line_chars=SEGMENT_MAX_CHARS)
+    t0 = time.perf_counter()
+    for i, piece in enumerate(reads):
+        r.feed_at(piece, i)
+    r.finish_lines()
+    renderer = len(data) / (time.perf_counter() - t0) / 1e6
+    chunks = []
+    per_chunk = 64
+    for seq, start in enumerate(range(0, len(reads), per_chunk)):
+        frames = tuple(
+            Frame(start + k, Stream.OUTPUT, p) for k, p in enumerate(reads[start : start + per_chunk])
+        )
+        chunks.append(Chunk("t", "s", seq, frames, "", ""))
+    ctx = SessionText(tenant="t", sid="s", started_us=0)
+    t0 = time.perf_counter()
+    render_session(ctx, chunks)
+    session = len(data) / (time.perf_counter() - t0) / 1e6
+    return renderer, session
+
+
+def run(quick: bool) -> list[Figure]:
+    corpus = build_corpus(8 * MIB if quick else 48 * MIB)
+    figures: list[Figure] = []
+    for kind, data in sorted(corpus.parts.items()):
+        rend, _ = measure(data, _reads(data, 3))
+        figures.append(Figure("text_render", f"TimedTextRenderer {kind}", rend, "MB/s"))
+    mixed = corpus.mixed()
+    rend, sess = measure(mixed, _reads(mixed, 5))
+    figures.append(Figure("text_render", "TimedTextRenderer mixed corpus", rend, "MB/s"))
+    figures.append(Figure("text_render", "render_session (segments) mixed corpus", sess, "MB/s"))
+    return figures
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.text_render", description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    print(f"# text rendering ({machine_note()})")
+    print(format_table(run(args.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
