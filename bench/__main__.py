@@ -20,6 +20,7 @@ BENCHES = (
     "persist",
     "latency",
     "replay",
+    "text_render",
     "webhook",
     "importer",
     "search_os",

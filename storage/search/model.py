@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -631,11 +632,9 @@ def segment_document(row: SegmentRow) -> dict[str, Any]:
 def encode_times(times: Sequence[int]) -> tuple[int, ...]:
     """Run-length encode per-character offsets as a flat ``(ms, count, ms, count, ...)``."""
     out: list[int] = []
-    for t in times:
-        if out and out[-2] == t:
-            out[-1] += 1
-        else:
-            out += [t, 1]
+    # groupby runs in C: a line of bulk output is usually one run (written in one read).
+    for t, run in itertools.groupby(times):
+        out += (t, len(list(run)))
     return tuple(out)
 
 
