@@ -68,7 +68,7 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.persist import backoff_ms
 from ingest.persist_logic import parse_time
-from ingest.segmenter import rendered_through
+from ingest.segmenter import rendered_through, unsynced_sessions
 from ingest.topics import admin_client
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.errors import (
@@ -342,6 +342,10 @@ class IndexWorker:
                 for (sid, seq), (ref, _) in parsed.chunks.items()
                 if (sid, seq) in chunks and through.get(sid, -1) < seq
             ]
+            # A session.start/end re-indexes the session's segments: only once the segmenter
+            # copied the enriched who/where into them.
+            unsynced = await unsynced_sessions(conn, [sid for _, sid in parsed.resync])
+            unrendered += [ref for (_, sid), ref in parsed.resync.items() if sid in unsynced]
             if not missing and not unrendered:
                 return rows, chunks, waits
             if not missing:
@@ -349,7 +353,7 @@ class IndexWorker:
                 delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
                 log.log(
                     logging.WARNING if waits % 30 == 0 else logging.DEBUG,
-                    "index: %d chunks stored but not rendered into text yet (e.g. %s); waiting"
+                    "index: %d records stored but not rendered into text yet (e.g. %s); waiting"
                     " %.1fs (is a segmenter running? sessionvault worker segments)",
                     len(unrendered),
                     records[unrendered[0]].where,

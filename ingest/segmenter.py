@@ -438,6 +438,26 @@ async def rendered_through(conn: asyncpg.Connection, sids: Sequence[str]) -> dic
     return {r["sid"]: int(r["text_seq"]) for r in rows}
 
 
+async def unsynced_sessions(conn: asyncpg.Connection, sids: Sequence[str]) -> set[str]:
+    """The sids of ``sids`` whose segments do not carry their session's current who/where yet
+    (enrichment committed, the segmenter not past it)."""
+    wanted = sorted(set(sids))
+    if not wanted:
+        return set()
+    try:
+        rows = await conn.fetch(
+            "SELECT s.sid FROM sessions s JOIN session_text t ON t.sid = s.sid"
+            " WHERE s.sid = ANY($1::text[]) AND"
+            " (s.user_name, s.login, s.server_id, s.cluster_name, s.kubernetes_cluster)"
+            " IS DISTINCT FROM"
+            " (t.user_name, t.login, t.server_id, t.cluster_name, t.kubernetes_cluster)",
+            wanted,
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot read the segmenter's positions") from exc
+    return {r["sid"] for r in rows}
+
+
 async def run_segmenter(
     settings: Settings,
     *,
@@ -455,4 +475,5 @@ __all__ = [
     "SessionStep",
     "rendered_through",
     "run_segmenter",
+    "unsynced_sessions",
 ]
