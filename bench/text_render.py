@@ -35,9 +35,8 @@ def measure(data: bytes, reads: list[bytes]) -> tuple[float, float]:
     chunks = []
     per_chunk = 64
     for seq, start in enumerate(range(0, len(reads), per_chunk)):
-        frames = tuple(
-            Frame(start + k, Stream.OUTPUT, p) for k, p in enumerate(reads[start : start + per_chunk])
-        )
+        part = reads[start : start + per_chunk]
+        frames = tuple(Frame(start + k, Stream.OUTPUT, p) for k, p in enumerate(part))
         chunks.append(Chunk("t", "s", seq, frames, "", ""))
     ctx = SessionText(tenant="t", sid="s", started_us=0)
     t0 = time.perf_counter()
