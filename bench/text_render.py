@@ -12,8 +12,8 @@ import random
 import sys
 import time
 
-from bench._common import Figure, format_table, machine_note
-from bench.corpus import MIB, build_corpus, pty_reads
+from bench._common import MIB, Figure, format_table, machine_note
+from bench.corpus import build_corpus, pty_reads
 from replay.text import TimedTextRenderer
 from schemas.models import Chunk, Frame, Stream
 from storage.search.model import SEGMENT_MAX_CHARS
