@@ -23,7 +23,7 @@ test: $(BIN)/python
 	$(PIP) install -q -e '.[dev]'
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	@rc=0; $(BIN)/pytest || rc=$$?; \
+	@rc=0; $(BIN)/pytest --durations=25 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
