@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import get_settings
+from sessionvault.cli import get_settings, run_async_worker, subgroup
 from sessionvault.errors import ConfigError, SessionVaultError
 from sessionvault.settings import Settings
 
@@ -133,24 +133,12 @@ def _register_record(main: click.Group) -> None:
         )
 
 
-def _group(main: click.Group, name: str, help_text: str) -> click.Group:
-    """The subgroup ``name`` of ``main``, created on first use (several areas add workers)."""
-    existing = main.commands.get(name)
-    if isinstance(existing, click.Group):
-        return existing
-    group = click.Group(name, help=help_text)
-    main.add_command(group)
-    return group
-
-
 def _register_worker(main: click.Group) -> None:
     """``worker persist``, ``dict train`` and ``deadletter list`` (the persist side)."""
     import asyncio
-    import signal
-    import time
     from pathlib import Path
 
-    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+    worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("persist")
     @click.option(
@@ -168,57 +156,36 @@ def _register_worker(main: click.Group) -> None:
         from ingest.persist import PersistWorker
 
         settings = get_settings(ctx)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING)
-        # Our own warnings (retries, dead letters) are operator information; kafka-python's
-        # reconnect chatter is not.
-        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("storage").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
+        last = {"records": 0, "bytes": 0}
 
-        async def run() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            worker = PersistWorker(settings, group_id=group_id)
+        async def status_line(worker: PersistWorker, dt: float) -> str:
+            s = worker.stats
+            lag = await worker.lag()
+            line = (
+                f"persist[{group_id}]: {(s.records - last['records']) / dt:,.0f} rec/s "
+                f"{(s.bytes - last['bytes']) / dt / 1e6:.1f} MB/s lag "
+                f"{'?' if lag is None else lag} | total {s.records} rec, "
+                f"{s.chunks_inserted} chunks, {s.events_inserted} events, "
+                f"{s.dead_letters} dead letters, {s.db_retries} db retries"
+            )
+            last.update(records=s.records, bytes=s.bytes)
+            return line
 
-            async def status() -> None:
-                last_t, last_rec, last_bytes = time.monotonic(), 0, 0
-                while True:
-                    await asyncio.sleep(status_every)
-                    now = time.monotonic()
-                    s = worker.stats
-                    dt = max(now - last_t, 1e-9)
-                    lag = await worker.lag()
-                    click.echo(
-                        f"persist[{group_id}]: {(s.records - last_rec) / dt:,.0f} rec/s "
-                        f"{(s.bytes - last_bytes) / dt / 1e6:.1f} MB/s lag "
-                        f"{'?' if lag is None else lag} | total {s.records} rec, "
-                        f"{s.chunks_inserted} chunks, {s.events_inserted} events, "
-                        f"{s.dead_letters} dead letters, {s.db_retries} db retries",
-                        err=True,
-                    )
-                    last_t, last_rec, last_bytes = now, s.records, s.bytes
-
-            click.echo(
+        run_async_worker(
+            make=lambda: PersistWorker(settings, group_id=group_id),
+            run=lambda worker, stop: worker.run(stop=stop),
+            banner=(
                 f"persist[{group_id}]: consuming {settings.topic_chunks}, "
-                f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)",
-                err=True,
-            )
-            ticker = asyncio.create_task(status()) if status_every > 0 else None
-            try:
-                await worker.run(stop=stop)
-            finally:
-                if ticker is not None:
-                    ticker.cancel()
-            click.echo(
-                f"persist[{group_id}]: stopped after {worker.stats.records} records", err=True
-            )
+                f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)"
+            ),
+            stopped=lambda worker: (
+                f"persist[{group_id}]: stopped after {worker.stats.records} records"
+            ),
+            status_line=status_line,
+            status_every=status_every,
+        )
 
-        asyncio.run(run())
-
-    dict_group = _group(main, "dict", "zstd dictionaries for small chunk payloads.")
+    dict_group = subgroup(main, "dict", "zstd dictionaries for small chunk payloads.")
 
     @dict_group.command("train")
     @click.option(
@@ -269,7 +236,7 @@ def _register_worker(main: click.Group) -> None:
 
         asyncio.run(run())
 
-    dl_group = _group(main, "deadletter", "Inspect the dead-letter topic.")
+    dl_group = subgroup(main, "deadletter", "Inspect the dead-letter topic.")
 
     @dl_group.command("list")
     @click.option("--reason", default=None, help="Only this reason code.")
@@ -455,10 +422,8 @@ def _register_import(main: click.Group) -> None:
 def _register_index(main: click.Group) -> None:
     """``worker index`` and ``reindex`` (issue 4: the OpenSearch side of search)."""
     import asyncio
-    import signal
-    import time
 
-    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+    worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("index")
     @click.option(
@@ -480,53 +445,33 @@ def _register_index(main: click.Group) -> None:
         from ingest.index_worker import IndexWorker
 
         settings = get_settings(ctx)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING)
-        for name in ("ingest", "storage"):
-            logging.getLogger(name).setLevel(min(logging.getLogger().level, logging.INFO))
-        for name in ("kafka", "opensearch"):
-            logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.ERROR))
+        last = {"docs": 0}
 
-        async def run() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            worker = IndexWorker(settings, group_id=group_id)
+        async def status_line(worker: IndexWorker, dt: float) -> str:
+            s = worker.stats
+            line = (
+                f"index[{group_id}]: {(s.indexed - last['docs']) / dt:,.0f} docs/s | total "
+                f"{s.records} rec, {s.indexed} docs, {s.dead_letters} dead letters, "
+                f"{s.os_retries} OpenSearch retries, {s.reindexes} rebuilds"
+            )
+            last["docs"] = s.indexed
+            return line
 
-            async def status() -> None:
-                last_t, last_docs = time.monotonic(), 0
-                while True:
-                    await asyncio.sleep(status_every)
-                    now = time.monotonic()
-                    s = worker.stats
-                    rate = (s.indexed - last_docs) / max(now - last_t, 1e-9)
-                    click.echo(
-                        f"index[{group_id}]: {rate:,.0f} docs/s | total {s.records} rec, "
-                        f"{s.indexed} docs, "
-                        f"{s.dead_letters} dead letters, {s.os_retries} OpenSearch retries, "
-                        f"{s.reindexes} rebuilds",
-                        err=True,
-                    )
-                    last_t, last_docs = now, s.indexed
-
-            click.echo(
+        run_async_worker(
+            make=lambda: IndexWorker(settings, group_id=group_id),
+            run=lambda worker, stop: worker.run(stop=stop),
+            banner=(
                 f"index[{group_id}]: consuming {settings.topic_chunks}, {settings.topic_events}"
                 f" -> {settings.opensearch_url} ({settings.opensearch_index_prefix}-*)"
-                " (Ctrl-C or SIGTERM to stop)",
-                err=True,
-            )
-            ticker = asyncio.create_task(status()) if status_every > 0 else None
-            try:
-                await worker.run(stop=stop)
-            finally:
-                if ticker is not None:
-                    ticker.cancel()
-            click.echo(
-                f"index[{group_id}]: stopped after {worker.stats.records} records", err=True
-            )
-
-        asyncio.run(run())
+                " (Ctrl-C or SIGTERM to stop)"
+            ),
+            stopped=lambda worker: (
+                f"index[{group_id}]: stopped after {worker.stats.records} records"
+            ),
+            status_line=status_line,
+            status_every=status_every,
+            quiet_loggers=("kafka", "opensearch"),
+        )
 
     @main.command("reindex")
     @click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
@@ -578,11 +523,8 @@ def _register_index(main: click.Group) -> None:
 
 def _register_segments(main: click.Group) -> None:
     """``worker segments``: the segmenter (terminal output -> searchable text segments)."""
-    import asyncio
-    import signal
-    import time
 
-    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+    worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("segments")
     @click.option(
@@ -599,46 +541,30 @@ def _register_segments(main: click.Group) -> None:
         from ingest.segmenter import Segmenter
 
         settings = get_settings(ctx)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("storage").setLevel(min(logging.getLogger().level, logging.INFO))
+        last = {"chunks": 0, "segments": 0}
 
-        async def run() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            seg = Segmenter(settings)
-
-            async def status() -> None:
-                last_t, last_chunks, last_segs = time.monotonic(), 0, 0
-                while True:
-                    await asyncio.sleep(status_every)
-                    now = time.monotonic()
-                    s = seg.stats
-                    dt = max(now - last_t, 1e-9)
-                    try:
-                        pending: object = await seg.pending()
-                    except SessionVaultError:
-                        pending = "?"
-                    click.echo(
-                        f"segments: {(s.chunks - last_chunks) / dt:,.0f} chunks/s "
-                        f"{(s.segments - last_segs) / dt:,.0f} segments/s, {pending} sessions"
-                        f" queued | total {s.chunks} chunks, {s.segments} segments,"
-                        f" {s.resynced} re-synced, {s.bad_chunks} undecodable,"
-                        f" {s.db_retries} db retries",
-                        err=True,
-                    )
-                    last_t, last_chunks, last_segs = now, s.chunks, s.segments
-
-            click.echo("segments: rendering queued sessions (Ctrl-C or SIGTERM to stop)", err=True)
-            ticker = asyncio.create_task(status()) if status_every > 0 else None
+        async def status_line(seg: Segmenter, dt: float) -> str:
+            s = seg.stats
             try:
-                await seg.run(stop=stop)
-            finally:
-                if ticker is not None:
-                    ticker.cancel()
-            click.echo(f"segments: stopped after {seg.stats.segments} segments", err=True)
+                pending: object = await seg.pending()
+            except SessionVaultError:
+                pending = "?"
+            line = (
+                f"segments: {(s.chunks - last['chunks']) / dt:,.0f} chunks/s "
+                f"{(s.segments - last['segments']) / dt:,.0f} segments/s, {pending} sessions"
+                f" queued | total {s.chunks} chunks, {s.segments} segments,"
+                f" {s.resynced} re-synced, {s.bad_chunks} undecodable,"
+                f" {s.db_retries} db retries"
+            )
+            last.update(chunks=s.chunks, segments=s.segments)
+            return line
 
-        asyncio.run(run())
+        run_async_worker(
+            make=lambda: Segmenter(settings),
+            run=lambda seg, stop: seg.run(stop=stop),
+            banner="segments: rendering queued sessions (Ctrl-C or SIGTERM to stop)",
+            stopped=lambda seg: f"segments: stopped after {seg.stats.segments} segments",
+            status_line=status_line,
+            status_every=status_every,
+            quiet_loggers=(),
+        )

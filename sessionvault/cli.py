@@ -6,10 +6,14 @@ Errors from the library print as one clear line (no traceback) and exit non-zero
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -59,6 +63,76 @@ def config_cmd(ctx: click.Context) -> None:
     import orjson
 
     click.echo(orjson.dumps(get_settings(ctx).public_dict(), option=orjson.OPT_INDENT_2).decode())
+
+
+W = TypeVar("W")
+
+
+def subgroup(main: click.Group, name: str, help_text: str) -> click.Group:
+    """The subgroup ``name`` of ``main``, created on first use (several areas add workers)."""
+    existing = main.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group(name, help=help_text)
+    main.add_command(group)
+    return group
+
+
+def run_async_worker(
+    *,
+    make: Callable[[], W],
+    run: Callable[[W, asyncio.Event], Awaitable[None]],
+    banner: str,
+    stopped: Callable[[W], str],
+    status_line: Callable[[W, float], Awaitable[str]] | None = None,
+    status_every: float = 5.0,
+    quiet_loggers: Sequence[str] = ("kafka",),
+) -> None:
+    """Run a long-lived asyncio worker until SIGTERM/SIGINT: the shared shell of the
+    ``worker ...`` commands.
+
+    Prints ``banner`` on stderr, then every ``status_every`` seconds the line
+    ``status_line(worker, seconds since the last line)`` returns (0: no status lines), and
+    ``stopped(worker)`` at the end. sessionvault's own loggers are raised to INFO (retries and
+    dead letters are operator information); ``quiet_loggers`` (drivers' reconnect chatter) are
+    lowered to ERROR.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING)
+    root_level = logging.getLogger().level
+    for name in ("ingest", "storage", "siem"):
+        logging.getLogger(name).setLevel(min(root_level, logging.INFO))
+    for name in quiet_loggers:
+        logging.getLogger(name).setLevel(max(root_level, logging.ERROR))
+
+    async def main_task() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = make()
+
+        async def ticker() -> None:
+            assert status_line is not None
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(status_every)
+                now = time.monotonic()
+                click.echo(await status_line(worker, max(now - last, 1e-9)), err=True)
+                last = now
+
+        click.echo(banner, err=True)
+        task = (
+            asyncio.create_task(ticker()) if status_line is not None and status_every > 0 else None
+        )
+        try:
+            await run(worker, stop)
+        finally:
+            if task is not None:
+                task.cancel()
+        click.echo(stopped(worker), err=True)
+
+    asyncio.run(main_task())
 
 
 # Commands are registered by their modules' `register(main)` so each area owns its CLI code.

@@ -10,22 +10,12 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import get_settings
-
-
-def _group(main: click.Group, name: str, help_text: str) -> click.Group:
-    """The subgroup ``name`` of ``main``, created on first use (several areas add workers)."""
-    existing = main.commands.get(name)
-    if isinstance(existing, click.Group):
-        return existing
-    group = click.Group(name, help=help_text)
-    main.add_command(group)
-    return group
+from sessionvault.cli import get_settings, subgroup
 
 
 def register(main: click.Group) -> None:
     """Add ``worker siem`` and ``siem sinks`` to the ``sessionvault`` group."""
-    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+    worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("siem")
     @click.option("--sink", "sink_name", required=True, help="Sink name from the SIEM config.")
@@ -85,7 +75,7 @@ def register(main: click.Group) -> None:
         worker.run(stop=stop, on_batch=status_line)
         click.echo(f"{tag}: stopped after {worker.stats.delivered} delivered events", err=True)
 
-    siem_group = _group(main, "siem", "SIEM sinks.")
+    siem_group = subgroup(main, "siem", "SIEM sinks.")
 
     @siem_group.command("sinks")
     @click.option("--config", "config_path", default=None, help="SIEM configuration file.")

@@ -13,9 +13,8 @@ from typing import Any
 import click
 import orjson
 
-from sessionvault.cli import get_settings
+from sessionvault.cli import get_settings, subgroup
 from sessionvault.errors import ConfigError
-from siem.cli import _group
 
 
 def register(main: click.Group) -> None:
@@ -25,7 +24,7 @@ def register(main: click.Group) -> None:
 
 
 def _register_worker(main: click.Group) -> None:
-    worker_group = _group(main, "worker", "Long-running Kafka workers.")
+    worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("detect")
     @click.option("--group", "group_id", default="detect", show_default=True,
@@ -104,7 +103,7 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _register_rules(main: click.Group) -> None:
-    rules_group = _group(main, "rules", "Sigma detection rules.")
+    rules_group = subgroup(main, "rules", "Sigma detection rules.")
 
     @rules_group.command("list")
     @click.pass_context
