@@ -32,6 +32,8 @@ from sessionvault.settings import Secret, Settings, load_settings
 from storage import pg
 
 TEMPLATE_DB = "sv_template"
+TEST_SESSION_TIMEOUT_MS = 2_000
+TEST_HEARTBEAT_INTERVAL_MS = 500
 
 
 async def _admin(stack: LocalStack, sql: str) -> None:
@@ -106,6 +108,10 @@ def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
         topic_events=f"sv.events.v1.{hexid}",
         topic_deadletter=f"sv.deadletter.v1.{hexid}",
         spool_dir=tmp_path / "spool",
+        # tansu answers a group's first JoinGroup after about half the session timeout: 1 s
+        # here instead of 3 s with the production default, for each of the suite's ~100 joins.
+        consumer_session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
+        consumer_heartbeat_interval_ms=TEST_HEARTBEAT_INTERVAL_MS,
     )
     stack.ensure_topics(s)
     try:
