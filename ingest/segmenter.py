@@ -19,8 +19,9 @@ later wake-up). Per queued session, ONE transaction:
 3. if the session's who/where changed since its segments were written (``session.start``
    enrichment), update the segments (search filters use them);
 4. render with :func:`storage.search.segments.render_session` (the same deterministic rendering
-   the persist worker used to do), insert the segments (``ON CONFLICT DO NOTHING``), store the
-   new position;
+   the persist worker used to do), insert the segments (``ON CONFLICT DO NOTHING``), append
+   their range to ``detect_feed`` (the detect worker's input, :mod:`siem.output_feed`), store
+   the new position;
 5. if fewer than ``chunk_batch`` chunks were read (caught up), delete the queue row, but only
    if ``gen`` is unchanged: work enqueued meanwhile keeps it.
 
@@ -278,6 +279,16 @@ class Segmenter:
         chunks = await self._chunks(conn, tenant, sid, ctx.text_seq)
         done = render_session(ctx, chunks)
         await _insert_segments(conn, done.segments)
+        if done.segments:
+            # Same transaction as the segments: the detect worker sees a segment exactly when
+            # it is committed (migration 006).
+            await conn.execute(
+                "INSERT INTO detect_feed (tenant, sid, seg_from, seg_to) VALUES ($1, $2, $3, $4)",
+                tenant,
+                sid,
+                done.segments[0].seg_no,
+                done.segments[-1].seg_no + 1,
+            )
         if pos is None or chunks or resynced or tuple(pos[c] for c in _WHO) != who:
             await conn.execute(
                 "INSERT INTO session_text AS t (sid, tenant, text_state, text_seg_next, text_seq,"

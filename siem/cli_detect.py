@@ -33,8 +33,9 @@ def _register_worker(main: click.Group) -> None:
                   help="Seconds between status lines on stderr (0: none).")
     @click.pass_context
     def detect_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
-        """Run the Sigma rules over the events topic and produce alert events, until
-        SIGTERM/SIGINT (rules: starter set + SESSIONVAULT_SIGMA_RULES)."""
+        """Run the Sigma rules over the events topic and the segmenter's terminal output and
+        produce alert events, until SIGTERM/SIGINT (rules: starter set +
+        SESSIONVAULT_SIGMA_RULES)."""
         from siem.detect import DetectBatchReport, DetectWorker
 
         settings = get_settings(ctx)
@@ -56,19 +57,19 @@ def _register_worker(main: click.Group) -> None:
             s = worker.stats
             click.echo(
                 f"detect[{group_id}]: {s.records} records, {s.evaluated} evaluated, "
-                f"{s.alerts} alerts, lag {worker.lag()}",
+                f"{s.output_segments} output lines, {s.alerts} alerts, lag {worker.lag()}",
                 err=True,
             )
 
         click.echo(
             f"detect[{group_id}]: {len(worker.engine.rule_ids)} rules over "
-            f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)",
+            f"{settings.topic_events} and terminal output (Ctrl-C or SIGTERM to stop)",
             err=True,
         )
         worker.run(stop=stop, on_batch=status_line)
         click.echo(
             f"detect[{group_id}]: stopped after {worker.stats.records} records, "
-            f"{worker.stats.alerts} alerts",
+            f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)",
             err=True,
         )
 

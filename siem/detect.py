@@ -21,6 +21,16 @@ That is harmless: an alert's ``uid`` is derived from the rule and the matched ev
 refused after a rebalance that handed the partition back) is not evaluated a second time,
 so it cannot count twice in a correlation window.
 
+Terminal output: sessions recorded as raw bytes carry no command events, so typed commands
+(``curl ... | sh``) are only visible in the rendered output. Between polls the worker takes the
+segmenter's feed (:mod:`siem.output_feed`, rows appended in the segmenter's own transaction),
+evaluates the new output lines (``kind: output``), produces their alerts, waits for the acks
+and only then deletes the feed rows (:meth:`DetectWorker.detect_output`). Same guarantee as
+above: at-least-once with deterministic alert uids and times. A failure there gives the rows
+back and backs off without holding up the Kafka side. An output alert's offset is when the
+matched text started to be written (see ``SigmaEngine``), so the replay link opens right before
+the command is typed.
+
 Correlation state (the sliding windows of ``event_count`` rules) lives in this process's
 memory and is NOT rebuilt: after a restart the worker resumes at the last committed offset
 with empty windows, so a correlation whose events straddle the restart (some before the last
@@ -40,12 +50,11 @@ Kafka calls and the engine run on the calling thread (kafka-python is not thread
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -56,11 +65,18 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.kafka import make_producer, translate_errors
 from ingest.persist import backoff_ms
 from schemas.codec import decode_event, encode_event, validate_event
-from sessionvault.errors import ConfigError, SessionVaultError, TransportError, ValidationError
+from sessionvault.errors import (
+    ConfigError,
+    SessionVaultError,
+    StorageError,
+    TransportError,
+    ValidationError,
+)
 from sessionvault.settings import Settings, require
 from siem.detect_config import parse_business_hours, rule_paths
+from siem.output_feed import FeedBatch, OutputFeed
 from siem.rules import STARTER_DIR, SigmaEngine, load_rules
-from storage import pg
+from storage.pg_sync import SyncPostgres
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +172,28 @@ def detect(
         if on_tenant is not None:
             on_tenant(event.tenant)
         out.evaluated += 1
-        for alert in engine.evaluate(event.fields):
+        out.alerts.extend(detect_records([event.fields], engine))
+    return out
+
+
+def detect_records(
+    records: Sequence[Mapping[str, Any]], engine: SigmaEngine
+) -> list[dict[str, Any]]:
+    """The valid alerts of ``records`` (already decoded: e.g. output segments), in order."""
+    out: list[dict[str, Any]] = []
+    for rec in records:
+        for alert in engine.evaluate(rec):
             try:
                 validate_event(alert)
             except ValidationError as exc:  # a rule/engine bug: never emit an invalid event
-                log.error("detect: alert of rule %s on %s is invalid, dropped: %s",
-                          alert.get("rule_id"), rec.where, exc)
+                log.error(
+                    "detect: alert of rule %s on %s is invalid, dropped: %s",
+                    alert.get("rule_id"),
+                    rec.get("id") or rec.get("uid"),
+                    exc,
+                )
                 continue
-            out.alerts.append(alert)
+            out.append(alert)
     return out
 
 
@@ -182,26 +212,18 @@ class SessionStarts:
 
     Found values are cached (LRU, ``max_entries``); misses are not (the session row may be
     written later). After a PostgreSQL error the lookup answers None for ``retry_after_s``
-    instead of blocking detection. Runs its own event loop: call it from one thread only.
+    instead of blocking detection. Call it from one thread only (:class:`SyncPostgres`).
     """
 
     def __init__(
-        self,
-        dsn: str,
-        *,
-        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
-        max_entries: int = 10_000,
-        retry_after_s: float = 5.0,
+        self, db: SyncPostgres, *, max_entries: int = 10_000, retry_after_s: float = 5.0
     ) -> None:
         self.tenant = ""
         self.lookups = 0
-        self._dsn = dsn
-        self._connect = connect
+        self._db = db
         self._max = max_entries
         self._retry_after_s = retry_after_s
         self._cache: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._loop = asyncio.new_event_loop()
-        self._conn: asyncpg.Connection | None = None
         self._down_until = 0.0
 
     def set_tenant(self, tenant: str) -> None:
@@ -215,47 +237,28 @@ class SessionStarts:
         if time.monotonic() < self._down_until:
             return None
         self.lookups += 1
+        tenant = self.tenant
+
+        async def fetch(conn: asyncpg.Connection) -> int | None:
+            value = await conn.fetchval(
+                "SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM sessions"
+                " WHERE tenant = $1 AND sid = $2",
+                tenant,
+                sid,
+            )
+            return None if value is None else int(value)
+
         try:
-            ms = self._loop.run_until_complete(self._fetch(self.tenant, sid))
+            ms = self._db.run("read session start", fetch)
         except SessionVaultError as exc:
             log.warning("detect: session start of %s unavailable (no replay offset): %s", sid, exc)
             self._down_until = time.monotonic() + self._retry_after_s
-            self._loop.run_until_complete(self._drop())
             return None
         if ms is not None:
             self._cache[key] = ms
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
         return ms
-
-    async def _fetch(self, tenant: str, sid: str) -> int | None:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect(self._dsn)
-        try:
-            value = await self._conn.fetchval(
-                "SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM sessions"
-                " WHERE tenant = $1 AND sid = $2",
-                tenant,
-                sid,
-            )
-        except Exception as exc:  # driver errors of any kind: translated at this boundary
-            raise pg.translate(exc, "read session start") from exc
-        return None if value is None else int(value)
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
-
-    def close(self) -> None:
-        try:
-            if self._conn is not None:
-                self._loop.run_until_complete(self._conn.close(timeout=2))
-        except Exception as exc:  # best effort at shutdown
-            log.debug("detect: closing the PostgreSQL connection: %s", exc)
-        finally:
-            self._conn = None
-            self._loop.close()
 
 
 # --- the worker -----------------------------------------------------------------------------
@@ -274,6 +277,10 @@ class DetectStats:
     repeated: int = 0
     produce_retries: int = 0
     commits: int = 0
+    output_batches: int = 0
+    output_segments: int = 0
+    output_alerts: int = 0
+    output_retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,7 @@ class DetectWorker:
         group_id: str = DEFAULT_GROUP,
         engine: SigmaEngine | None = None,
         session_starts: SessionStarts | None = None,
+        output_feed: OutputFeed | None = None,
         consumer_factory: Callable[[], BatchConsumer] | None = None,
         producer_factory: Callable[[], Producer] | None = None,
     ) -> None:
@@ -308,9 +316,20 @@ class DetectWorker:
         self.settings = settings
         self.group_id = group_id
         self.stats = DetectStats()
-        if session_starts is None and engine is None and settings.postgres_dsn:
-            session_starts = SessionStarts(settings.postgres_dsn.get())
+        self._db: SyncPostgres | None = None
+        if settings.postgres_dsn and (session_starts is None or output_feed is None):
+            self._db = SyncPostgres(settings.postgres_dsn.get())
+            if session_starts is None and engine is None:
+                session_starts = SessionStarts(self._db)
+            if output_feed is None:
+                output_feed = OutputFeed(self._db)
         self._starts = session_starts
+        self._feed = output_feed
+        self._feed_attempt = 0
+        self._feed_retry_at = 0.0
+        # Alerts of feed rows evaluated but not yet deleted (a produce or commit failed): a
+        # retry of the same rows reuses them instead of counting the segments twice.
+        self._feed_alerts: dict[int, list[dict[str, Any]]] = {}
         self.engine = engine or build_engine(settings, session_start_ms=session_starts)
         self._consumer_factory = consumer_factory or (
             lambda: BatchConsumer(
@@ -338,8 +357,13 @@ class DetectWorker:
                 raise
             except TransportError as exc:
                 delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                log.warning("detect: %s failed (attempt %d), retrying in %.1fs: %s",
-                            what, attempt, delay, exc)
+                log.warning(
+                    "detect: %s failed (attempt %d), retrying in %.1fs: %s",
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
                 if self._stop.wait(delay):
                     raise _Stopped from exc
 
@@ -386,8 +410,14 @@ class DetectWorker:
         if found.alerts:
             self._retry("producing alerts", lambda: self._produce(found.alerts))
             for a in found.alerts:
-                log.info("detect: alert %s rule=%s level=%s tenant=%s sid=%s", a["uid"],
-                         a["rule_id"], a["level"], a["tenant"], a.get("sid", "-"))
+                log.info(
+                    "detect: alert %s rule=%s level=%s tenant=%s sid=%s",
+                    a["uid"],
+                    a["rule_id"],
+                    a["level"],
+                    a["tenant"],
+                    a.get("sid", "-"),
+                )
         committed = False
         offsets = next_offsets(records)
         if commit and offsets and self._consumer is not None:
@@ -413,6 +443,87 @@ class DetectWorker:
             committed=committed,
             seconds=time.monotonic() - t0,
         )
+
+    # -- terminal output (the segmenter's feed) -----------------------------------------------
+
+    def _feed_failed(self, exc: SessionVaultError) -> None:
+        self._feed_attempt += 1
+        self.stats.output_retries += 1
+        delay = backoff_ms(self._feed_attempt, self.settings.retry_backoff_max_ms) / 1000
+        self._feed_retry_at = time.monotonic() + delay
+        log.warning(
+            "detect: terminal output batch failed (attempt %d), retrying in %.1fs: %s",
+            self._feed_attempt,
+            delay,
+            exc,
+        )
+
+    def _evaluate_output(self, batch: FeedBatch) -> list[dict[str, Any]]:
+        cached = {i: self._feed_alerts[i] for i in batch.ids if i in self._feed_alerts}
+        self._feed_alerts = cached  # rows another member took meanwhile are forgotten
+        alerts: list[dict[str, Any]] = []
+        for row in batch.rows:
+            if row.id not in self._feed_alerts:
+                found = detect_records(row.records, self.engine)
+                self._feed_alerts[row.id] = found
+                self.stats.output_segments += len(row.records)
+            alerts.extend(self._feed_alerts[row.id])
+        return alerts
+
+    def detect_output(self, *, max_batches: int = 5) -> int:
+        """Evaluate terminal output segments from the segmenter's feed (:mod:`siem.output_feed`):
+        take rows, evaluate, produce the alerts and wait for their acks, then delete the rows.
+        Returns the feed rows done. Never raises and never blocks on a retry: a PostgreSQL or
+        Kafka failure gives the rows back and backs off (the Kafka side goes on meanwhile)."""
+        feed = self._feed
+        if feed is None or time.monotonic() < self._feed_retry_at:
+            return 0
+        done = 0
+        for _ in range(max_batches):
+            try:
+                batch = feed.take()
+            except StorageError as exc:
+                self._feed_failed(exc)
+                return done
+            if batch is None:
+                self._feed_attempt = 0
+                return done
+            try:
+                alerts = self._evaluate_output(batch)
+                if alerts:
+                    self._produce(alerts)
+                feed.done(batch.ids)
+            except (StorageError, TransportError) as exc:
+                feed.abort()
+                self._feed_failed(exc)
+                return done
+            for i in batch.ids:
+                self._feed_alerts.pop(i, None)
+            self._feed_attempt = 0
+            done += len(batch.rows)
+            self.stats.output_batches += 1
+            self.stats.output_alerts += len(alerts)
+            self.stats.alerts += len(alerts)
+            for a in alerts:
+                log.info(
+                    "detect: alert %s rule=%s level=%s tenant=%s sid=%s offset_ms=%s",
+                    a["uid"],
+                    a["rule_id"],
+                    a["level"],
+                    a["tenant"],
+                    a.get("sid", "-"),
+                    a.get("offset_ms", "-"),
+                )
+        return done
+
+    def output_backlog(self) -> int | None:
+        """Feed rows waiting for detection (None: no feed, or PostgreSQL unreachable)."""
+        if self._feed is None or self._feed.open:
+            return None
+        try:
+            return self._feed.backlog()
+        except StorageError:
+            return None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -454,6 +565,8 @@ class DetectWorker:
                     report = self.handle_batch(records)
                     if on_batch is not None:
                         on_batch(report)
+                # At most one poll wait (POLL_WAIT_MS) after the segmenter committed a line.
+                self.detect_output()
         except _Stopped:
             log.info("detect: stopping with an uncommitted batch; it will be redelivered")
         finally:
@@ -464,7 +577,8 @@ class DetectWorker:
         for closer in (
             self._consumer.close if self._consumer is not None else None,
             (lambda: producer.close(timeout=5)) if producer is not None else None,
-            self._starts.close if self._starts is not None else None,
+            self._feed.abort if self._feed is not None else None,
+            self._db.close if self._db is not None else None,
         ):
             if closer is not None:
                 try:
@@ -496,6 +610,7 @@ __all__ = [
     "alert_key",
     "build_engine",
     "detect",
+    "detect_records",
     "rule_sources",
     "run_detect_worker",
 ]

@@ -146,6 +146,29 @@ async def load_segments(
     )
 
 
+async def load_segment_ranges(
+    conn: asyncpg.Connection, ranges: Sequence[tuple[str, str, int, int]]
+) -> list[Any]:
+    """The segments in the (tenant, sid, seg_from, seg_to) ranges (``seg_to`` exclusive), in
+    the order of ``ranges`` then seg_no; segments since deleted are left out."""
+    if not ranges:
+        return []
+    cols = ", ".join(f"t.{c.strip()}" for c in _SEGMENT_COLUMNS.split(","))
+    return await _fetch(
+        conn,
+        "text_segments",
+        f"SELECT {cols} FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])"
+        " WITH ORDINALITY AS r(tenant, sid, seg_from, seg_to, ord)"
+        " JOIN text_segments t ON t.sid = r.sid AND t.tenant = r.tenant"
+        " AND t.seg_no >= r.seg_from AND t.seg_no < r.seg_to"
+        " ORDER BY r.ord, t.seg_no",
+        [r[0] for r in ranges],
+        [r[1] for r in ranges],
+        [r[2] for r in ranges],
+        [r[3] for r in ranges],
+    )
+
+
 async def _count(conn: asyncpg.Connection, table: str, where: str, args: Sequence[Any]) -> int:
     rows = await _fetch(conn, table, f"SELECT count(*) AS n FROM {table} WHERE {where}", *args)
     return int(rows[0]["n"])
@@ -308,6 +331,7 @@ __all__ = [
     "count_rows",
     "event_action",
     "load_events",
+    "load_segment_ranges",
     "load_segments",
     "reindex",
     "segment_action",

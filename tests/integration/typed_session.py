@@ -67,6 +67,8 @@ class TypedSession:
     command: str = COMMAND
     typo: str = TYPO
     started_at: str = STARTED_AT
+    first_ms: int = -1
+    """When the first character of the command line was echoed (ms from the start)."""
 
 
 def record_typed_session(
@@ -77,6 +79,8 @@ def record_typed_session(
     started_at: str = STARTED_AT,
     user: str = "alice",
     sid: str | None = None,
+    command: str = COMMAND,
+    typo: str = TYPO,
 ) -> TypedSession:
     """Record the typed-command session to ``settings.topic_chunks`` and wait until Kafka
     acknowledged every chunk (the recorder's own transport is flushed and closed).
@@ -121,11 +125,13 @@ def record_typed_session(
     rec.output(b"Last login: Mon Mar  9 17:02:11 2026 from 10.0.0.7\r\n")
     clock.advance(0.3)
     rec.output(PROMPT)
-    for ch in TYPO:
-        key(ch.encode(), ch.encode())
+    # ``typo`` is typed, its last character erased, then the rest of ``command``.
+    assert command.startswith(typo[:-1])
+    assert not command.startswith(typo)
+    echoed = [key(ch.encode(), ch.encode()) for ch in typo]
     key(b"\x7f", erase)  # DEL from the keyboard; the line editor echoes its erase sequence
     last = -1
-    for ch in COMMAND[len(TYPO) - 1 :]:
+    for ch in command[len(typo) - 1 :]:
         last = key(ch.encode(), ch.encode())
     key(b"\r", b"\r\n")
     clock.advance(0.05)
@@ -140,7 +146,14 @@ def record_typed_session(
     clock.advance(0.1)
     if not rec.close(0, flush_timeout_s=30.0):
         raise AssertionError(f"session {rec.sid}: not every chunk reached Kafka")
-    return TypedSession(rec.sid, last, started_at=started_at)
+    return TypedSession(
+        rec.sid,
+        last,
+        command=command,
+        typo=typo,
+        started_at=started_at,
+        first_ms=echoed[0],
+    )
 
 
 __all__ = [

