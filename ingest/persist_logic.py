@@ -9,6 +9,9 @@ Session rules (chunks of one session travel in order on one partition):
 * A chunk of a session that was never opened is rejected (``unknown_session``); so is one whose
   tenant differs from the session's (``tenant_mismatch``). Within one batch, seq 0 opens the
   session only from its own position on: a seq 1 *before* its seq 0 is still unknown.
+* A chunk whose (sid, seq) is already stored, or earlier in the batch, with another hash is
+  rejected (``conflicting_duplicate``): the first copy stays, the other is dead-lettered with
+  its bytes. The same hash is a redelivery: a silent duplicate.
 * Every other chunk is a candidate for ``INSERT ... ON CONFLICT DO NOTHING``. Counters are folded
   by :func:`fold_inserted` from the rows the database reports as *actually inserted*, never from
   what was offered, so a redelivered batch leaves every counter unchanged.
@@ -249,7 +252,7 @@ def classify_chunks(
     """
     tenants: dict[str, str] = {sid: st.tenant for sid, st in existing.items()}
     duration: dict[str, int] = {sid: st.duration_ms for sid, st in existing.items()}
-    seen: set[tuple[str, int]] = set()
+    seen: dict[tuple[str, int], str] = {}
     opens: list[SessionOpen] = []
     rows: list[ChunkRow] = []
     rejects: list[Reject] = []
@@ -281,9 +284,12 @@ def classify_chunks(
             continue
         key = (c.sid, c.seq)
         if key in seen:
+            if seen[key] != c.hash:
+                rejects.append(conflict_reject(p.ref, c.sid, c.seq, seen[key], c.hash))
+                continue
             dups += 1
             continue
-        seen.add(key)
+        seen[key] = c.hash
         if c.frames:
             first, last = c.frames[0].offset_ms, max(f.offset_ms for f in c.frames)
         else:
@@ -293,6 +299,40 @@ def classify_chunks(
         duration[c.sid] = max(duration[c.sid], last)
         rows.append(ChunkRow(p, first, last))
     return ChunkPlan(opens, rows, rejects, dups)
+
+
+CONFLICT_REASON = "conflicting_duplicate"
+
+
+def conflict_reject(ref: int, sid: str, seq: int, kept_hash: str, new_hash: str) -> Reject:
+    """A chunk whose (sid, seq) is already stored (or earlier in the batch) with other
+    content: never overwritten (the first copy is the record), never dropped silently."""
+    return Reject(
+        ref,
+        CONFLICT_REASON,
+        f"sid {sid} seq {seq}: a different chunk with this seq is already stored"
+        f" (stored hash {kept_hash[:16]}..., this one {new_hash[:16]}...)",
+    )
+
+
+def conflicting_rows(
+    offered: Sequence[ChunkRow],
+    inserted: Sequence[ChunkRow],
+    stored_hash: Mapping[tuple[str, int], str],
+) -> list[Reject]:
+    """Rejects for the offered rows the database did not insert because a chunk with the same
+    (sid, seq) but another hash is stored. Same hash: a redelivery, silently a duplicate."""
+    done = {(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in inserted}
+    out = []
+    for r in offered:
+        c = r.prepared.chunk
+        key = (c.sid, c.seq)
+        if key in done:
+            continue
+        kept = stored_hash.get(key)
+        if kept is not None and kept != c.hash:
+            out.append(conflict_reject(r.prepared.ref, c.sid, c.seq, kept, c.hash))
+    return out
 
 
 def opened_state(o: SessionOpen) -> SessionState:

@@ -29,6 +29,7 @@ from ingest.persist_logic import (
     SessionOpen,
     SessionState,
     classify_chunks,
+    conflicting_rows,
     fold_inserted,
     opened_state,
 )
@@ -248,6 +249,21 @@ async def insert_chunks(
     return [r for r in rows if (r.prepared.chunk.sid, r.prepared.chunk.seq) in keys]
 
 
+async def stored_hashes(
+    conn: asyncpg.Connection, offered: Sequence[ChunkRow], inserted: Sequence[ChunkRow]
+) -> dict[tuple[str, int], str]:
+    """The stored hash of each offered chunk that was not inserted (it existed already)."""
+    done = {(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in inserted}
+    keys = sorted({(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in offered} - done)
+    rows = await conn.fetch(
+        "SELECT c.sid, c.seq, c.hash FROM chunks c"
+        " JOIN unnest($1::text[], $2::int[]) AS k(sid, seq) USING (sid, seq)",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["sid"], r["seq"]): r["hash"] for r in rows}
+
+
 async def update_sessions(conn: asyncpg.Connection, states: Sequence[SessionState]) -> None:
     """Write the folded states (absolute values: the rows are locked by this transaction)."""
     if not states:
@@ -297,12 +313,17 @@ async def write_chunks(
         inserted = await insert_chunks(conn, plan.rows, method=method)
         changed = fold_inserted(states, inserted)
         await update_sessions(conn, list(changed.values()))
+        conflicts: list[Reject] = []
+        if len(inserted) < len(plan.rows):
+            conflicts = conflicting_rows(
+                plan.rows, inserted, await stored_hashes(conn, plan.rows, inserted)
+            )
     except StorageError:
         raise
     except Exception as exc:
         raise storage_error(exc, "cannot write chunks") from exc
-    result.rejects = plan.rejects
-    result.offered = len(plan.rows) + plan.duplicates_in_batch
+    result.rejects = sorted(plan.rejects + conflicts, key=lambda r: r.ref)
+    result.offered = len(plan.rows) + plan.duplicates_in_batch - len(conflicts)
     result.inserted = len(inserted)
     result.raw_bytes = sum(r.prepared.raw_len for r in inserted)
     result.stored_bytes = sum(len(r.prepared.stored) for r in inserted)

@@ -52,6 +52,13 @@ def test_each_bad_record_is_dead_lettered_with_reason_and_original_bytes(
     big = Chunk(
         tenant, "good", 99, big_frames, "0" * 64, chain_hash("0" * 64, "good", 99, big_frames)
     )
+    g1 = good.chunks[1]
+    other_frames = (Frame(5, Stream.OUTPUT, b"not what was recorded\r\n"),)
+    # Same (sid, seq) as a stored chunk, other content, a valid hash of its own: a conflict.
+    forged = Chunk(
+        tenant, "good", 1, other_frames, g1.prev_hash,
+        chain_hash(g1.prev_hash, "good", 1, other_frames),
+    )  # fmt: skip
     tampered = bytearray(encode_chunk(good.chunks[2]))
     tampered[-1] ^= 0xFF
 
@@ -60,6 +67,8 @@ def test_each_bad_record_is_dead_lettered_with_reason_and_original_bytes(
     chunk_items: list[tuple[bytes, bytes, str | None]] = [
         (b"good", encode_chunk(good.chunks[0]), None),
         (b"good", encode_chunk(good.chunks[1]), None),
+        (b"good", encode_chunk(good.chunks[1]), None),  # redelivered: a silent duplicate
+        (b"good", encode_chunk(forged), "conflicting_duplicate"),
         (b"good", with_header(encode_chunk(good.chunks[2]), sv_version=2), "unknown_version"),
         (b"good", bytes(tampered), "bad_hash"),
         (b"good", with_header(encode_chunk(good.chunks[2]), seq="2"), "wrong_type"),
@@ -70,6 +79,7 @@ def test_each_bad_record_is_dead_lettered_with_reason_and_original_bytes(
         (b"victim", encode_chunk(intruder), "tenant_mismatch"),
         *((b"victim", encode_chunk(c), None) for c in victim.chunks[1:]),
         *((b"orphan", encode_chunk(c), "unknown_session") for c in orphan.chunks[1:]),
+        (b"good", encode_chunk(forged), "conflicting_duplicate"),  # in a later batch
     ]
     ev = {"sv_version": 1, "tenant": tenant, "event": "user.login", "time": "2026-11-21T10:00:00Z"}
     event_items: list[tuple[bytes | None, bytes, str | None]] = [

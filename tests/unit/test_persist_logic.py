@@ -15,6 +15,7 @@ from ingest.persist_logic import (
     SessionState,
     check_chunk_storable,
     classify_chunks,
+    conflicting_rows,
     event_row,
     fold_inserted,
     month_bounds,
@@ -100,6 +101,32 @@ def test_same_chunk_twice_in_a_batch_is_offered_once() -> None:
     plan = classify_chunks({}, prep([c[0], c[1], c[1]]))
     assert len(plan.rows) == 2
     assert plan.duplicates_in_batch == 1
+
+
+def _forged(c: Chunk) -> Chunk:
+    frames = (Frame(1, Stream.OUTPUT, b"other bytes"),)
+    return Chunk(c.tenant, c.sid, c.seq, frames, c.prev_hash,
+                 chain_hash(c.prev_hash, c.sid, c.seq, frames))  # fmt: skip
+
+
+def test_same_seq_with_other_content_in_a_batch_is_rejected_as_a_conflict_first_copy_kept() -> None:
+    c = chain("s", 2)
+    plan = classify_chunks({}, prep([c[0], c[1], _forged(c[1])]))
+    assert [r.prepared.chunk for r in plan.rows] == [c[0], c[1]]
+    assert [(r.ref, r.reason) for r in plan.rejects] == [(2, "conflicting_duplicate")]
+    assert plan.duplicates_in_batch == 0
+
+
+def test_not_inserted_rows_conflict_only_when_the_stored_hash_differs() -> None:
+    c = chain("s", 3)
+    forged = _forged(c[2])
+    rows = [ChunkRow(p, 0, 0) for p in prep([c[0], c[1], forged])]
+    stored = {("s", 1): c[1].hash, ("s", 2): c[2].hash}
+    # c[0] was inserted now; c[1] is stored with the same hash (a redelivery); forged is seq 2,
+    # stored with another hash.
+    rejects = conflicting_rows(rows, [rows[0]], stored)
+    assert [(r.ref, r.reason) for r in rejects] == [(2, "conflicting_duplicate")]
+    assert "seq 2" in rejects[0].message
 
 
 def test_empty_chunk_sits_at_the_session_end_so_far() -> None:
