@@ -138,6 +138,12 @@ def format_status(status: StackStatus) -> str:
                 f"{row['group']:<20} {row['topic']:<24} {row['committed']:>10} "
                 f"{row['end']:>10} {row['lag']:>8}"
             )
+    if status.backlog:
+        lines.append("")
+        names = {"segment_queue": "sessions to render (segmenter)",
+                 "detect_feed": "output batches to detect (detect)"}  # fmt: skip
+        for key, n in status.backlog.items():
+            lines.append(f"{names.get(key, key):<40} {n:>8}")
     if status.sinks:
         lines.append("")
         lines.append(

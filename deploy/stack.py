@@ -99,6 +99,8 @@ class StackStatus:
     lag_error: str = ""
     # SIEM sinks: counters from each sink worker's state file plus its group's lag.
     sinks: list[dict[str, Any]] = field(default_factory=list)
+    # PostgreSQL-driven stages: queued sessions (segmenter), output batches (detect worker).
+    backlog: dict[str, int] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -111,6 +113,7 @@ class StackStatus:
             "lag": self.lag,
             "lag_error": self.lag_error,
             "sinks": self.sinks,
+            "backlog": self.backlog,
         }
 
 
@@ -748,9 +751,10 @@ class LocalStack:
         servers = []
         logs = self.state["logs"]
         pg_pid = self.postgres_pid()
+        backlog = self._pg_backlog() if pg_pid is not None else None
         servers.append(ServerStatus(
             "postgres", pg_pid, pg_pid is not None,
-            pg_pid is not None and self._pg_reachable(),
+            backlog is not None,
             redact_dsn(self.postgres_dsn), logs.get("postgres", ""),
         ))
         bootstrap = self.kafka_bootstrap
@@ -780,7 +784,7 @@ class LocalStack:
                 error = str(exc)
         elif lag:
             error = "broker not reachable"
-        return StackStatus(servers, rows, error, sink_status(self.home, rows))
+        return StackStatus(servers, rows, error, sink_status(self.home, rows), backlog or {})
 
     def wait_for_session(self, sid: str, *, timeout_s: float) -> bool:
         """Whether session ``sid`` appears in PostgreSQL within ``timeout_s`` (for the demo)."""
@@ -801,17 +805,28 @@ class LocalStack:
         return asyncio.run(poll())
 
     def _pg_reachable(self) -> bool:
+        return self._pg_backlog() is not None
+
+    def _pg_backlog(self) -> dict[str, int] | None:
+        """Work waiting in PostgreSQL-driven stages (None: PostgreSQL unreachable): sessions
+        queued for the segmenter, output-line batches not yet seen by the detect worker."""
         from storage import pg
 
-        async def ping() -> None:
+        async def count() -> dict[str, int]:
             conn = await pg.connect(self.server_dsn(DATABASE))
             try:
-                await conn.fetchval("SELECT 1")
+                out: dict[str, int] = {}
+                for key, table in (("segment_queue", "segment_queue"),
+                                   ("detect_feed", "detect_feed")):  # fmt: skip
+                    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                        out[key] = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+                return out
+            except Exception as exc:
+                raise pg.translate(exc, "count queued work") from exc
             finally:
                 await conn.close()
 
         try:
-            asyncio.run(ping())
+            return asyncio.run(count())
         except SessionVaultError:
-            return False
-        return True
+            return None

@@ -166,6 +166,8 @@ def test_status_cli_prints_json_health(stack: LocalStack) -> None:
     data = orjson.loads(result.output)
     assert data["healthy"] is True
     assert {s["name"] for s in data["servers"]} == {"postgres", "broker", "opensearch"}
+    # PostgreSQL-driven stages report their queues (a fresh database: nothing waiting)
+    assert data["backlog"] == {"segment_queue": 0, "detect_feed": 0}
 
 
 def test_broker_that_fails_to_start_raises_stack_error_naming_its_log(
