@@ -26,6 +26,7 @@ BENCHES = (
     "search_os",
     "search_pg",
     "siem",
+    "detect",
 )
 
 
