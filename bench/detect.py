@@ -58,7 +58,8 @@ def _worker(bs: BenchStack, *args: str) -> subprocess.Popen[bytes]:
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
-        p.terminate()
+        if p.poll() is None:
+            p.terminate()
     for p in procs:
         try:
             p.wait(20)
@@ -239,19 +240,19 @@ def run(quick: bool) -> list[Figure]:
     figures: list[Figure] = []
     with bench_stack(TENANT, partitions=4) as bs:
         asyncio.run(_clean(bs.dsn))
-        persist = _worker(bs, "persist")
-        segments = _worker(bs, "segments")
-        detect = _worker(bs, "detect")
+        workers = [_worker(bs, "persist"), _worker(bs, "segments")]
         try:
+            detect = _worker(bs, "detect")
+            workers.append(detect)
             print("  typed line -> alert ...", flush=True)
             figures += _latency(bs, sessions, rate)
-        finally:
             _stop([detect])
-        try:
             print("  output lines/s through detect ...", flush=True)
             figures += _throughput(bs, bulk_sessions, bulk_lines)
         finally:
-            _stop([persist, segments])
+            # Before the servers stop: a worker left running would join the next run's broker
+            # (same port) and disturb it.
+            _stop(workers)
     return figures
 
 

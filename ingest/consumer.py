@@ -157,7 +157,8 @@ class BatchConsumer:
         return records
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit the given next offsets; raises CommitRejectedError after a rebalance."""
+        """Commit the given next offsets; raises CommitRejectedError after (or during) a
+        rebalance: the records are redelivered to whoever owns the partitions next."""
         if not offsets:
             return
         payload = {
@@ -165,7 +166,11 @@ class BatchConsumer:
         }
         try:
             self._consumer.commit(payload)
-        except (kerr.CommitFailedError, kerr.IllegalStateError) as exc:
+        except (
+            kerr.CommitFailedError,
+            kerr.IllegalStateError,
+            kerr.RebalanceInProgressError,
+        ) as exc:
             raise CommitRejectedError(f"kafka: commit refused after a rebalance: {exc}") from exc
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, "commit offsets") from exc

@@ -64,6 +64,15 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         return KafkaProducer(**producer_config(settings, **overrides))
 
 
+# Connection-level failures, retriable whatever the class says. Looked up by name: kafka-python
+# 3 removed NoBrokersAvailable, and a name missing from the installed version must not turn the
+# translation of an error into an AttributeError (it once crashed a worker on a rebalance).
+_RETRIABLE_NAMES = ("KafkaTimeoutError", "NoBrokersAvailable", "KafkaConnectionError")
+_ALWAYS_RETRIABLE: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(kerr, n, None) for n in _RETRIABLE_NAMES) if isinstance(c, type)
+)
+
+
 def to_transport_error(exc: BaseException, what: str) -> TransportError:
     """A :class:`TransportError` describing a kafka-python exception (chain it with ``from``)."""
     name = type(exc).__name__
@@ -71,7 +80,7 @@ def to_transport_error(exc: BaseException, what: str) -> TransportError:
     err = TransportError(f"kafka: {what} failed: {name}: {detail}")
     if isinstance(exc, kerr.KafkaError):
         err.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
-            exc, kerr.KafkaTimeoutError | kerr.NoBrokersAvailable | kerr.KafkaConnectionError
+            exc, _ALWAYS_RETRIABLE
         )
     return err
 
