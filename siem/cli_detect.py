@@ -15,6 +15,7 @@ import orjson
 
 from sessionvault.cli import get_settings, subgroup
 from sessionvault.errors import ConfigError
+from sessionvault.settings import Settings, require
 
 
 def register(main: click.Group) -> None:
@@ -103,6 +104,28 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield n, item
 
 
+def _stored_session(settings: Settings, sid: str) -> list[dict[str, Any]]:
+    """The records of a stored session of ``settings.tenant`` (events and output lines)."""
+    import asyncio
+
+    from siem.output_feed import session_records
+    from storage import pg
+    from storage.chunkstore import storage_error
+
+    require(settings, "postgres_dsn")
+
+    async def load() -> list[dict[str, Any]]:
+        conn = await pg.connect(settings.postgres_dsn.get())
+        try:
+            return [rec for _, rec in await session_records(conn, settings.tenant, sid)]
+        except Exception as exc:
+            raise storage_error(exc, f"cannot read session {sid}") from exc
+        finally:
+            await conn.close()
+
+    return asyncio.run(load())
+
+
 def _register_rules(main: click.Group) -> None:
     rules_group = subgroup(main, "rules", "Sigma detection rules.")
 
@@ -127,7 +150,11 @@ def _register_rules(main: click.Group) -> None:
 
     @rules_group.command("test")
     @click.argument("rule_file", type=click.Path(exists=True, path_type=Path))
-    @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("events", required=False,
+                    type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--session", "sessions", multiple=True, metavar="SID",
+                  help="Also a stored session of your tenant: its audit events and rendered "
+                       "output lines, as the detect worker sees them (repeatable).")
     @click.option("--with-starter", is_flag=True, help="Also load the starter rule set.")
     @click.option("--business-hours", default=None,
                   help='e.g. "Europe/Berlin 08-18 mon-fri" (default: SESSIONVAULT_BUSINESS_HOURS).')
@@ -136,13 +163,15 @@ def _register_rules(main: click.Group) -> None:
     def test_cmd(
         ctx: click.Context,
         rule_file: Path,
-        events: Path,
+        events: Path | None,
+        sessions: tuple[str, ...],
         with_starter: bool,
         business_hours: str | None,
         as_json: bool,
     ) -> None:
         """Evaluate the rules of RULE_FILE (a file or directory) against the records of
-        EVENTS (JSON lines) offline, in file order, and print every alert."""
+        EVENTS (JSON lines) in file order, and/or stored sessions (--session), and print every
+        alert. Nothing is produced or stored."""
         from siem.detect_config import parse_business_hours
         from siem.rules import STARTER_DIR, SigmaEngine
 
@@ -152,9 +181,18 @@ def _register_rules(main: click.Group) -> None:
         )
         sources = [STARTER_DIR, rule_file] if with_starter else [rule_file]
         engine = SigmaEngine.from_sources(sources, business_hours=hours)
-        records = alerts = 0
-        for line, rec in iter_records(events):
-            records += 1
+        if events is None and not sessions:
+            raise click.UsageError("give EVENTS (a JSON-lines file), --session SID, or both")
+        inputs: list[tuple[str, dict[str, Any]]] = []
+        if events is not None:
+            inputs += [(f"{events.name}:{n}", rec) for n, rec in iter_records(events)]
+        for sid in sessions:
+            got = _stored_session(settings, sid)
+            if not got:
+                raise ConfigError(f"session {sid}: nothing stored for tenant {settings.tenant}")
+            inputs += [(f"session {sid}", rec) for rec in got]
+        alerts = 0
+        for where_from, rec in inputs:
             for alert in engine.evaluate(rec):
                 alerts += 1
                 if as_json:
@@ -162,11 +200,13 @@ def _register_rules(main: click.Group) -> None:
                     continue
                 where = f" replay: {alert['replay']}" if alert.get("replay") else ""
                 click.echo(
-                    f"{events.name}:{line}: {alert['level'].upper()} {alert['title']} "
+                    f"{where_from}: {alert['level'].upper()} {alert['title']} "
                     f"[{alert['rule_id']}] on {alert['matched_event']} "
                     f"{alert['matched_uid']}{where}"
                 )
-        click.echo(f"{records} records, {alerts} alerts, {len(engine.rule_ids)} rules", err=True)
+        click.echo(
+            f"{len(inputs)} records, {alerts} alerts, {len(engine.rule_ids)} rules", err=True
+        )
 
 
 __all__ = ["iter_records", "register"]

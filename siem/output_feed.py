@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 
 from storage.pg_sync import SyncPostgres
 from storage.search.model import segment_document
-from storage.search.reindex import load_segment_ranges, segment_row
+from storage.search.reindex import load_segment_ranges, load_segments, segment_row
 
 #: Feed rows taken per transaction (one row is one segmenter step of one session).
 MAX_ROWS = 200
@@ -63,6 +64,26 @@ def segment_record(row: Any) -> dict[str, Any]:
     for key in ("_id", "text_norm"):
         doc.pop(key, None)
     return doc
+
+
+async def session_records(
+    conn: asyncpg.Connection, tenant: str, sid: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """A stored session as the detect worker sees it, for testing rules after the fact:
+    (time in microseconds, record) of its audit events and its rendered output lines, in time
+    order; only ``tenant``'s (another tenant's sid gives nothing)."""
+    events = await conn.fetch(
+        "SELECT time_us, body::text AS body FROM events WHERE tenant = $1 AND sid = $2",
+        tenant,
+        sid,
+    )
+    out: list[tuple[int, dict[str, Any]]] = [
+        (int(e["time_us"] or 0), orjson.loads(e["body"])) for e in events
+    ]
+    rows = await load_segments(conn, tenant, sid)
+    out += [(int(r["time_us"]), segment_record(r)) for r in rows]
+    out.sort(key=lambda x: x[0])
+    return out
 
 
 class OutputFeed:
@@ -151,4 +172,11 @@ class OutputFeed:
         return self._db.run("count the terminal output feed", op)
 
 
-__all__ = ["MAX_ROWS", "FeedBatch", "FeedRow", "OutputFeed", "segment_record"]
+__all__ = [
+    "MAX_ROWS",
+    "FeedBatch",
+    "FeedRow",
+    "OutputFeed",
+    "segment_record",
+    "session_records",
+]

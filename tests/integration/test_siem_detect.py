@@ -5,6 +5,7 @@ JSON-lines sink subscribed to ``alert.*`` (the siem sink worker, in-process)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import signal
 import subprocess
@@ -407,3 +408,31 @@ def test_a_feed_batch_whose_delete_fails_is_detected_again_and_its_alert_stored_
     assert len({(a["uid"], a["time"], a["offset_ms"]) for a in on_kafka}) == 1
     drain(settings, [settings.topic_events])
     assert [a["uid"] for a in stored_alerts(settings)] == [on_kafka[0]["uid"]]
+
+
+def test_rules_test_on_a_stored_session_gives_the_workers_alert_and_only_for_its_tenant(
+    settings: Settings,
+) -> None:
+    from click.testing import CliRunner
+
+    from sessionvault.cli import main
+    from siem.rules import STARTER_DIR
+
+    typed = _record_curl_session(settings)
+    res = CliRunner().invoke(
+        main, ["rules", "test", str(STARTER_DIR), "--session", typed.sid, "--json"], obj=settings
+    )
+    assert res.exit_code == 0, res.output
+    alerts = [orjson.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [a["rule_id"] for a in alerts] == [CURL_RULE]
+    assert abs(alerts[0]["offset_ms"] - typed.first_ms) <= 1
+    # the worker, later, produces the very same alert (same uid: stored once)
+    run_detect_until_drained(settings, group="detect-rules-test")
+    assert [a["uid"] for a in alerts_on_kafka(settings)] == [alerts[0]["uid"]]
+
+    other = dataclasses.replace(settings, tenant="someone-else")
+    res = CliRunner().invoke(
+        main, ["rules", "test", str(STARTER_DIR), "--session", typed.sid], obj=other
+    )
+    assert res.exit_code != 0
+    assert "nothing stored for tenant someone-else" in res.output
