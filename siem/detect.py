@@ -464,6 +464,8 @@ class DetectWorker:
         alerts: list[dict[str, Any]] = []
         for row in batch.rows:
             if row.id not in self._feed_alerts:
+                if self._starts is not None and row.records:
+                    self._starts.set_tenant(str(row.records[0]["tenant"]))
                 found = detect_records(row.records, self.engine)
                 self._feed_alerts[row.id] = found
                 self.stats.output_segments += len(row.records)

