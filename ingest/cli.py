@@ -15,7 +15,13 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import get_settings, run_async_worker, subgroup
+from sessionvault.cli import (
+    get_settings,
+    group_option,
+    run_async_worker,
+    status_every_option,
+    subgroup,
+)
 from sessionvault.errors import ConfigError, SessionVaultError
 from sessionvault.settings import Settings
 
@@ -141,15 +147,8 @@ def _register_worker(main: click.Group) -> None:
     worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("persist")
-    @click.option(
-        "--group", "group_id", default="persist", show_default=True, help="Kafka consumer group."
-    )
-    @click.option(
-        "--status-every",
-        default=5.0,
-        show_default=True,
-        help="Seconds between status lines on stderr (0: none).",
-    )
+    @group_option("persist")
+    @status_every_option
     @click.pass_context
     def persist_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
         """Persist chunks and events from Kafka into PostgreSQL until SIGTERM/SIGINT."""
@@ -426,15 +425,8 @@ def _register_index(main: click.Group) -> None:
     worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("index")
-    @click.option(
-        "--group", "group_id", default="index", show_default=True, help="Kafka consumer group."
-    )
-    @click.option(
-        "--status-every",
-        default=5.0,
-        show_default=True,
-        help="Seconds between status lines on stderr (0: none).",
-    )
+    @group_option("index")
+    @status_every_option
     @click.pass_context
     def index_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
         """Index events and terminal text into OpenSearch until SIGTERM/SIGINT.
@@ -527,12 +519,7 @@ def _register_segments(main: click.Group) -> None:
     worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("segments")
-    @click.option(
-        "--status-every",
-        default=5.0,
-        show_default=True,
-        help="Seconds between status lines on stderr (0: none).",
-    )
+    @status_every_option
     @click.pass_context
     def segments_cmd(ctx: click.Context, status_every: float) -> None:
         """Render stored terminal output into search segments until SIGTERM/SIGINT.

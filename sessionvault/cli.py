@@ -66,6 +66,24 @@ def config_cmd(ctx: click.Context) -> None:
 
 
 W = TypeVar("W")
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def group_option(default: str) -> Callable[[FC], FC]:
+    """``--group``: the worker's Kafka consumer group (``group_id`` parameter)."""
+    return click.option(
+        "--group", "group_id", default=default, show_default=True, help="Kafka consumer group."
+    )
+
+
+def status_every_option(fn: FC) -> FC:
+    """``--status-every``: seconds between a worker's status lines on stderr."""
+    return click.option(
+        "--status-every",
+        default=5.0,
+        show_default=True,
+        help="Seconds between status lines on stderr (0: none).",
+    )(fn)
 
 
 def subgroup(main: click.Group, name: str, help_text: str) -> click.Group:

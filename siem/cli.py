@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import get_settings, subgroup
+from sessionvault.cli import get_settings, status_every_option, subgroup
 
 
 def register(main: click.Group) -> None:
@@ -25,12 +25,7 @@ def register(main: click.Group) -> None:
         default=None,
         help="SIEM configuration file (default: SESSIONVAULT_SIEM_CONFIG).",
     )
-    @click.option(
-        "--status-every",
-        default=5.0,
-        show_default=True,
-        help="Seconds between status lines on stderr (0: none).",
-    )
+    @status_every_option
     @click.pass_context
     def siem_worker_cmd(
         ctx: click.Context, sink_name: str, config_path: str | None, status_every: float

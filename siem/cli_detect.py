@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from sessionvault.cli import get_settings, subgroup
+from sessionvault.cli import get_settings, group_option, status_every_option, subgroup
 from sessionvault.errors import ConfigError
 from sessionvault.settings import Settings, require
 
@@ -28,10 +28,8 @@ def _register_worker(main: click.Group) -> None:
     worker_group = subgroup(main, "worker", "Long-running Kafka workers.")
 
     @worker_group.command("detect")
-    @click.option("--group", "group_id", default="detect", show_default=True,
-                  help="Consumer group id.")
-    @click.option("--status-every", default=5.0, show_default=True,
-                  help="Seconds between status lines on stderr (0: none).")
+    @group_option("detect")
+    @status_every_option
     @click.pass_context
     def detect_cmd(ctx: click.Context, group_id: str, status_every: float) -> None:
         """Run the Sigma rules over the events topic and the segmenter's terminal output and
