@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from storage.tokens import SCOPES, Principal, lookup_token
 
@@ -33,15 +34,31 @@ def _unauthorized() -> HTTPException:
     )
 
 
-def require_token(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency admitting tokens that carry ``scope``; 401 without a valid token,
-    403 when the token lacks the scope."""
+# Declared in the OpenAPI document (so /docs has an Authorize button); auto_error=False keeps
+# the 401 answers and their wording ours.
+_BEARER = HTTPBearer(
+    scheme_name="token",
+    description="An API token: `sessionvault token create --tenant T [--cluster C]"
+    " [--scope read|webhook|import] [--expires-in 30d]` prints it once.",
+    auto_error=False,
+)
+
+
+def require_token(
+    scope: str,
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
+    """A FastAPI dependency admitting live tokens that carry ``scope``; 401 without a valid
+    token (missing, unknown, revoked or expired), 403 when the token lacks the scope. What
+    the principal may then read is decided by :meth:`Principal.may_see` alone."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    async def dependency(request: Request) -> Principal:
-        token = bearer_token(request)
-        if token is None:
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(_BEARER),  # noqa: B008
+    ) -> Principal:
+        token = credentials.credentials.strip() if credentials else None
+        if not token:
             raise _unauthorized()
         principal = await lookup_token(request.app.state.pool, token)
         if principal is None:

@@ -16,18 +16,36 @@ def register(main: click.Group) -> None:
 
     @main.command("serve")
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-    @click.option("--port", default=8470, show_default=True, type=int, help="TCP port.")
+    @click.option(
+        "--port", default=8470, show_default=True, type=int, help="TCP port (0: any free one)."
+    )
     @click.pass_context
     def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
         """Run the HTTP API (audit webhook, kube timeline, session export)."""
+        import socket
+
         import uvicorn
 
         from api.app import create_app
+        from sessionvault.errors import ConfigError
 
         settings = get_settings(ctx)
         app = create_app(settings)
-        click.echo(f"sessionvault API on http://{host}:{port}", err=True)
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        # Bind first: a port in use is reported as the error it is, and the URL announced is
+        # the one actually listening (with --port 0, the port the kernel chose).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        click.echo(f"sessionvault API on http://{shown}:{bound}", err=True)
+        config = uvicorn.Config(app, log_level=settings.log_level.lower())
+        uvicorn.Server(config).run(sockets=[sock])
 
     @main.group("token")
     def token_group() -> None:
@@ -49,6 +67,10 @@ def register(main: click.Group) -> None:
         help="What the token may do (repeatable; default: webhook and read).",
     )
     @click.option("--description", default="", help="A note for operators.")
+    @click.option(
+        "--expires-in", default=None, help="Expire after this span: 12h, 30d, 2w (default: never)."
+    )
+    @click.option("--expires-at", default=None, help="Expire at this RFC 3339 time.")
     @click.pass_context
     def token_create(
         ctx: click.Context,
@@ -56,13 +78,28 @@ def register(main: click.Group) -> None:
         clusters: tuple[str, ...],
         scopes: tuple[str, ...],
         description: str,
+        expires_in: str | None,
+        expires_at: str | None,
     ) -> None:
         """Create a token and print it once (only its SHA-256 is stored)."""
+        from datetime import UTC, datetime
+
+        from sessionvault.errors import ConfigError
+        from sessionvault.timespec import parse_rfc3339, span
         from storage import pg
         from storage.tokens import create_token
 
         settings = get_settings(ctx)
         require(settings, "postgres_dsn")
+        if expires_in and expires_at:
+            raise ConfigError("give --expires-in or --expires-at, not both")
+        expiry = (
+            datetime.now(UTC) + span("--expires-in", expires_in)
+            if expires_in
+            else parse_rfc3339(expires_at)
+            if expires_at
+            else None
+        )
 
         async def work() -> str:
             await pg.migrate(settings.postgres_dsn.get())
@@ -74,13 +111,15 @@ def register(main: click.Group) -> None:
                     scopes=scopes or ("webhook", "read"),
                     clusters=clusters,
                     description=description,
+                    expires_at=expiry,
                 )
             finally:
                 await conn.close()
             click.echo(
                 f"token id {principal.token_id}, tenant {tenant}, scopes "
                 f"{','.join(sorted(principal.scopes))}, clusters "
-                f"{','.join(sorted(principal.clusters)) or '(all)'}; shown once:",
+                f"{','.join(sorted(principal.clusters)) or '(all)'}, expires "
+                f"{expiry.isoformat() if expiry else 'never'}; shown once:",
                 err=True,
             )
             return token

@@ -10,14 +10,18 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from sessionvault.cli import get_settings
+from sessionvault.cli import get_settings, resolve_session_id
 from sessionvault.errors import ConfigError
 from sessionvault.settings import Settings, require
+from sessionvault.timespec import SPAN_HELP
+
+if TYPE_CHECKING:
+    from storage.search.model import Page
 
 T = TypeVar("T")
 
@@ -67,6 +71,7 @@ def _when(value: datetime | None) -> str:
 def register(main: click.Group) -> None:
     """Add ``search``, ``retention`` and ``hold`` to the ``sessionvault`` group."""
     _register_search(main)
+    _register_alerts(main)
     _register_retention(main)
     _register_hold(main)
 
@@ -80,10 +85,26 @@ _FILTER_OPTIONS = (
     ("--kube-cluster", "kubernetes_cluster", "Kubernetes cluster"),
     ("--namespace", "kubernetes_namespace", "Kubernetes namespace (events only)"),
     ("--resource", "kubernetes_resource", "Kubernetes resource kind or name (events only)"),
-    ("--verb", "verb", "Kubernetes verb (events only)"),
+    (
+        "--verb",
+        "verb",
+        "Kubernetes verb (get, list, watch, create, update, patch, delete, deletecollection)"
+        " or subresource (exec, log, ...); events only",
+    ),
     ("--event", "event", "event type (events only)"),
     ("--code", "code", "event code (events only)"),
     ("--sid", "sid", "session id"),
+)
+
+
+# api.search_query.BACKENDS, spelled out: importing it here would load the search model at
+# every command's start-up.
+_backend_option = click.option(
+    "--backend",
+    type=click.Choice(["auto", "postgres", "opensearch"]),
+    default="auto",
+    show_default=True,
+    help="auto: OpenSearch when configured and up, else PostgreSQL (and says so).",
 )
 
 
@@ -103,8 +124,8 @@ def _register_search(main: click.Group) -> None:
         help="Literal, case-insensitive substring (repeatable: all must occur).",
     )
     @filter_options
-    @click.option("--since", default=None, help="From (inclusive): RFC 3339, or 24h, 7d, ...")
-    @click.option("--until", default=None, help="To (exclusive): RFC 3339, or a span.")
+    @click.option("--since", default=None, help=f"From (inclusive): {SPAN_HELP}.")
+    @click.option("--until", default=None, help=f"To (exclusive; default now): {SPAN_HELP}.")
     @click.option(
         "--kind",
         type=click.Choice(["events", "output", "all"]),
@@ -122,13 +143,7 @@ def _register_search(main: click.Group) -> None:
         default="table",
         show_default=True,
     )
-    @click.option(
-        "--backend",
-        type=click.Choice(["auto", "postgres", "opensearch"]),
-        default="auto",
-        show_default=True,
-        help="auto: OpenSearch when configured and up, else PostgreSQL (and says so).",
-    )
+    @_backend_option
     @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
     @click.pass_context
     def search_cmd(
@@ -153,7 +168,7 @@ def _register_search(main: click.Group) -> None:
         a session shows the command that replays it from that moment.
         """
         from api.search_format import csv_header, csv_rows, format_table, page_json
-        from api.search_query import make_query, open_search
+        from api.search_query import make_query
 
         settings = get_settings(ctx)
         query = make_query(
@@ -167,45 +182,131 @@ def _register_search(main: click.Group) -> None:
             cursor=cursor,
         )
 
-        async def work() -> None:
-            fe = open_search(settings, backend=backend)
-            try:
-                q = query
-                first = True
-                total = 0
-                while True:
-                    page = await fe.search(q)
-                    if first and page.fallback_reason:
-                        click.echo(
-                            f"note: answered by PostgreSQL: {page.fallback_reason}", err=True
-                        )
-                    total += len(page.hits)
-                    if fmt == "json":
-                        click.echo(page_json(page))
-                    elif fmt == "csv":
-                        click.echo((csv_header() if first else "") + csv_rows(page.hits), nl=False)
-                    elif page.hits or first:
-                        text = format_table(page.hits, header=first)
-                        if text:
-                            click.echo(text)
-                    first = False
-                    if not all_pages or page.next_cursor is None:
-                        break
-                    if sys.stderr.isatty():
-                        click.echo(f"\r{total} hits...", err=True, nl=False)
-                    q = q.with_cursor(page.next_cursor)
-                if sys.stderr.isatty() and all_pages:
-                    click.echo("\r", err=True, nl=False)
-                more = "" if page.next_cursor is None else f"; more: --cursor {page.next_cursor}"
-                click.echo(f"{total} hits (backend {page.backend}){more}", err=True)
-            finally:
-                await fe.close()
+        def render(page: Page, first: bool) -> str:
+            if fmt == "json":
+                return page_json(page)
+            if fmt == "csv":
+                return (csv_header() if first else "") + csv_rows(page.hits)
+            return format_table(page.hits, header=first) if page.hits or first else ""
 
+        total, page = _pages(settings, query, backend, all_pages, render)
+        more = "" if page.next_cursor is None else f"; more: --cursor {page.next_cursor}"
+        click.echo(f"{total} hits (backend {page.backend}){more}", err=True)
+
+
+def _register_alerts(main: click.Group) -> None:
+    @main.command("alerts")
+    @click.option(
+        "--since", default="7d", show_default=True, help=f"From (inclusive): {SPAN_HELP}."
+    )
+    @click.option("--until", default=None, help=f"To (exclusive; default now): {SPAN_HELP}.")
+    @click.option("--user", multiple=True, metavar="VALUE", help="Teleport user (repeatable).")
+    @click.option("--sid", multiple=True, metavar="SID", help="Session id (repeatable).")
+    @click.option(
+        "--kube-cluster", multiple=True, metavar="VALUE", help="Kubernetes cluster (repeatable)."
+    )
+    @click.option("--limit", type=int, default=50, show_default=True, help="Alerts per page.")
+    @click.option("--all-pages", is_flag=True, help="Every alert in the window, not one page.")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="json: one JSON object per page, one per line (the search API's page).",
+    )
+    @_backend_option
+    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @click.pass_context
+    def alerts_cmd(
+        ctx: click.Context,
+        since: str,
+        until: str | None,
+        user: tuple[str, ...],
+        sid: tuple[str, ...],
+        kube_cluster: tuple[str, ...],
+        limit: int,
+        all_pages: bool,
+        fmt: str,
+        backend: str,
+        tenant: str | None,
+    ) -> None:
+        """List the alerts detection raised (newest first), with their replay commands.
+
+        Alerts are stored audit events (``alert.*``), so this is a search for them: the same
+        tenant scoping, backends and paging as ``search --event alert.sigma``.
+        """
+        from api.search_format import format_alerts, page_json
+        from api.search_query import make_query
+
+        settings = get_settings(ctx)
+        query = make_query(
+            tenant or settings.tenant,
+            filters={
+                "event": ("alert.sigma",),
+                "user": user,
+                "sid": sid,
+                "kubernetes_cluster": kube_cluster,
+            },
+            kind="events",
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+        def render(page: Page, first: bool) -> str:
+            if fmt == "json":
+                return page_json(page)
+            return format_alerts(page.hits, header=first) if page.hits or first else ""
+
+        total, page = _pages(settings, query, backend, all_pages, render)
+        more = "" if page.next_cursor is None else "; more: --all-pages"
+        click.echo(f"{total} alerts (backend {page.backend}){more}", err=True)
+
+
+def _pages(
+    settings: Settings,
+    query: Any,
+    backend: str,
+    all_pages: bool,
+    render: Callable[[Page, bool], str],
+) -> tuple[int, Page]:
+    """Run ``query`` page by page (all of them with ``all_pages``), echo each page as
+    ``render`` makes it, then say on stderr which backend(s) answered and why; (hits, last page)."""
+    from api.search_query import open_search
+
+    async def work() -> tuple[int, Page]:
+        fe = open_search(settings, backend=backend)
         try:
-            asyncio.run(work())
-        except BrokenPipeError:
-            sys.stderr.close()
-            raise SystemExit(1) from None
+            q, first, total = query, True, 0
+            reasons: dict[str, str] = {}
+            while True:
+                page = await fe.search(q)
+                reasons.setdefault(page.backend, page.reason)
+                total += len(page.hits)
+                text = render(page, first)
+                if text:
+                    click.echo(text, nl=not text.endswith("\n"))
+                first = False
+                if not all_pages or page.next_cursor is None:
+                    break
+                if sys.stderr.isatty():
+                    click.echo(f"\r{total} hits...", err=True, nl=False)
+                q = q.with_cursor(page.next_cursor)
+            if sys.stderr.isatty() and all_pages:
+                click.echo("\r", err=True, nl=False)
+            # Every answer says who answered and why (each distinct backend once).
+            for name, why in reasons.items():
+                click.echo(f"answered by {name}: {why}", err=True)
+            return total, page
+        finally:
+            await fe.close()
+
+    try:
+        return asyncio.run(work())
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise SystemExit(1) from None
 
 
 def _register_retention(main: click.Group) -> None:
@@ -391,6 +492,7 @@ def _register_hold(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         t = tenant or settings.tenant
+        sid = resolve_session_id(settings, t, sid)
 
         async def work(pool: Any) -> Any:
             return await set_hold(pool, t, sid, reason=reason, actor=_actor())
@@ -409,6 +511,7 @@ def _register_hold(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         t = tenant or settings.tenant
+        sid = resolve_session_id(settings, t, sid)
 
         async def work(pool: Any) -> Any:
             return await release_hold(pool, t, sid, reason=reason, actor=_actor())

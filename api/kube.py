@@ -4,23 +4,26 @@
 ``audit.k8s.io/v1`` or ``v1beta1`` ``EventList``), turns it into redacted ``kube.request``
 events (:mod:`ingest.kube_audit`; redaction happens before anything else sees the events) and
 answers 200 only after Kafka acknowledged every one of them: on 503 the API server retries,
-and retries are harmless (event uids derive from the auditID). Request bodies are never logged.
+and retries are harmless (event uids derive from the auditID). An event too large for a Kafka
+record is stored cut down (:func:`ingest.kube_audit.fit_event`, marked ``sv_truncated``), so one
+huge object never makes the API server drop the batch; 413 is only for a body over
+:data:`MAX_BODY_BYTES`. Request bodies are never logged.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
-from ingest.kube_audit import events_from_webhook
+from ingest.kube_audit import events_from_webhook, fit_event
 from ingest.timeline import GROUP_BY, kube_timeline
 from schemas.codec import encode_event
 from sessionvault.errors import TransportError, ValidationError
+from sessionvault.timespec import SPAN_HELP, window
 from storage.tokens import Principal, check_cluster_name
 
 log = logging.getLogger(__name__)
@@ -33,14 +36,12 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 ACK_TIMEOUT_S = 15.0
 
 
-def produce_acked(producer: Any, topic: str, events: list[dict[str, Any]]) -> None:
-    """Send events keyed by uid and wait for every acknowledgement (TransportError if not)."""
+def produce_acked(producer: Any, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send (key, value) records and wait for every acknowledgement (TransportError if not)."""
     from ingest.kafka import to_transport_error
 
     try:
-        futures = [
-            producer.send(topic, value=encode_event(e), key=str(e["uid"]).encode()) for e in events
-        ]
+        futures = [producer.send(topic, value=value, key=key) for key, value in records]
         producer.flush(timeout=ACK_TIMEOUT_S)
         for fut in futures:
             fut.get(timeout=ACK_TIMEOUT_S)
@@ -48,6 +49,29 @@ def produce_acked(producer: Any, topic: str, events: list[dict[str, Any]]) -> No
         raise
     except Exception as exc:
         raise to_transport_error(exc, "audit webhook delivery") from exc
+
+
+def event_records(
+    events: list[dict[str, Any]], max_bytes: int, cluster: str
+) -> list[tuple[bytes, bytes]]:
+    """(uid, record) of each event, encoded once. An event too large for a record is cut down
+    (:func:`ingest.kube_audit.fit_event`, marked ``sv_truncated``), never a reason to refuse
+    the batch: the API server would retry it and finally drop every good event in it."""
+    out = []
+    for event in events:
+        raw = encode_event(event)
+        if len(raw) > max_bytes:
+            cut = fit_event(event, max_bytes, raw=raw)
+            log.warning(
+                "audit webhook: event %s of cluster %s was %d bytes; stored without %s",
+                event.get("uid"),
+                cluster,
+                len(raw),
+                ", ".join(cut["sv_truncated"]["dropped"]),
+            )
+            raw = encode_event(cut)
+        out.append((str(event["uid"]).encode(), raw))
+    return out
 
 
 async def _read_body(request: Request) -> bytes:
@@ -81,7 +105,8 @@ async def audit_webhook(
     del body  # holds unredacted secrets; drop it as soon as it is no longer needed
     settings = request.app.state.settings
     producer = await run_in_threadpool(request.app.state.producer.get)
-    await run_in_threadpool(produce_acked, producer, settings.topic_events, events)
+    records = await run_in_threadpool(event_records, events, settings.max_record_bytes, cluster)
+    await run_in_threadpool(produce_acked, producer, settings.topic_events, records)
     log.debug(
         "audit webhook: %d kube.request events for tenant %s cluster %s",
         len(events),
@@ -91,36 +116,31 @@ async def audit_webhook(
     return {"accepted": len(events)}
 
 
-def _parse_time(name: str, value: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValidationError("wrong_type", f"{name}: {value!r} is not an RFC 3339 time") from exc
-    if dt.tzinfo is None:
-        raise ValidationError("wrong_type", f"{name}: {value!r} has no UTC offset")
-    return dt
-
-
 @router.get("/v1/kube/timeline")
 async def timeline(
     request: Request,
     principal: Annotated[Principal, Depends(require_token("read"))],
-    since: Annotated[str, Query(description="RFC 3339 start (inclusive)")],
-    until: Annotated[str, Query(description="RFC 3339 end (exclusive)")],
+    since: Annotated[str, Query(description=f"from (inclusive): {SPAN_HELP}")],
+    until: Annotated[
+        str | None, Query(description=f"to (exclusive; default now): {SPAN_HELP}")
+    ] = None,
     user: str | None = None,
     cluster: str | None = None,
     group_by: Annotated[str | None, Query(pattern="^(" + "|".join(GROUP_BY) + ")$")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> dict[str, Any]:
     """kube.request events and exec sessions of the token's tenant (and clusters)."""
+    start, end = window(since, until)
+    if start is None:
+        raise ValidationError("bad_query", "since is required")
     result = await kube_timeline(
         request.app.state.pool,
         principal.tenant,
-        since=_parse_time("since", since),
-        until=_parse_time("until", until),
+        since=start,
+        until=end,
         user=user,
         cluster=cluster,
-        allowed_clusters=principal.clusters,
+        allowed_clusters=principal.cluster_scope(),
         group_by=group_by,
         limit=limit,
     )

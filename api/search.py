@@ -53,9 +53,14 @@ class SearchPage(BaseModel):
 
     hits: list[SearchHit]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: last")
-    backend: Literal["postgres", "opensearch"] = Field(description="who answered")
-    fallback_reason: str | None = Field(
-        description="why PostgreSQL answered although OpenSearch is configured"
+    backend: Literal["postgres", "opensearch", "opensearch+postgres"] = Field(
+        description="who answered (opensearch+postgres: PostgreSQL from indexed_until on,"
+        " OpenSearch before)"
+    )
+    reason: str = Field(description="why that backend answered")
+    indexed_until: str | None = Field(
+        description="OpenSearch's watermark for the tenant (RFC 3339): it may not hold what"
+        " was stored from then on; null when it holds everything or was not asked"
     )
 
 
@@ -102,7 +107,13 @@ async def search(
     kubernetes_resource: Annotated[
         list[str] | None, _filter_param("Kubernetes resource kind or name (events only)")
     ] = None,
-    verb: Annotated[list[str] | None, _filter_param("Kubernetes verb (events only)")] = None,
+    verb: Annotated[
+        list[str] | None,
+        _filter_param(
+            "Kubernetes verb (get, list, watch, create, update, patch, delete, deletecollection)"
+            " or subresource (exec, log, ...); not the HTTP method; events only"
+        ),
+    ] = None,
     event: Annotated[list[str] | None, _filter_param("event type (events only)")] = None,
     code: Annotated[list[str] | None, _filter_param("event code (events only)")] = None,
     sid: Annotated[list[str] | None, _filter_param("session id")] = None,
@@ -139,7 +150,7 @@ async def search(
         until=until,
         limit=limit,
         cursor=cursor,
-        scope_kubernetes_clusters=sorted(principal.clusters) if principal.clusters else None,
+        scope_kubernetes_clusters=principal.cluster_scope(),
     )
     page = await _front_end(request).search(query)
     response.headers["X-Search-Backend"] = page.backend

@@ -3,7 +3,7 @@
 * ``table``: one line per hit, terminal-safe (control characters shown as ``\\xNN``, so stored
   terminal text can never drive the reader's terminal), with the replay command.
 * ``json``: one JSON object per page (``hits``, ``next_cursor``, ``backend``,
-  ``fallback_reason``), one per line.
+  ``reason``, ``indexed_until``), one per line.
 * ``csv``: RFC 4180 through the :mod:`csv` module, one row per hit; cells that a spreadsheet
   would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return) get
   a leading ``'`` (OWASP's advice against CSV injection).
@@ -25,6 +25,7 @@ __all__ = [
     "FORMATS",
     "csv_header",
     "csv_rows",
+    "format_alerts",
     "format_table",
     "neutralise_formula",
     "page_json",
@@ -152,10 +153,50 @@ def format_table(hits: Iterable[AnyHit], *, header: bool = True, what_chars: int
                 )
             ]
         )
+    return _aligned(rows)
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """Rows as aligned columns (the last one, a replay command, is never padded)."""
     if not rows:
         return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_TABLE_HEAD) - 1)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip()
         for r in rows
     )
+
+
+_ALERT_HEAD = ("TIME (UTC)", "LEVEL", "RULE", "USER", "WHERE", "REPLAY")
+
+
+def _field(hit: EventHit, name: str) -> str:
+    value = hit.fields.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def format_alerts(hits: Iterable[AnyHit], *, header: bool = True, rule_chars: int = 60) -> str:
+    """Alert events (``alert.*``) as an aligned, terminal-safe table: when the matched event
+    happened, the rule's level and title, who and where, and the command that replays the
+    session from the match (``-`` for alerts outside a recorded session)."""
+    rows: list[list[str]] = [list(_ALERT_HEAD)] if header else []
+    for hit in hits:
+        if not isinstance(hit, EventHit):
+            continue
+        rule = _field(hit, "title") or _field(hit, "rule_id") or hit.event
+        if len(rule) > rule_chars:
+            rule = rule[: rule_chars - 1] + "…"
+        rows.append(
+            [
+                terminal_safe(c)
+                for c in (
+                    hit.time[:23] + "Z",
+                    _field(hit, "level") or "-",
+                    rule,
+                    hit.user or "-",
+                    hit.server_id or hit.kubernetes_cluster or hit.cluster_name or "-",
+                    _field(hit, "replay") or hit.replay or "-",
+                )
+            ]
+        )
+    return _aligned(rows)

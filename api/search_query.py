@@ -9,22 +9,20 @@ The tenant and the cluster scope are parameters chosen by the caller (the CLI: s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sessionvault.errors import SearchBackendError, ValidationError
 from sessionvault.settings import Settings, require
+from sessionvault.timespec import parse_when
 from storage.search.model import (
     FILTERS,
     KIND_EVENT,
     KIND_OUTPUT,
     Page,
     Query,
-    from_us,
-    parse_time_us,
 )
 
 __all__ = [
@@ -43,26 +41,6 @@ KIND_CHOICES: dict[str, tuple[str, ...]] = {
     "all": (KIND_EVENT, KIND_OUTPUT),
 }
 BACKENDS = ("auto", "postgres", "opensearch")
-_RELATIVE = re.compile(r"^(\d{1,7})([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_when(name: str, value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """An RFC 3339 time (``2026-11-21T10:00:00Z``, microseconds kept), or a span back from now
-    (``90m``, ``24h``, ``7d``, ``2w``); None for None/empty. ValidationError names ``name``."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    m = _RELATIVE.match(value)
-    if m:
-        seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    try:
-        return from_us(parse_time_us(value))
-    except ValidationError as exc:
-        raise ValidationError(
-            "bad_query", f"{name}: {value!r} is neither an RFC 3339 time nor a span like 24h"
-        ) from exc
 
 
 def make_query(
@@ -107,8 +85,9 @@ def make_query(
 class SearchFrontEnd:
     """A :class:`SearchService` plus what the front end must release afterwards.
 
-    ``backend``: ``auto`` (OpenSearch when configured and healthy, else PostgreSQL, saying so),
-    ``postgres`` (PostgreSQL only), ``opensearch`` (OpenSearch or an error, never a fallback).
+    ``backend``: ``auto`` (OpenSearch inside its watermark, PostgreSQL for the rest or when
+    OpenSearch is not usable, saying which and why), ``postgres`` (PostgreSQL only),
+    ``opensearch`` (OpenSearch alone or an error, never PostgreSQL).
     """
 
     service: Any  # storage.search.service.SearchService
@@ -119,8 +98,8 @@ class SearchFrontEnd:
         page: Page = await self.service.search(query)
         if self.backend == "opensearch" and page.backend != "opensearch":
             raise SearchBackendError(
-                f"OpenSearch did not answer ({page.fallback_reason or 'unavailable'});"
-                " use --backend auto to fall back to PostgreSQL"
+                f"OpenSearch could not answer alone ({page.reason});"
+                " use --backend auto to let PostgreSQL answer what OpenSearch does not hold"
             )
         return page
 

@@ -1,7 +1,8 @@
 """Session replay over HTTP: ``GET /v1/sessions/{sid}/export?format=...`` (streamed).
 
-Tenant-scoped like every read: a session of another tenant is "not found". A kube session of a
-cluster outside a cluster-bound token's clusters is "not found" too.
+Scoped by :meth:`storage.tokens.Principal.may_see` like every read: a session the token may
+not see (another tenant's; for a cluster-bound token, any session outside its Kubernetes
+clusters, SSH sessions included) is "not found", exactly as search does not find it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
 from ingest.view_audit import view_event
-from replay.export import FORMATS, encoder
+from replay.export import FORMAT_CHOICES, encoder, export_frames, format_name, read_from_ms
 from sessionvault.errors import NotFoundError, SessionVaultError
 from storage.reader import SessionRecord, get_session, iter_frames
 from storage.tokens import Principal, token_description
@@ -25,7 +26,7 @@ router = APIRouter()
 _MEDIA = {
     "raw": "application/octet-stream",
     "text": "text/plain; charset=utf-8",
-    "json": "application/x-ndjson",
+    "ndjson": "application/x-ndjson",
     "asciicast-v2": "application/x-asciicast",
     "asciicast-v3": "application/x-asciicast",
 }
@@ -63,22 +64,37 @@ async def export_session(
     sid: str,
     request: Request,
     principal: Annotated[Principal, Depends(require_token("read"))],
-    fmt: Annotated[str, Query(alias="format", pattern="^(" + "|".join(FORMATS) + ")$")] = "json",
+    fmt: Annotated[
+        str,
+        Query(
+            alias="format",
+            pattern="^(" + "|".join(FORMAT_CHOICES) + ")$",
+            description="ndjson (newline-delimited JSON frames; `json` is an alias), raw, text,"
+            " asciicast-v2 or asciicast-v3.",
+        ),
+    ] = "ndjson",
     start_ms: Annotated[
-        int, Query(ge=0, description="Only frames from this session offset (ms) on.")
+        int,
+        Query(
+            ge=0,
+            description="Start at this session offset (ms): asciicast formats seek (the screen"
+            " as it was, times rebased to it, like `play --start-at`); raw, text and json cut.",
+        ),
     ] = 0,
 ) -> StreamingResponse:
     """The session's frames in ``format`` (see :mod:`replay.export`)."""
+    fmt = format_name(fmt)
     pool = request.app.state.pool
     session = await get_session(pool, principal.tenant, sid)
-    if session.kind == "kube" and not principal.allows_cluster(session.kubernetes_cluster):
+    if not principal.may_see(session.tenant, session.kubernetes_cluster):
         raise NotFoundError(f"session {sid!r} not found")
-    enc = encoder(fmt, session)
+    enc = encoder(fmt, session, start_ms)
     await audit_view(request, principal, session, fmt, start_ms)
 
     async def body() -> AsyncIterator[bytes]:
         yield enc.header()
-        async for frame in iter_frames(pool, principal.tenant, sid, start_ms=start_ms):
+        stored = iter_frames(pool, principal.tenant, sid, start_ms=read_from_ms(fmt, start_ms))
+        async for frame in export_frames(stored, fmt, start_ms):
             data = enc.frame(frame)
             if data:
                 yield data

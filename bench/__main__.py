@@ -17,6 +17,8 @@ from bench._common import Figure, format_table, machine_note
 
 BENCHES = (
     "compression",
+    "broker",
+    "idle",
     "persist",
     "latency",
     "replay",

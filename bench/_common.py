@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 MIB = 1024 * 1024
 
@@ -119,3 +122,25 @@ def bench_main(
     figures = run(args.quick)
     print(format_table(figures))
     return 0
+
+
+# Linux carries a process's RSS high-water mark across fork and exec, so a child started from
+# a (large) benchmark process would report the parent's RSS as its own ru_maxrss. A small
+# launcher interpreter starts the measured program instead and reports the program's rusage
+# from wait4 on its stderr (``SVBENCH-RUSAGE {json}``).
+LAUNCHER = """
+import os, subprocess, sys, json
+p = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(p.pid, 0)
+sys.stderr.write("\\nSVBENCH-RUSAGE " + json.dumps(
+    {"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}) + "\\n")
+"""
+
+
+def rusage_from_stderr(stderr: bytes) -> dict[str, Any]:
+    """The launcher's report (``code``, ``maxrss_kib``) from the measured run's stderr."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith(b"SVBENCH-RUSAGE "):
+            result: dict[str, Any] = orjson.loads(line.split(b" ", 1)[1])
+            return result
+    raise RuntimeError(f"launcher reported no rusage: {stderr.decode(errors='replace')[-800:]}")

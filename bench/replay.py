@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench._common import MIB, Figure, bench_main
+from bench._common import LAUNCHER, MIB, Figure, bench_main, rusage_from_stderr
 from bench.compression import MB
 from bench.corpus import build_corpus
 from bench.persist import session_chunks
@@ -147,32 +147,12 @@ async def _write_session(bs: BenchStack, sid: str, total_bytes: int) -> tuple[in
     return raw, chunks
 
 
-# Linux carries a process's RSS high-water mark across fork and exec, so a child started from
-# this (large) process would report our RSS as its own ru_maxrss. A small launcher interpreter
-# starts the measured program instead and reports the program's rusage from wait4.
-LAUNCHER = """
-import os, subprocess, sys, json
-p = subprocess.Popen(sys.argv[1:])
-_, status, usage = os.wait4(p.pid, 0)
-sys.stderr.write("\\nSVBENCH-RUSAGE " + json.dumps(
-    {"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}) + "\\n")
-"""
-
-
-def _rusage(stderr: bytes) -> dict[str, Any]:
-    for line in reversed(stderr.splitlines()):
-        if line.startswith(b"SVBENCH-RUSAGE "):
-            result: dict[str, Any] = orjson.loads(line.split(b" ", 1)[1])
-            return result
-    raise RuntimeError(f"launcher reported no rusage: {stderr.decode(errors='replace')[-800:]}")
-
-
 def _run_json(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``argv`` under the launcher; its last stdout line (JSON) plus ``maxrss_kib``."""
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, *argv], env=env, capture_output=True, check=False
     )
-    usage = _rusage(proc.stderr)
+    usage = rusage_from_stderr(proc.stderr)
     if proc.returncode != 0 or usage["code"] != 0:
         raise RuntimeError(f"{argv[:3]} failed: {proc.stderr.decode(errors='replace')[-800:]}")
     result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
@@ -202,7 +182,7 @@ def _cli_export(sid: str, env: dict[str, str]) -> tuple[float, float, int, float
         total = time.perf_counter() - t0
         proc.stdout.close()
         errf.seek(0)
-        usage = _rusage(errf.read())
+        usage = rusage_from_stderr(errf.read())
     if usage["code"] != 0:
         raise RuntimeError(f"sessionvault export exited with {usage['code']}")
     return ttfb, total, n, float(usage["maxrss_kib"])

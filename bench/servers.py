@@ -114,7 +114,11 @@ def bench_stack(
 def _stack(
     home: Path, tenant: str, *, broker: bool, clean: bool, partitions: int
 ) -> Iterator[BenchStack]:
-    stack = LocalStack(home, detached=False, echo=lambda m: print(m, flush=True))
+    # Memory storage, as the figures in docs/benchmarks.md were taken; bench.broker measures
+    # the durable default beside it.
+    stack = LocalStack(
+        home, detached=False, echo=lambda m: print(m, flush=True), broker_storage="memory"
+    )
     try:
         dsn = stack.start_postgres()
         overrides: dict[str, object] = {

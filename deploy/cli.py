@@ -24,6 +24,7 @@ DEMO_SCRIPT = (
     "ls -la /; sleep 0.5; printf 'bytes are bytes: \\377\\376\\n'; echo done"
 )
 
+
 def _settings(ctx: click.Context) -> Settings:
     from sessionvault.cli import get_settings
 
@@ -37,8 +38,13 @@ def _echo(line: str) -> None:
 def _print_addresses(stack: LocalStack) -> None:
     addr = stack.addresses()
     click.echo(f"PostgreSQL  {addr['postgres']}")
-    click.echo(f"Kafka       {addr['kafka']}")
-    click.echo(f"OpenSearch  {addr['opensearch']}")
+    click.echo(f"Kafka       {addr['kafka']} ({stack.broker_storage} storage)")
+    click.echo(
+        f"OpenSearch  {addr['opensearch']}"
+        if addr["opensearch"]
+        else "OpenSearch  off: search answers from PostgreSQL"
+        " (SESSIONVAULT_LOCAL_OPENSEARCH=1 starts it)"
+    )
     click.echo(f"state       {stack.state_file}")
     click.echo(f"logs        {stack.logs}/")
 
@@ -95,8 +101,9 @@ def up_cmd(
     from deploy.stack import LocalStack
 
     settings = _settings(ctx)
-    stack = LocalStack(settings.home, kafka_port=kafka_port, opensearch_port=opensearch_port,
-                       echo=_echo)
+    stack = LocalStack(
+        settings.home, kafka_port=kafka_port, opensearch_port=opensearch_port, echo=_echo
+    )
     if stack.is_up():
         _echo(f"local stack already running in {stack.home}")
     else:
@@ -120,11 +127,14 @@ def down_cmd(ctx: click.Context) -> None:
 
 def format_status(status: StackStatus) -> str:
     """The status as two small text tables."""
-    lines = [f"{'server':<16} {'pid':>8}  {'alive':<5}  {'reachable':<9}  address"]
+    lines = [f"{'server':<16} {'pid':>8}  {'alive':<5}  {'reachable':<9}  address / state"]
     for s in status.servers:
+        where = s.address or s.state
+        if s.state == "stalled":
+            where = f"STALLED: {s.detail}"
         lines.append(
             f"{s.name:<16} {s.pid or '-':>8}  {'yes' if s.alive else 'no':<5}  "
-            f"{'yes' if s.reachable else 'no':<9}  {s.address}"
+            f"{'yes' if s.reachable else 'no':<9}  {where}"
         )
     lines.append("")
     if status.lag_error:
@@ -141,7 +151,8 @@ def format_status(status: StackStatus) -> str:
     if status.backlog:
         lines.append("")
         names = {"segment_queue": "sessions to render (segmenter)",
-                 "detect_feed": "output batches to detect (detect)"}  # fmt: skip
+                 "detect_feed": "output batches to detect (detect)",
+                 "index_pending": "stored batches to index (search)"}  # fmt: skip
         for key, n in status.backlog.items():
             lines.append(f"{names.get(key, key):<40} {n:>8}")
     if status.sinks:

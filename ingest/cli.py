@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -24,6 +23,7 @@ from sessionvault.cli import (
 )
 from sessionvault.errors import ConfigError, SessionVaultError
 from sessionvault.settings import Settings
+from sessionvault.timespec import SPAN_HELP, parse_when, window
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
@@ -182,6 +182,8 @@ def _register_worker(main: click.Group) -> None:
             ),
             status_line=status_line,
             status_every=status_every,
+            home=settings.home,
+            name="worker-persist",
         )
 
     dict_group = subgroup(main, "dict", "zstd dictionaries for small chunk payloads.")
@@ -275,19 +277,6 @@ def _register_worker(main: click.Group) -> None:
         click.echo(f"{total} dead letters in {settings.topic_deadletter}: {summary}", err=True)
 
 
-def _parse_when(value: str, now: datetime) -> datetime:
-    """RFC 3339, or a duration back from now: ``90m``, ``24h``, ``7d``."""
-    m = re.fullmatch(r"(\d+)([smhd])", value.strip())
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return now - timedelta(seconds=int(m.group(1)) * unit)
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"{value!r} is neither an RFC 3339 time nor a duration like 24h") from exc
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
 def _register_import(main: click.Group) -> None:
     """``import FORMAT PATH`` and ``kube-timeline`` (issue 3: kubectl and importers)."""
     from ingest.import_cmd import FORMATS
@@ -351,8 +340,8 @@ def _register_import(main: click.Group) -> None:
     @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
     @click.option("--user", default=None, help="Only this user.")
     @click.option("--cluster", default=None, help="Only this Kubernetes cluster.")
-    @click.option("--since", required=True, help="RFC 3339 time or a duration back (24h, 7d).")
-    @click.option("--until", default=None, help="RFC 3339 time or duration back (default: now).")
+    @click.option("--since", required=True, help=f"From (inclusive): {SPAN_HELP}.")
+    @click.option("--until", default=None, help=f"To (exclusive; default now): {SPAN_HELP}.")
     @click.option("--group-by", type=click.Choice(["user", "cluster", "session"]), default=None)
     @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
     @click.option("--limit", default=10_000, show_default=True, type=int)
@@ -380,7 +369,8 @@ def _register_import(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         require(settings, "postgres_dsn")
-        now = datetime.now(UTC)
+        start, end = window(since, until)
+        assert start is not None  # --since is required
 
         async def work() -> Timeline:
             conn = await pg.connect(settings.postgres_dsn.get())
@@ -388,8 +378,8 @@ def _register_import(main: click.Group) -> None:
                 return await kube_timeline(
                     conn,
                     tenant or settings.tenant,
-                    since=_parse_when(since, now),
-                    until=_parse_when(until, now) if until else now,
+                    since=start,
+                    until=end,
                     user=user,
                     cluster=cluster,
                     group_by=group_by,
@@ -462,6 +452,8 @@ def _register_index(main: click.Group) -> None:
             ),
             status_line=status_line,
             status_every=status_every,
+            home=settings.home,
+            name="worker-index",
             quiet_loggers=("kafka", "opensearch"),
         )
 
@@ -470,7 +462,7 @@ def _register_index(main: click.Group) -> None:
     @click.option(
         "--since",
         default=None,
-        help="Only documents from this time on: RFC 3339 or a duration back from now (7d).",
+        help=f"Only documents from this time on: {SPAN_HELP}.",
     )
     @click.pass_context
     def reindex_cmd(ctx: click.Context, tenant: str | None, since: str | None) -> None:
@@ -484,7 +476,7 @@ def _register_index(main: click.Group) -> None:
         require(settings, "postgres_dsn", "opensearch_url")
         if tenant is not None and not _TENANT_RE.fullmatch(tenant):
             raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
-        since_dt = _parse_when(since, datetime.now(UTC)) if since else None
+        since_dt = parse_when("--since", since)
 
         async def run() -> None:
             conn = await pg.connect(settings.postgres_dsn.get())
@@ -553,5 +545,7 @@ def _register_segments(main: click.Group) -> None:
             stopped=lambda seg: f"segments: stopped after {seg.stats.segments} segments",
             status_line=status_line,
             status_every=status_every,
+            home=settings.home,
+            name="worker-segments",
             quiet_loggers=(),
         )

@@ -9,7 +9,17 @@ it can be inspected, fixed and re-produced. Headers say why and where from:
 ``sv-source-topic``    topic the record was consumed from
 ``sv-source-partition``, ``sv-source-offset``   its position there (decimal)
 ``sv-worker``          the worker that rejected it (``persist``, ...)
+``sv-original-bytes``  size of the original value (decimal; absent: no value)
+``sv-original-sha256`` sha256 of the original value (hex)
+``sv-truncated``       present when the dead letter could not carry the whole original:
+                       ``value`` and/or ``key``; what it carries is a prefix
 =====================  =====================================================
+
+A record the broker accepted may be larger than any record this producer may send (the broker's
+limit is not ours; a 10 MiB chunk arrives fine). Its dead letter would then be refused on every
+attempt and the worker would never commit past it: every dead letter is therefore cut to
+``max_bytes`` (:func:`bounded_deadletter`), keeping a prefix of the original, its size and
+sha256, so any accepted record ends dead-lettered in bounded time.
 
 Delivery is at least once: after a failed flush the batch's dead letters are sent again, so
 an operator may see the same source position twice.
@@ -17,6 +27,7 @@ an operator may see the same source position twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +38,7 @@ import kafka.errors as kerr
 from kafka import KafkaConsumer, TopicPartition
 
 from ingest.consumer import Record
-from ingest.kafka import API_VERSION, make_producer, to_transport_error
+from ingest.kafka import API_VERSION, make_producer, max_request_bytes, to_transport_error
 from ingest.topics import end_offsets
 from sessionvault.errors import TransportError
 from sessionvault.settings import Settings, require
@@ -40,7 +51,13 @@ H_TOPIC = "sv-source-topic"
 H_PARTITION = "sv-source-partition"
 H_OFFSET = "sv-source-offset"
 H_WORKER = "sv-worker"
+H_ORIGINAL_BYTES = "sv-original-bytes"
+H_ORIGINAL_SHA256 = "sv-original-sha256"
+H_TRUNCATED = "sv-truncated"
 MAX_ERROR_BYTES = 1000
+MAX_KEY_BYTES = 4096
+# Room for the record framing and our headers inside max_bytes (headers are < 1.5 KiB).
+_OVERHEAD_BYTES = 4096
 
 
 def deadletter_headers(
@@ -58,6 +75,31 @@ def deadletter_headers(
     ]
 
 
+def bounded_deadletter(
+    record: Record, reason: str, message: str, worker: str, max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the dead letter for ``record``, at most ``max_bytes`` in all
+    (pure). The original key and value when they fit, else prefixes of them, and
+    ``sv-truncated`` says which were cut; ``sv-original-bytes``/``-sha256`` always describe
+    the whole original value."""
+    headers = deadletter_headers(record, reason, message, worker)
+    key, value = record.key, record.value
+    if value is not None:
+        headers += [
+            (H_ORIGINAL_BYTES, str(len(value)).encode()),
+            (H_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
+        ]
+    cut: list[str] = []
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        key, cut = key[:MAX_KEY_BYTES], ["key"]
+    room = max(0, max_bytes - _OVERHEAD_BYTES - len(key or b""))
+    if value is not None and len(value) > room:
+        value, cut = value[:room], [*cut, "value"]
+    if cut:
+        headers.append((H_TRUNCATED, ",".join(cut).encode()))
+    return key, value, headers
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A record read back from the dead-letter topic."""
@@ -73,6 +115,9 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    original_bytes: int = -1
+    original_sha256: str = ""
+    truncated: str = ""
 
     @property
     def source(self) -> str:
@@ -104,6 +149,9 @@ def parse_deadletter(record: Record) -> DeadLetter:
         key=record.key,
         value=record.value,
         timestamp_ms=record.timestamp_ms,
+        original_bytes=number(H_ORIGINAL_BYTES),
+        original_sha256=text(H_ORIGINAL_SHA256),
+        truncated=text(H_TRUNCATED),
     )
 
 
@@ -119,15 +167,16 @@ class DeadLetterProducer:
     ) -> None:
         self.topic = settings.topic_deadletter
         self.worker = worker
+        self.max_bytes = max_request_bytes(settings)
         self._producer = (producer_factory or _default_producer)(settings)
         self._pending: list[Any] = []
 
     def send(self, record: Record, reason: str, message: str) -> None:
-        headers = deadletter_headers(record, reason, message, self.worker)
+        key, value, headers = bounded_deadletter(
+            record, reason, message, self.worker, self.max_bytes
+        )
         try:
-            fut = self._producer.send(
-                self.topic, value=record.value, key=record.key, headers=headers
-            )
+            fut = self._producer.send(self.topic, value=value, key=key, headers=headers)
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, f"send dead letter for {record.where}") from exc
         self._pending.append(fut)
@@ -230,9 +279,10 @@ def iter_deadletters(
 
 def format_deadletter(d: DeadLetter) -> str:
     """One line for ``sessionvault deadletter list``."""
-    size = len(d.value) if d.value is not None else 0
+    size = d.original_bytes if d.original_bytes >= 0 else len(d.value or b"")
+    cut = f" (cut: {d.truncated})" if d.truncated else ""
     return (
-        f"{d.partition}@{d.offset}  {d.reason:<16} {d.source:<32} {size:>9} B  "
+        f"{d.partition}@{d.offset}  {d.reason:<16} {d.source:<32} {size:>9} B{cut}  "
         f"{d.worker}: {d.error}"
     )
 

@@ -26,7 +26,7 @@ from ingest.batching import BatchLimits, ChunkBuilder
 from ingest.importers import SESSION_FORMATS, Recording, load_recording
 from schemas.codec import encode_chunk, encode_event, validate_event
 from schemas.models import Chunk
-from sessionvault.errors import TransportError, ValidationError
+from sessionvault.errors import SessionVaultError, TransportError, ValidationError
 from sessionvault.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,47 @@ def load_input(
     started_at: str | None = None,
     stdin: BinaryIO | None = None,
 ) -> Loaded:
-    """Parse ``path`` (``-``: stdin, for line formats) as ``fmt`` (one of :data:`FORMATS`)."""
+    """Parse ``path`` (``-``: stdin, for line formats) as ``fmt`` (one of :data:`FORMATS`).
+
+    Every failure is a :class:`SessionVaultError` naming the file: the parsers raise
+    ValidationError for what they check, and anything else hostile input provokes in them or
+    in the libraries under them (OverflowError on a huge number, zlib.error on a damaged
+    stream, ...) is translated here, once, into one clear ``unreadable`` error."""
+    try:
+        return _load_input(
+            fmt,
+            path,
+            tenant=tenant,
+            kubernetes_cluster=kubernetes_cluster,
+            started_at=started_at,
+            stdin=stdin,
+        )
+    except ValidationError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValidationError(exc.reason, f"{path} is not a readable {fmt} input: {exc}") from exc
+    except SessionVaultError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise ValidationError("unreadable", f"{path}: too large or too deep to import") from exc
+    except Exception as exc:
+        raise ValidationError(
+            "unreadable", f"{path} is not a readable {fmt} input: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _load_input(
+    fmt: str,
+    path: str | Path,
+    *,
+    tenant: str,
+    kubernetes_cluster: str,
+    started_at: str | None,
+    stdin: BinaryIO | None,
+) -> Loaded:
     if fmt in _SESSION_FORMAT:
         rec = load_recording(_SESSION_FORMAT[fmt], path, tenant=tenant, started_at=started_at)
-        return Loaded(rec, [], sum(len(f.data) for f in rec.frames))
+        return Loaded(rec, [], rec.size())
     if fmt == "teleport-json":
         from ingest.importers.teleport_json import iter_events
 

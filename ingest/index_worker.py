@@ -66,10 +66,11 @@ import asyncpg
 
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
+from ingest.health import Health
 from ingest.persist import backoff_ms
 from ingest.persist_logic import parse_time
 from ingest.segmenter import rendered_through, unsynced_sessions
-from ingest.topics import admin_client
+from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.errors import (
     SearchBackendError,
@@ -79,7 +80,7 @@ from sessionvault.errors import (
 )
 from sessionvault.settings import Settings, require
 from storage import pg
-from storage.search import model
+from storage.search import model, watermark
 from storage.search.opensearch import BulkAction, OpenSearchStore, index_documents
 from storage.search.reindex import (
     event_action,
@@ -96,13 +97,14 @@ T = TypeVar("T")
 
 DEFAULT_GROUP = "index"
 PERSIST_GROUP = "persist"
-POLL_WAIT_MS = 500
 #: Longest pause between two looks at PostgreSQL while the persist worker is behind.
 DURABLE_WAIT_MAX_MS = 2_000
 #: Sessions whose next segment number is remembered (least recently used dropped first).
 SEG_CURSOR_CAPACITY = 100_000
 #: Event types whose arrival re-syncs the session's fields into its segments.
 RESYNC_EVENTS = frozenset({"session.start", "session.end"})
+#: Longest time between two checks that OpenSearch still holds a complete copy.
+COMPLETENESS_CHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,16 @@ class IndexStats:
     reindexes: int = 0
     os_retries: int = 0
     commits: int = 0
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What one look at PostgreSQL found for a batch's keys (refs index the batch)."""
+
+    rows: list[Any]
+    chunks: set[tuple[str, int]]
+    missing: list[int]
+    unrendered: list[int]
 
 
 class _Stopped(Exception):
@@ -196,6 +208,7 @@ class IndexWorker:
         self.persist_group = persist_group
         self.prefix = prefix = prefix or settings.opensearch_index_prefix
         self.stats = IndexStats()
+        self.health = Health(settings.worker_stall_after_ms / 1000)
         self.max_bulk_bytes = max_bulk_bytes
         self._consumer_factory = consumer_factory or (
             lambda: BatchConsumer(
@@ -215,6 +228,8 @@ class IndexWorker:
         self._conn: asyncpg.Connection | None = None
         self._stop = asyncio.Event()
         self._ready = False
+        self._ready_checked = float("-inf")
+        self._known_indices: set[str] = set()
         self._seg_next: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -250,10 +265,13 @@ class IndexWorker:
         while True:
             attempt += 1
             try:
-                return await op()
+                result = await op()
+                self.health.succeeded()
+                return result
             except (StorageError, TransportError, SearchBackendError) as exc:
                 if isinstance(exc, CommitRejectedError):
                     raise
+                self.health.failed(what, exc)
                 if isinstance(exc, StorageError):
                     await self._drop_connection()
                 if isinstance(exc, SearchBackendError):
@@ -274,24 +292,27 @@ class IndexWorker:
     # -- OpenSearch readiness ----------------------------------------------------------------
 
     async def _ensure_ready(self) -> None:
-        """Templates installed and the completeness marker present (else: rebuild)."""
-        if self._ready:
+        """Templates installed and OpenSearch complete (else: rebuild). Checked again at least
+        every :data:`COMPLETENESS_CHECK_S`, not only after a failed request: a cluster emptied
+        behind the worker's back while it answered fine must be rebuilt too, before a bulk
+        creates its indices without templates."""
+        now = time.monotonic()
+        if self._ready and now - self._ready_checked < COMPLETENESS_CHECK_S:
             return
         await self._retry(
             "installing index templates", lambda: asyncio.to_thread(self.store.ensure_templates)
         )
-        marker = await self._retry(
-            "reading the reindex marker", lambda: asyncio.to_thread(self.store.marker)
+        why = await self._retry(
+            "checking the index is complete", lambda: asyncio.to_thread(self.store.completeness)
         )
-        if marker is None:
-            log.warning(
-                "index: OpenSearch has no complete copy (new or lost its data); "
-                "rebuilding it from PostgreSQL"
-            )
+        if why is not None:
+            log.warning("index: %s; rebuilding it from PostgreSQL", why)
             self._seg_next.clear()
+            self._known_indices.clear()
             await self._retry("rebuilding OpenSearch from PostgreSQL", self._reindex_all)
             self.stats.reindexes += 1
         self._ready = True
+        self._ready_checked = now
 
     async def _reindex_all(self) -> None:
         conn = await self._connection()
@@ -305,6 +326,7 @@ class IndexWorker:
 
     async def _before_request(self) -> None:
         # Called after a failed bulk request: the cluster may have come back empty.
+        self.health.failed("indexing into OpenSearch", "bulk request failed")
         self._ready = False
         await self._ensure_ready()
 
@@ -313,75 +335,95 @@ class IndexWorker:
     def _persist_committed(self) -> dict[tuple[str, int], int]:
         with admin_client(self.settings.kafka_bootstrap) as admin:
             try:
-                offsets = admin.list_consumer_group_offsets(self.persist_group)
+                offsets = group_offsets(admin, self.persist_group)
             except Exception as exc:
                 raise TransportError(
                     f"kafka: cannot read offsets of group {self.persist_group}: {exc}"
                 ) from exc
-        return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
+        return {(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+
+    async def _look(self, parsed: _Parsed) -> _Look:
+        """One look at PostgreSQL for the keys of a batch."""
+        conn = await self._connection()
+        rows = await load_events(conn, parsed.events)
+        found = {(r["tenant"], r["uid"], r["time"]) for r in rows}
+        chunks = await stored_chunks(conn, parsed.chunks)
+        missing = [ref for key, ref in parsed.events.items() if key not in found]
+        missing += [ref for key, (ref, _) in parsed.chunks.items() if key not in chunks]
+        # Segments are rendered after the chunk's commit, by the segmenter: a stored chunk
+        # counts once the segmenter's position is past it (the segmenter never gives up
+        # on a stored chunk, so this wait ends when it runs).
+        through = await rendered_through(conn, [sid for sid, _ in chunks])
+        unrendered = [
+            ref
+            for (sid, seq), (ref, _) in parsed.chunks.items()
+            if (sid, seq) in chunks and through.get(sid, -1) < seq
+        ]
+        # A session.start/end re-indexes the session's segments: only once the segmenter
+        # copied the enriched who/where into them.
+        unsynced = await unsynced_sessions(conn, [sid for _, sid in parsed.resync])
+        unrendered += [ref for (_, sid), ref in parsed.resync.items() if sid in unsynced]
+        return _Look(rows, chunks, missing, unrendered)
 
     async def _durable_rows(
         self, records: Sequence[Record], parsed: _Parsed
     ) -> tuple[list[Any], set[tuple[str, int]], int]:
         """(event rows, stored chunk keys, waits) once every notified key is durable in
-        PostgreSQL or known to be refused by the persist worker."""
+        PostgreSQL or known to be refused by the persist worker.
+
+        Invariant: a key is judged refused only when it is absent from a look at PostgreSQL
+        made AFTER reading the persist group's committed offsets past its record. The persist
+        worker commits only after its write is durable, so by the time those offsets were read
+        the row was either stored or refused for good. Reading the offsets after the look
+        instead races the persist worker (write and commit landing between the two) and skips
+        rows that are stored: their documents would never be indexed.
+        """
         waits = 0
         while True:
-            conn = await self._connection()
-            rows = await load_events(conn, parsed.events)
-            found = {(r["tenant"], r["uid"], r["time"]) for r in rows}
-            chunks = await stored_chunks(conn, parsed.chunks)
-            missing = [ref for key, ref in parsed.events.items() if key not in found]
-            missing += [ref for key, (ref, _) in parsed.chunks.items() if key not in chunks]
-            # Segments are rendered after the chunk's commit, by the segmenter: a stored chunk
-            # counts once the segmenter's position is past it (the segmenter never gives up
-            # on a stored chunk, so this wait ends when it runs).
-            through = await rendered_through(conn, [sid for sid, _ in chunks])
-            unrendered = [
-                ref
-                for (sid, seq), (ref, _) in parsed.chunks.items()
-                if (sid, seq) in chunks and through.get(sid, -1) < seq
-            ]
-            # A session.start/end re-indexes the session's segments: only once the segmenter
-            # copied the enriched who/where into them.
-            unsynced = await unsynced_sessions(conn, [sid for _, sid in parsed.resync])
-            unrendered += [ref for (_, sid), ref in parsed.resync.items() if sid in unsynced]
-            if not missing and not unrendered:
-                return rows, chunks, waits
-            if not missing:
-                waits += 1
-                delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
-                log.log(
-                    logging.WARNING if waits % 30 == 0 else logging.DEBUG,
-                    "index: %d records stored but not rendered into text yet (e.g. %s); waiting"
-                    " %.1fs (is a segmenter running? sessionvault worker segments)",
-                    len(unrendered),
-                    records[unrendered[0]].where,
-                    delay,
-                )
-                await self._sleep_or_stop(delay)
-                continue
-            committed = await self._kafka(self._persist_committed)
+            look = await self._look(parsed)
+            committed: dict[tuple[str, int], int] = {}
+            if look.missing:
+                committed = await self._kafka(self._persist_committed)
+                look = await self._look(parsed)
             behind = [
                 ref
-                for ref in missing
+                for ref in look.missing
                 if committed.get((records[ref].topic, records[ref].partition), -1)
                 <= records[ref].offset
             ]
-            if not behind:
+            if not behind and not look.unrendered:
                 # The persist worker committed past them without storing them: refused there.
-                for ref in missing:
+                for ref in look.missing:
                     log.info(
                         "index: %s was not stored by the persist worker; skipped",
                         records[ref].where,
                     )
-                return rows, chunks, waits
+                return look.rows, look.chunks, waits
             waits += 1
             delay = min(DURABLE_WAIT_MAX_MS, backoff_ms(waits, DURABLE_WAIT_MAX_MS)) / 1000
+            # Not an error, but no progress either: a stopped persist worker or segmenter holds
+            # this worker too, and status must say so.
+            self.health.failed(
+                "waiting for PostgreSQL to hold the batch",
+                f"{len(behind)} records not persisted, {len(look.unrendered)} not rendered"
+                " (persist worker or segmenter behind)",
+            )
+            if not behind:
+                log.log(
+                    logging.WARNING if waits % 30 == 0 else logging.DEBUG,
+                    "index: %d records stored but not rendered into text yet (e.g. %s); waiting"
+                    " %.1fs (is a segmenter running? sessionvault worker segments)",
+                    len(look.unrendered),
+                    records[look.unrendered[0]].where,
+                    delay,
+                )
+                await self._sleep_or_stop(delay)
+                continue
             log.debug(
-                "index: %d records not yet persisted (e.g. %s); waiting %.1fs",
+                "index: %d records not yet persisted, %d not rendered (e.g. %s); waiting %.1fs",
                 len(behind),
-                records[behind[0]].where,
+                len(look.unrendered),
+                records[(behind or look.unrendered)[0]].where,
                 delay,
             )
             await self._sleep_or_stop(delay)
@@ -493,6 +535,24 @@ class IndexWorker:
                 rejects.setdefault(refs[action.id], []).append(
                     f"{action.id}: HTTP {failure.status} {failure.reason}"
                 )
+            refused = [
+                (str(a.doc.get("tenant", "")), int(a.doc.get("time_us", 0)))
+                for a, _ in done.rejected
+            ]
+            if refused:
+                # Before the commit clears these records' pending rows: search keeps answering
+                # this tenant's time from PostgreSQL, where the refused document is.
+                await self._retry(
+                    "recording refused documents",
+                    lambda: self._on_conn(lambda c: watermark.record_refused(c, refused)),
+                )
+            written = {a.index for a in actions} - self._known_indices
+            if written:
+                await self._retry(
+                    "listing new indices in the marker",
+                    lambda: asyncio.to_thread(self.store.note_indices, written),
+                )
+                self._known_indices |= written
         if rejects:
             await self._retry(
                 "dead-letter delivery", lambda: self._send_deadletters(records, rejects)
@@ -510,6 +570,8 @@ class IndexWorker:
                 self.stats.commits += 1
             except CommitRejectedError as exc:
                 log.warning("index: %s; the batch will be redelivered", exc)
+        if committed:
+            await self._clear_pending(offsets)
         report = IndexBatchReport(
             records=len(records),
             events=n_events,
@@ -529,6 +591,19 @@ class IndexWorker:
         s.dead_letters += report.dead_letters
         s.skipped += report.skipped
         return report
+
+    async def _on_conn(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        return await op(await self._connection())
+
+    async def _clear_pending(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Move the search watermark past what was just committed. Never blocks indexing: a
+        failure leaves the rows, which only keeps search on PostgreSQL a little longer (the next
+        commit on the partition deletes them too)."""
+        try:
+            await self._on_conn(lambda c: watermark.clear_pending(c, offsets))
+        except StorageError as exc:
+            log.warning("index: search watermark not moved yet: %s", exc)
+            await self._drop_connection()
 
     async def _send_deadletters(
         self, records: Sequence[Record], rejects: dict[int, list[str]]
@@ -578,16 +653,19 @@ class IndexWorker:
                             max_records=s.persist_batch_max_records,
                             max_bytes=s.persist_batch_max_bytes,
                             linger_ms=s.persist_linger_ms,
-                            wait_ms=POLL_WAIT_MS,
+                            wait_ms=self.settings.worker_poll_wait_ms,
                         )
                     )
                 except TransportError as exc:
                     log.warning("index: poll failed: %s", exc)
+                    self.health.failed("polling Kafka", exc)
                     await self._sleep_or_stop(1.0)
                     continue
                 if not records:
+                    self.health.progressed()
                     continue
                 report = await self.handle_batch(records)
+                self.health.progressed()
                 if on_batch is not None:
                     res = on_batch(report)
                     if inspect.isawaitable(res):

@@ -33,6 +33,11 @@ from sessionvault.settings import Settings, require
 API_VERSION = (2, 8)
 
 
+def max_request_bytes(settings: Settings) -> int:
+    """The largest request the producers send (``max_record_bytes`` plus framing room)."""
+    return settings.max_record_bytes + 64 * 1024
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The producer configuration described in the module docstring (overridable)."""
     config: dict[str, Any] = {
@@ -42,7 +47,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable_idempotence": True,
         "linger_ms": 5,
         "compression_type": None,
-        "max_request_size": settings.max_record_bytes + 64 * 1024,
+        "max_request_size": max_request_bytes(settings),
         "batch_size": 256 * 1024,
         "retries": 2**31 - 1,
         "retry_backoff_ms": 100,
@@ -79,9 +84,7 @@ def to_transport_error(exc: BaseException, what: str) -> TransportError:
     detail = str(exc) or name
     err = TransportError(f"kafka: {what} failed: {name}: {detail}")
     if isinstance(exc, kerr.KafkaError):
-        err.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
-            exc, _ALWAYS_RETRIABLE
-        )
+        err.retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, _ALWAYS_RETRIABLE)
     return err
 
 

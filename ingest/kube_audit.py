@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from schemas.codec import encode_event
 from schemas.models import EVENT_VERSION
 from sessionvault.errors import UnknownVersionError, ValidationError
 
@@ -473,6 +475,62 @@ def events_from_webhook(
         to_kube_request(e, tenant=tenant, kubernetes_cluster=kubernetes_cluster)
         for e in parse_webhook_body(body)
     )
+
+
+KEEP_WHEN_CUT = (
+    "sv_version", "tenant", "event", "code", "time", "uid", "user", "proto",
+    "kubernetes_cluster", "verb", "kubernetes_verb", "kubernetes_subresource", "request_path",
+    "resource_api_group", "resource_kind", "resource_namespace", "resource_name",
+    "response_code", "kubernetes_groups", "kubernetes_users", "addr.remote", "user_agent",
+    "kube_audit_stages",
+)  # fmt: skip
+"""What a ``kube.request`` keeps when even its identity must be cut down to fit."""
+_MAX_KEPT_TEXT = 4096
+_MAX_KEPT_ITEMS = 100
+
+
+def fit_event(event: dict[str, Any], max_bytes: int, *, raw: bytes | None = None) -> dict[str, Any]:
+    """``event`` if its record fits ``max_bytes``, else a smaller copy that does, marked
+    ``sv_truncated`` (``original_bytes``, ``sha256`` of the original record, ``dropped``).
+
+    An audit event too large for Kafka must not make the API server drop its whole batch, nor
+    vanish: who did what to which resource is kept; what goes first is the bulk, the request
+    and response objects of the kept original (``kube_audit``), then that original, and last
+    every field but the identity ones (:data:`KEEP_WHEN_CUT`, texts cut to 4 KiB). Pure.
+    ``raw``: the event's record when the caller has encoded it already."""
+    raw = encode_event(event) if raw is None else raw
+    if len(raw) <= max_bytes:
+        return event
+    marker: dict[str, Any] = {
+        "original_bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "dropped": [],
+    }
+    out = dict(event)
+    audit = out.get("kube_audit")
+    if isinstance(audit, dict):
+        bulk = [k for k in ("requestObject", "responseObject") if k in audit]
+        out["kube_audit"] = {k: v for k, v in audit.items() if k not in bulk}
+        marker["dropped"] = [f"kube_audit.{k}" for k in bulk]
+        out["sv_truncated"] = marker
+        if len(encode_event(out)) <= max_bytes:
+            return out
+        del out["kube_audit"]
+        marker["dropped"] = ["kube_audit"]
+        if len(encode_event(out)) <= max_bytes:
+            return out
+    kept: dict[str, Any] = {}
+    for k in KEEP_WHEN_CUT:
+        if k in event:
+            v = event[k]
+            if isinstance(v, str):
+                v = v[:_MAX_KEPT_TEXT]
+            elif isinstance(v, list):
+                v = [x[:_MAX_KEPT_TEXT] if isinstance(x, str) else x for x in v[:_MAX_KEPT_ITEMS]]
+            kept[k] = v
+    marker["dropped"] = sorted(set(event) - set(kept))
+    kept["sv_truncated"] = marker
+    return kept
 
 
 def events_from_log_lines(

@@ -35,6 +35,7 @@ import asyncpg
 
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
+from ingest.health import Health
 from ingest.persist_logic import (
     EventRow,
     PreparedChunk,
@@ -51,6 +52,7 @@ from storage.chunkstore import (
     DEFAULT_METHOD,
     ChunkWriteResult,
     DataRejectedError,
+    close_abandoned,
     enqueue_segments,
     storage_error,
     write_chunks,
@@ -65,6 +67,8 @@ from storage.eventstore import (
     insert_events,
     known_partitions,
 )
+from storage.search.model import to_us
+from storage.search.watermark import PendingRecord, record_pending
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ T = TypeVar("T")
 DEFAULT_GROUP = "persist"
 BACKOFF_BASE_MS = 100
 DICT_REFRESH_S = 60.0
-POLL_WAIT_MS = 500
+ABANDON_CHECK_INTERVAL_S = 60.0
 
 
 def backoff_ms(attempt: int, cap_ms: int, *, base_ms: int = BACKOFF_BASE_MS) -> int:
@@ -149,10 +153,14 @@ async def store_batch(
     *,
     partitions: set[str],
     insert_method: str = DEFAULT_METHOD,
+    index_pending: bool = False,
 ) -> StoreResult:
     """Write a prepared batch in ONE transaction (partitions are created before it).
 
     ``partitions`` caches the event partitions known to exist (updated in place).
+    ``index_pending`` (OpenSearch configured): also record, in the same transaction, what
+    search has still to index (:mod:`storage.search.watermark`), so that no stored row is ever
+    outside the search watermark's pending set before the index worker has indexed it.
     """
     rows = [row for _, row in batch.events]
     months = {m for m in (month_of(r.time) for r in rows) if m is not None}
@@ -172,6 +180,8 @@ async def store_batch(
             if result.enriched:
                 todo.update((sid, tenant) for tenant, sid in keys)
             await enqueue_segments(conn, todo)
+            if index_pending:
+                await record_pending(conn, pending_records(batch))
     except StorageError:
         raise
     except Exception as exc:  # commit itself failed (connection lost mid-commit, ...)
@@ -180,6 +190,22 @@ async def store_batch(
 
 
 _ENRICHING = frozenset({SESSION_START, SESSION_END})
+
+
+def pending_records(batch: PreparedBatch) -> list[PendingRecord]:
+    """What of ``batch`` the index worker has still to index (pure): each event at its time
+    (a session start/end also re-syncs its session's segments), each chunk for its session."""
+    out = []
+    for c in batch.chunks:
+        rec = batch.records[c.ref]
+        out.append(PendingRecord(c.chunk.tenant, rec.topic, rec.partition, rec.offset, None, c.sid))
+    for ref, row in batch.events:
+        rec = batch.records[ref]
+        sid = row.sid if row.sid and row.event in _ENRICHING else None
+        out.append(
+            PendingRecord(row.tenant, rec.topic, rec.partition, rec.offset, to_us(row.time), sid)
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -213,6 +239,7 @@ class WorkerStats:
     dead_letters: int = 0
     db_retries: int = 0
     commits: int = 0
+    abandoned: int = 0
 
 
 class _Stopped(Exception):
@@ -238,6 +265,7 @@ class PersistWorker:
         self.settings = settings
         self.group_id = group_id
         self.stats = WorkerStats()
+        self.health = Health(settings.worker_stall_after_ms / 1000)
         self._consumer_factory = consumer_factory or (
             lambda: BatchConsumer(
                 settings, group_id, [settings.topic_chunks, settings.topic_events]
@@ -251,6 +279,7 @@ class PersistWorker:
         self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
         self._consumer: BatchConsumer | None = None
         self._deadletters: DeadLetterProducer | None = None
+        self._next_abandon_check = 0.0
         self._conn: asyncpg.Connection | None = None
         self._partitions: set[str] | None = None
         self._compressor = Compressor(settings.zstd_level)
@@ -315,12 +344,15 @@ class PersistWorker:
         while True:
             attempt += 1
             try:
-                return await op(), attempt
+                result = await op()
+                self.health.succeeded()
+                return result, attempt
             except DataRejectedError:
                 raise
             except (StorageError, TransportError) as exc:
                 if isinstance(exc, CommitRejectedError):
                     raise
+                self.health.failed(what, exc)
                 if isinstance(exc, StorageError):
                     await self._drop_connection()
                     self.stats.db_retries += 1
@@ -345,7 +377,11 @@ class PersistWorker:
         conn = await self._connection()
         assert self._partitions is not None
         return await store_batch(
-            conn, batch, partitions=self._partitions, insert_method=self._insert_method
+            conn,
+            batch,
+            partitions=self._partitions,
+            insert_method=self._insert_method,
+            index_pending=bool(self.settings.opensearch_url),
         )
 
     async def _store_with_retry(self, batch: PreparedBatch) -> tuple[StoreResult, int]:
@@ -433,6 +469,32 @@ class PersistWorker:
         s.dead_letters += report.dead_letters
         return report
 
+    async def _close_abandoned(self) -> None:
+        """When idle (caught up), at most once a minute: close sessions whose recorder stopped
+        without a final chunk (:func:`storage.chunkstore.close_abandoned`). Never fails the
+        worker: PostgreSQL down only postpones it."""
+        idle_ms = self.settings.session_abandon_after_ms
+        now = time.monotonic()
+        if idle_ms <= 0 or now < self._next_abandon_check:
+            return
+        self._next_abandon_check = now + min(ABANDON_CHECK_INTERVAL_S, idle_ms / 2000)
+        try:
+            closed = await close_abandoned(await self._connection(), idle_ms)
+        except StorageError as exc:
+            log.warning("persist: closing abandoned sessions postponed: %s", exc)
+            await self._drop_connection()
+            return
+        for a in closed:
+            log.warning(
+                "persist: session %s of tenant %s abandoned: no final chunk, none for %d s"
+                " after seq %d",
+                a.sid,
+                a.tenant,
+                idle_ms // 1000,
+                a.last_seq,
+            )
+        self.stats.abandoned += len(closed)
+
     async def _send_deadletters(self, records: Sequence[Record], rejects: Sequence[Reject]) -> None:
         if self._deadletters is None:
             self._deadletters = await self._kafka(self._deadletter_factory)
@@ -491,15 +553,19 @@ class PersistWorker:
                         max_records=s.persist_batch_max_records,
                         max_bytes=s.persist_batch_max_bytes,
                         linger_ms=s.persist_linger_ms,
-                        wait_ms=POLL_WAIT_MS,
+                        wait_ms=self.settings.worker_poll_wait_ms,
                     )
                 except TransportError as exc:
                     log.warning("persist: poll failed: %s", exc)
+                    self.health.failed("polling Kafka", exc)
                     await self._sleep_or_stop(1.0)
                     continue
                 if not records:
+                    self.health.progressed()
+                    await self._close_abandoned()
                     continue
                 report = await self.handle_batch(records)
+                self.health.progressed()
                 if on_batch is not None:
                     res = on_batch(report)
                     if inspect.isawaitable(res):

@@ -9,7 +9,7 @@ Session rules (chunks of one session travel in order on one partition):
 * A chunk of a session that was never opened is rejected (``unknown_session``); so is one whose
   tenant differs from the session's (``tenant_mismatch``). Within one batch, seq 0 opens the
   session only from its own position on: a seq 1 *before* its seq 0 is still unknown.
-* A chunk whose (sid, seq) is already stored, or earlier in the batch, with another hash is
+* A chunk whose (sid, seq) is already stored (or stored by this batch) with another hash is
   rejected (``conflicting_duplicate``): the first copy stays, the other is dead-lettered with
   its bytes. The same hash is a redelivery: a silent duplicate.
 * Every other chunk is a candidate for ``INSERT ... ON CONFLICT DO NOTHING``. Counters are folded
@@ -122,7 +122,11 @@ class ChunkPlan:
     opens: list[SessionOpen]
     rows: list[ChunkRow]
     rejects: list[Reject]
-    duplicates_in_batch: int
+    repeats: list[PreparedChunk]
+    """Later copies of a (sid, seq) already offered in this batch. Whether each is a
+    redelivery or a conflict is decided after the write, against what is actually stored
+    (:func:`judge_repeats`): the first copy of the batch may itself be a forgery that the
+    stored chunk wins over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,7 @@ def classify_chunks(
     opens: list[SessionOpen] = []
     rows: list[ChunkRow] = []
     rejects: list[Reject] = []
-    dups = 0
+    repeats: list[PreparedChunk] = []
     for p in chunks:
         c = p.chunk
         tenant = tenants.get(c.sid)
@@ -284,10 +288,7 @@ def classify_chunks(
             continue
         key = (c.sid, c.seq)
         if key in seen:
-            if seen[key] != c.hash:
-                rejects.append(conflict_reject(p.ref, c.sid, c.seq, seen[key], c.hash))
-                continue
-            dups += 1
+            repeats.append(p)
             continue
         seen[key] = c.hash
         if c.frames:
@@ -298,8 +299,12 @@ def classify_chunks(
             first = last = duration[c.sid]
         duration[c.sid] = max(duration[c.sid], last)
         rows.append(ChunkRow(p, first, last))
-    return ChunkPlan(opens, rows, rejects, dups)
+    return ChunkPlan(opens, rows, rejects, repeats)
 
+
+ABANDONED = "abandoned"
+"""Status of a session whose producer stopped without a final chunk (see
+:func:`storage.chunkstore.close_abandoned`); a later chunk makes it active again."""
 
 CONFLICT_REASON = "conflicting_duplicate"
 
@@ -333,6 +338,25 @@ def conflicting_rows(
         if kept is not None and kept != c.hash:
             out.append(conflict_reject(r.prepared.ref, c.sid, c.seq, kept, c.hash))
     return out
+
+
+def judge_repeats(
+    repeats: Sequence[PreparedChunk], stored_hash: Mapping[tuple[str, int], str]
+) -> tuple[list[Reject], int]:
+    """(rejects, silent duplicates) for the later in-batch copies of a (sid, seq), given the
+    hash stored for it after the batch's write: the same hash is a redelivery; another hash
+    is a conflict, reported with the hash that IS stored (never the batch's first copy's,
+    which may have lost to an older stored chunk)."""
+    rejects: list[Reject] = []
+    dups = 0
+    for p in repeats:
+        c = p.chunk
+        kept = stored_hash.get((c.sid, c.seq))
+        if kept == c.hash:
+            dups += 1
+        else:
+            rejects.append(conflict_reject(p.ref, c.sid, c.seq, kept or "(nothing)", c.hash))
+    return rejects, dups
 
 
 def opened_state(o: SessionOpen) -> SessionState:
@@ -371,6 +395,11 @@ def fold_inserted(
             updates["last_seq"] = c.seq
             updates["last_hash"] = c.hash
         updates["integrity"] = integrity
+        if st.status == ABANDONED:
+            # Its recorder came back (a spool drained late): the session goes on.
+            updates["status"] = "active"
+            updates["ended_at"] = None
+            st = dataclasses.replace(st, ended_at=None)
         if c.final:
             updates["status"] = "closed"
             updates["exit_code"] = c.exit_code

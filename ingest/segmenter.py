@@ -46,6 +46,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ingest.health import Health
 from ingest.persist import backoff_ms
 from schemas.models import Chunk
 from sessionvault.errors import StorageError
@@ -151,6 +152,7 @@ class Segmenter:
         self.sessions_per_round = sessions_per_round
         self.poll_s = poll_s
         self.stats = SegmenterStats()
+        self.health = Health(settings.worker_stall_after_ms / 1000)
         self._connect = connect
         self._conn: asyncpg.Connection | None = None
         self._decompressor = Decompressor()
@@ -240,7 +242,7 @@ class Segmenter:
             return SessionStep(sid, 0, 0, 0, True)
         sess = await conn.fetchrow(
             "SELECT tenant, started_at, user_name, login, server_id, cluster_name,"
-            " kubernetes_cluster FROM sessions WHERE sid = $1 FOR KEY SHARE",
+            " kubernetes_cluster, cols, rows FROM sessions WHERE sid = $1 FOR KEY SHARE",
             sid,
         )
         if sess is None:
@@ -275,6 +277,8 @@ class Segmenter:
             server_id=who[2],
             cluster_name=who[3],
             kubernetes_cluster=who[4],
+            cols=int(sess["cols"]),
+            rows=int(sess["rows"]),
         )
         chunks = await self._chunks(conn, tenant, sid, ctx.text_seq)
         done = render_session(ctx, chunks)
@@ -406,8 +410,10 @@ class Segmenter:
                 try:
                     _, remaining = await self.step()
                     attempt = 0
+                    self.health.progressed()
                 except StorageError as exc:
                     attempt += 1
+                    self.health.failed("rendering queued sessions", exc)
                     self.stats.db_retries += 1
                     await self.close()
                     delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000

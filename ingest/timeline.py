@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
 
+from schemas.links import replay_api, replay_command
 from sessionvault.errors import ValidationError
 from storage.pg import translate
 
@@ -35,7 +36,7 @@ DEFAULT_LIMIT = 10_000
 
 def replay_url(sid: str) -> str:
     """The API path that replays (exports) a session."""
-    return f"/v1/sessions/{sid}/export?format=asciicast-v2"
+    return replay_api(sid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class TimelineEntry:
 
     @property
     def replay_command(self) -> str:
-        return f"sessionvault play {self.sid}" if self.kind == "session" else ""
+        return replay_command(self.sid) if self.kind == "session" else ""
 
     @property
     def end(self) -> datetime:
@@ -122,9 +123,9 @@ class Timeline:
 
 _REQUESTS_SQL = (
     "SELECT uid, time, user_name, body->>'kubernetes_cluster' AS cluster,"
-    " COALESCE(body->>'kubernetes_verb', body->>'verb', '') AS verb,"
+    # The Kubernetes verb and subresource columns (schemas.kube), not Teleport's HTTP method.
+    " verb, kubernetes_subresource AS subresource,"
     " COALESCE(body->>'resource_kind', '') AS resource,"
-    " COALESCE(body->>'kubernetes_subresource', '') AS subresource,"
     " COALESCE(body->>'resource_namespace', '') AS namespace,"
     " COALESCE(body->>'resource_name', '') AS name,"
     " CASE WHEN jsonb_typeof(body->'response_code') = 'number'"

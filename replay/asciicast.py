@@ -273,24 +273,35 @@ def _events(lines: Iterator[bytes | str], first_line_no: int) -> Iterator[tuple[
 
 
 def read_cast(lines: Iterable[bytes | str]) -> tuple[CastHeader, Iterator[Frame]]:
-    """Parse an asciicast v2 or v3 file given as lines; frames are produced lazily.
+    """Parse an asciicast v1, v2 or v3 file given as lines; v2/v3 frames are produced lazily.
 
     Event text becomes UTF-8 bytes; unknown event codes are skipped (as players do); a v3
     exit event becomes an error-channel frame carrying the equivalent kubectl Status JSON.
+    A v1 file (asciinema 1.x) is one JSON document, often spread over many lines, with
+    relative delays in ``stdout``: it is read whole (such files are small), and has no start
+    time of its own (``timestamp`` None).
     """
     it = iter(lines)
     try:
         first = next(it)
     except StopIteration:
         raise _bad("empty asciicast file") from None
+    try:
+        head = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        head = None
+    if head is None or (isinstance(head, dict) and head.get("version") == 1):
+        rest = list(it)
+        whole: bytes | str = first
+        if rest:
+            whole = (b"\n" if isinstance(first, bytes) else "\n").join([first, *rest])  # type: ignore[list-item]
+        return _read_v1(whole)
     header = _parse_header(first)
 
     def frames() -> Iterator[Frame]:
         us = 0
         for n, (t, code, data) in ((n, ev[:3]) for n, ev in _events(it, 2)):
-            step = round(t * 1_000_000)
-            if step < 0:
-                raise _bad(f"line {n}: negative time {t}")
+            step = _micros(t, n)
             us = us + step if header.version == 3 else step
             ms = (us + 500) // 1000
             stream = _READ_CODES.get(code)
@@ -303,3 +314,49 @@ def read_cast(lines: Iterable[bytes | str]) -> tuple[CastHeader, Iterator[Frame]
                     raise _bad(f"line {n}: exit event data {data!r} is not an integer") from None
 
     return header, frames()
+
+
+def _micros(t: float, n: int) -> int:
+    """A time in seconds as whole microseconds; negative, infinite or absurd times refused."""
+    if not 0 <= t < 10**9:  # NaN fails both comparisons
+        raise _bad(f"line {n}: time {t!r} is out of range")
+    return round(t * 1_000_000)
+
+
+def _read_v1(doc: bytes | str) -> tuple[CastHeader, Iterator[Frame]]:
+    try:
+        h = orjson.loads(doc)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"asciicast header is not JSON: {exc}") from exc
+    if not isinstance(h, dict) or h.get("version") != 1:
+        raise _bad("asciicast header must be a JSON object")
+    cols, rows, stdout = h.get("width"), h.get("height"), h.get("stdout")
+    if not isinstance(cols, int) or not isinstance(rows, int):
+        raise _bad("asciicast header lacks integer terminal columns and rows")
+    if not isinstance(stdout, list):
+        raise _bad("asciicast version 1 file has no 'stdout' event list")
+    raw_env = h.get("env")
+    env = {str(k): str(v) for k, v in raw_env.items()} if isinstance(raw_env, dict) else {}
+    header = CastHeader(
+        cols,
+        rows,
+        term=env.get("TERM", ""),
+        command=str(h.get("command") or ""),
+        title=str(h.get("title") or ""),
+        env=env,
+        version=1,
+    )
+    out: list[Frame] = []
+    us = 0
+    for n, ev in enumerate(stdout, start=1):
+        if (
+            not isinstance(ev, list)
+            or len(ev) < 2
+            or not isinstance(ev[0], int | float)
+            or isinstance(ev[0], bool)
+            or not isinstance(ev[1], str)
+        ):
+            raise _bad(f"stdout event {n}: an event is [delay, data]")
+        us += _micros(ev[0], n)
+        out.append(Frame((us + 500) // 1000, Stream.OUTPUT, ev[1].encode("utf-8", "surrogatepass")))
+    return header, iter(out)

@@ -12,10 +12,10 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
-from replay.export import FORMATS, export_async
+from replay.export import FORMAT_CHOICES, export_async, format_name, read_from_ms
 from replay.frames import format_offset, parse_offset
 from schemas.models import Frame
-from sessionvault.cli import get_settings
+from sessionvault.cli import get_settings, resolve_session_id
 from sessionvault.errors import ConfigError, IntegrityError
 from sessionvault.settings import Settings, require
 
@@ -109,6 +109,7 @@ def _play_cmd(
     settings = get_settings(ctx)
     dsn = _dsn(settings)
     t = _tenant(ctx, tenant)
+    target = resolve_session_id(settings, t, target)
     with _audited_view(ctx, t, target, "play", start_ms):
         _play_db(dsn, t, target, out, speed, idle_limit, start_ms)
 
@@ -225,7 +226,12 @@ def register(main: click.Group) -> None:
     @main.command("export")
     @click.argument("sid")
     @click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default="asciicast-v2", show_default=True
+        "--format",
+        "fmt",
+        type=click.Choice(FORMAT_CHOICES),
+        default="asciicast-v2",
+        show_default=True,
+        help="ndjson is newline-delimited JSON, one frame per line (json: the same).",
     )
     @click.option(
         "-o",
@@ -235,7 +241,11 @@ def register(main: click.Group) -> None:
         help="Output file (default: stdout).",
     )
     @click.option(
-        "--start-at", default=None, metavar="SECONDS|MM:SS", help="Only frames from this offset on."
+        "--start-at",
+        default=None,
+        metavar="SECONDS|MM:SS",
+        help="Start here (session time): asciicast formats seek like play --start-at (screen"
+        " rebuilt, times rebased); raw, text and json cut.",
     )
     @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
     @click.pass_context
@@ -252,18 +262,20 @@ def register(main: click.Group) -> None:
 
         dsn = _dsn(get_settings(ctx))
         t = _tenant(ctx, tenant)
+        sid = resolve_session_id(get_settings(ctx), t, sid)
+        fmt = format_name(fmt)
         start_ms = _start_at(start_at)
         audit = _audited_view(ctx, t, sid, fmt, start_ms)
 
         async def work(pool: Any) -> None:
             session = await get_session(pool, t, sid)
-            frames = iter_frames(pool, t, sid, start_ms=start_ms)
+            frames = iter_frames(pool, t, sid, start_ms=read_from_ms(fmt, start_ms))
             if output is None:
-                await export_async(frames, session, fmt, sys.stdout.buffer)
+                await export_async(frames, session, fmt, sys.stdout.buffer, start_ms)
                 return
             with open(output, "wb") as fh:
                 progress = _Progress(fh, f"export {sid}", sys.stderr.isatty())
-                stats = await export_async(frames, session, fmt, cast(BinaryIO, progress))
+                stats = await export_async(frames, session, fmt, cast(BinaryIO, progress), start_ms)
             click.echo(
                 f"\rexported {stats.frames} frames ({stats.bytes_in} bytes) of {sid} as {fmt}"
                 f" to {output} ({stats.bytes_out} bytes)",
@@ -303,6 +315,7 @@ def register(main: click.Group) -> None:
 
         dsn = _dsn(get_settings(ctx))
         t = _tenant(ctx, tenant)
+        sid = resolve_session_id(get_settings(ctx), t, sid)
 
         async def work(pool: Any) -> VerifyResult:
             return await verify_session(pool, t, sid)

@@ -7,13 +7,25 @@ Formats:
     concatenated in order. The byte-exact format (``cat`` it to a terminal).
 ``text``
     What a reader saw, as plain text (:mod:`replay.text`).
-``json``
-    JSON lines. First a header ``{"type": "header", "format": "sessionvault.frames",
-    "version": 1, "sid", "tenant", ..., "cols", "rows", "started_at", "exit_code"}``, then one
+``ndjson`` (also accepted as ``json``, its earlier name)
+    Newline-delimited JSON (NDJSON: one JSON object per line, media type
+    ``application/x-ndjson``); not one JSON document. First a header ``{"type": "header",
+    "format": "sessionvault.frames", "version": 1, "sid", "tenant", ..., "cols", "rows",
+    "started_at", "exit_code", "start_ms"}``, then one
     line per frame ``{"t_ms", "stream", "data_b64"}`` for every stream (stdout and stderr stay
     distinct), then ``{"type": "end", "frames", "bytes", "exit_code"}``. Lossless.
 ``asciicast-v2`` / ``asciicast-v3``
     See :mod:`replay.asciicast` for the exact text mapping.
+
+Starting at a moment (``start_ms``, the CLI's ``--start-at``, what replay links name):
+
+* the asciicast formats *seek* exactly as ``play --start-at`` does
+  (:func:`replay.frames.start_at`): every frame before the moment is written at time 0 so a
+  player shows the screen as it was, later frames are rebased so the moment is time 0, and the
+  header's ``timestamp`` is the moment's wall-clock second;
+* ``raw``, ``text`` and ``ndjson`` *cut*: only the frames at or after the moment; ``ndjson``
+  keeps the session's own ``t_ms`` and names the cut in its header (``"start_ms"``). A terminal
+  fed a cut ``raw`` stream may show a half-drawn screen; that is what cutting means.
 
 The exit code is the session row's (set from the final chunk); when it has none, the one the
 kubectl error channel (``x`` frames) reports.
@@ -22,19 +34,51 @@ kubectl error channel (``x`` frames) reports.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol
 
 import orjson
 
 from replay.asciicast import CastHeader, V2Writer, V3Writer
+from replay.frames import seek_frame
 from replay.kube import exit_code_from_status
 from replay.text import TextRenderer
 from schemas.models import Frame, Stream
 
-FORMATS = ("asciicast-v2", "asciicast-v3", "raw", "text", "json")
+FORMATS = ("asciicast-v2", "asciicast-v3", "raw", "text", "ndjson")
+FORMAT_ALIASES = {"json": "ndjson"}
+"""Earlier names still accepted (CLI ``--format``, API ``format=``)."""
+FORMAT_CHOICES = FORMATS + tuple(FORMAT_ALIASES)
+
+
+def format_name(fmt: str) -> str:
+    """The canonical name of export format ``fmt`` (an alias resolved)."""
+    return FORMAT_ALIASES.get(fmt, fmt)
+
+
+SEEKING_FORMATS = frozenset({"asciicast-v2", "asciicast-v3"})
+"""Formats that rebuild the screen at ``start_ms`` (the others cut there)."""
+
+
+def read_from_ms(fmt: str, start_ms: int) -> int:
+    """Where reading the stored frames may start for an export of ``fmt`` from ``start_ms``:
+    0 for the seeking formats (they need every earlier frame), ``start_ms`` for the others."""
+    return 0 if fmt in SEEKING_FORMATS else max(0, start_ms)
+
+
+async def export_frames(
+    frames: AsyncIterable[Frame], fmt: str, start_ms: int
+) -> AsyncIterator[Frame]:
+    """The frames an export of ``fmt`` from ``start_ms`` writes, given the session's frames
+    from :func:`read_from_ms` on (or from 0: the cut is applied here too)."""
+    seeking = fmt in SEEKING_FORMATS
+    async for f in frames:
+        if seeking:
+            yield seek_frame(f, start_ms)
+        elif f.offset_ms >= start_ms:
+            yield f
 
 
 class SessionMeta(Protocol):
@@ -112,8 +156,9 @@ class TextEncoder:
 
 
 class JsonEncoder:
-    def __init__(self, session: SessionMeta) -> None:
+    def __init__(self, session: SessionMeta, start_ms: int = 0) -> None:
         self._s = session
+        self._start_ms = start_ms
         self._frames = 0
         self._bytes = 0
         self._x_code: int | None = None
@@ -140,6 +185,7 @@ class JsonEncoder:
                     "rows": s.rows,
                     "started_at": s.started_at.isoformat(),
                     "exit_code": s.exit_code,
+                    "start_ms": self._start_ms,
                 }
             )
             + b"\n"
@@ -165,8 +211,8 @@ class JsonEncoder:
 
 
 class CastEncoder:
-    def __init__(self, session: SessionMeta, version: int) -> None:
-        header = cast_header(session)
+    def __init__(self, session: SessionMeta, version: int, start_ms: int = 0) -> None:
+        header = cast_header(session, start_ms)
         self._w = V2Writer(header) if version == 2 else V3Writer(header)
         self._exit = session.exit_code
 
@@ -180,30 +226,34 @@ class CastEncoder:
         return self._w.end(self._exit)
 
 
-def cast_header(session: SessionMeta) -> CastHeader:
+def cast_header(session: SessionMeta, start_ms: int = 0) -> CastHeader:
+    """The asciicast header; time 0 is the session's start, or ``start_ms`` after it."""
     who = f"{session.login or session.user_name}@{session.server_id or session.kubernetes_cluster}"
+    zero = session.started_at + timedelta(milliseconds=max(0, start_ms))
     return CastHeader(
         cols=session.cols,
         rows=session.rows,
-        timestamp=int(session.started_at.timestamp()),
+        timestamp=int(zero.timestamp()),
         term=session.term,
         command=session.command,
         title=f"{session.sid} {who}".strip(),
     )
 
 
-def encoder(fmt: str, session: SessionMeta) -> Encoder:
-    """The streaming encoder for ``fmt`` (one of :data:`FORMATS`)."""
+def encoder(fmt: str, session: SessionMeta, start_ms: int = 0) -> Encoder:
+    """The streaming encoder for ``fmt`` (one of :data:`FORMAT_CHOICES`), for an export that
+    starts at ``start_ms`` (frames from :func:`export_frames`)."""
+    fmt = format_name(fmt)
     if fmt == "raw":
         return RawEncoder()
     if fmt == "text":
         return TextEncoder()
-    if fmt == "json":
-        return JsonEncoder(session)
+    if fmt == "ndjson":
+        return JsonEncoder(session, start_ms)
     if fmt == "asciicast-v2":
-        return CastEncoder(session, 2)
+        return CastEncoder(session, 2, start_ms)
     if fmt == "asciicast-v3":
-        return CastEncoder(session, 3)
+        return CastEncoder(session, 3, start_ms)
     raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -247,13 +297,18 @@ def export(frames: Iterable[Frame], session: SessionMeta, fmt: str, out: BinaryI
 
 
 async def export_async(
-    frames: AsyncIterable[Frame], session: SessionMeta, fmt: str, out: BinaryIO
+    frames: AsyncIterable[Frame],
+    session: SessionMeta,
+    fmt: str,
+    out: BinaryIO,
+    start_ms: int = 0,
 ) -> ExportStats:
-    """:func:`export` over an asynchronous frame stream (``storage.reader.iter_frames``)."""
-    enc = encoder(fmt, session)
+    """:func:`export` over an asynchronous frame stream (``storage.reader.iter_frames`` read
+    from :func:`read_from_ms`), starting at ``start_ms`` (seek or cut, see the module doc)."""
+    enc = encoder(fmt, session, start_ms)
     c = _Counter(out)
     c.write(enc.header())
-    async for f in frames:
+    async for f in export_frames(frames, fmt, start_ms):
         c.saw(f)
         c.write(enc.frame(f))
     c.write(enc.end())

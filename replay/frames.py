@@ -40,17 +40,21 @@ def only_streams(frames: Iterable[Frame], streams: Collection[Stream]) -> Iterat
     return (f for f in frames if f.stream in wanted)
 
 
+def seek_frame(f: Frame, start_ms: int) -> Frame:
+    """``f`` as seen from a seek to ``start_ms``: earlier frames at 0, later ones rebased."""
+    if start_ms <= 0:
+        return f
+    return Frame(max(0, f.offset_ms - start_ms), f.stream, f.data)
+
+
 def start_at(frames: Iterable[Frame], start_ms: int) -> Iterator[Frame]:
     """Seek to ``start_ms``: every frame, with offsets shifted so the seek point becomes 0.
 
     Frames before the seek point get offset 0 (written at once, so the screen state is right);
     later frames keep their spacing.
     """
-    if start_ms <= 0:
-        yield from frames
-        return
     for f in frames:
-        yield Frame(max(0, f.offset_ms - start_ms), f.stream, f.data)
+        yield seek_frame(f, start_ms)
 
 
 def to_relative(frames: Iterable[Frame]) -> Iterator[Timed]:

@@ -13,13 +13,36 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from sessionvault import __version__
 from sessionvault.errors import SessionVaultError
-from sessionvault.settings import Settings, load_settings
+from sessionvault.settings import Settings, load_settings, read_stack_file
+
+STACK_DOWN = "the local stack is not running: run `sessionvault up`"
+
+
+def local_stack_down() -> bool:
+    """True when the settings point at the embedded local stack (its addresses come from
+    ``stack.json``, not from ``SESSIONVAULT_*``) and that stack is not up (stopped by
+    ``down``, or its servers died). False when in doubt."""
+    try:
+        settings = load_settings()
+        stack = read_stack_file(settings.home)
+    except SessionVaultError:
+        return False
+    if not stack.get("postgres_dsn"):
+        return False
+    if stack.get("postgres_dsn") != settings.postgres_dsn.get():
+        return False  # pointed at other servers: their errors are theirs
+    if stack.get("running") is False:
+        return True
+    from deploy.stack import LocalStack
+
+    return not LocalStack(settings.home).is_up()
 
 
 class _Group(click.Group):
@@ -29,11 +52,32 @@ class _Group(click.Group):
         except SessionVaultError as exc:
             if os.environ.get("SESSIONVAULT_DEBUG"):
                 raise
+            # A server that cannot be reached because the local stack is down: say that,
+            # not the driver's connection error.
+            if exc.retriable and local_stack_down():
+                click.echo(f"sessionvault: error: {STACK_DOWN} ({exc})", err=True)
+                sys.exit(2)
             click.echo(f"sessionvault: error: {exc}", err=True)
             sys.exit(2 if exc.retriable else 1)
         except KeyboardInterrupt:
             click.echo("sessionvault: interrupted", err=True)
             sys.exit(130)
+
+
+def resolve_session_id(settings: Settings, tenant: str, sid: str) -> str:
+    """The full id of the session ``sid`` names in ``tenant`` (the id, or a unique prefix of
+    it: :func:`storage.reader.resolve_sid`); for commands a person types a SID into."""
+    from storage.pg import connect
+    from storage.reader import resolve_sid
+
+    async def work() -> str:
+        conn = await connect(settings.postgres_dsn.get())
+        try:
+            return await resolve_sid(conn, tenant, sid)
+        finally:
+            await conn.close()
+
+    return asyncio.run(work())
 
 
 def get_settings(ctx: click.Context) -> Settings:
@@ -54,6 +98,10 @@ def main(ctx: click.Context, verbose: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    if verbose == 0:
+        # opensearch-py logs every failed request with a traceback; the error it raises is
+        # translated and reported as one line (-v shows the driver's log again).
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 
 @main.command("config")
@@ -105,9 +153,15 @@ def run_async_worker(
     status_line: Callable[[W, float], Awaitable[str]] | None = None,
     status_every: float = 5.0,
     quiet_loggers: Sequence[str] = ("kafka",),
+    home: Path | None = None,
+    name: str = "",
 ) -> None:
     """Run a long-lived asyncio worker until SIGTERM/SIGINT: the shared shell of the
     ``worker ...`` commands.
+
+    With ``home`` and ``name``, the worker's health (its ``health`` and ``stats``) is written
+    for ``status`` about once a second (:class:`ingest.health.Reporter`), and a stalled worker's
+    status lines say ``STALLED`` and why.
 
     Prints ``banner`` on stderr, then every ``status_every`` seconds the line
     ``status_line(worker, seconds since the last line)`` returns (0: no status lines), and
@@ -123,6 +177,8 @@ def run_async_worker(
     for name in quiet_loggers:
         logging.getLogger(name).setLevel(max(root_level, logging.ERROR))
 
+    from ingest.health import Reporter, status_suffix
+
     async def main_task() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -136,18 +192,22 @@ def run_async_worker(
             while True:
                 await asyncio.sleep(status_every)
                 now = time.monotonic()
-                click.echo(await status_line(worker, max(now - last, 1e-9)), err=True)
+                line = await status_line(worker, max(now - last, 1e-9))
+                click.echo(line + status_suffix(worker), err=True)
                 last = now
 
         click.echo(banner, err=True)
         task = (
             asyncio.create_task(ticker()) if status_line is not None and status_every > 0 else None
         )
+        reporter = Reporter(home, name, worker) if home is not None and name else None
         try:
             await run(worker, stop)
         finally:
             if task is not None:
                 task.cancel()
+            if reporter is not None:
+                reporter.close()
         click.echo(stopped(worker), err=True)
 
     asyncio.run(main_task())

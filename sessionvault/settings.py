@@ -74,6 +74,14 @@ class Settings:
     # or test runs can share one cluster).
     opensearch_index_prefix: str = "sv"
 
+    # The embedded local stack (`sessionvault up`). Its broker keeps topics and committed
+    # offsets on disk ("s3": tansu's object-store engine on a local s3rver, survives kill -9 and
+    # `down`) or in memory ("memory": faster; loses acknowledged records not yet persisted).
+    local_broker_storage: str = "s3"
+    # Also start the in-memory OpenSearch emulator (opt-in: it grows without bound, 2.3 GB for
+    # one 100 MB session); without it search answers from PostgreSQL.
+    local_opensearch: bool = False
+
     topic_chunks: str = "sv.chunks.v1"
     topic_events: str = "sv.events.v1"
     topic_deadletter: str = "sv.deadletter.v1"
@@ -92,15 +100,30 @@ class Settings:
     persist_linger_ms: int = 20
     zstd_level: int = 3
     retry_backoff_max_ms: int = 30_000
-    # Consumer-group timing. With the client defaults a group's first join on the local broker
-    # takes over 20 s; with these about 3 s. Raise them where a batch can take longer to handle.
-    consumer_session_timeout_ms: int = 6_000
-    consumer_heartbeat_interval_ms: int = 1_000
-    consumer_max_poll_interval_ms: int = 10_000
-    # How long the broker may hold a fetch with no new data. It is part of every record's
-    # latency when traffic is light (kafka-python's default of 500 ms dominated the
-    # write-to-durable-row latency: p99 about 400 ms with 50 against about 600 with 500).
-    consumer_fetch_max_wait_ms: int = 50
+    # A session with no chunk for this long and no final chunk (its recorder was killed) is
+    # closed as "abandoned" by the persist worker; a later chunk revives it. 0: never.
+    session_abandon_after_ms: int = 60 * 60 * 1000
+    # A worker whose one operation (a write, a dead letter, a commit, a bulk) has kept failing
+    # this long counts as stalled: `status` says so (ingest/health.py).
+    worker_stall_after_ms: int = 30_000
+    # Consumer-group timing. tansu answers a group's first JoinGroup after about half the
+    # session timeout (with the client defaults over 20 s); these give about 7 s, and a
+    # crashed worker's partitions move after 15 s (Kafka's own default is 45 s). Heartbeats
+    # every 5 s: each one is a write to the durable broker's object store (at 2 s they were
+    # most of an idle stack's CPU there). Raise max_poll_interval where a batch takes longer.
+    consumer_session_timeout_ms: int = 15_000
+    consumer_heartbeat_interval_ms: int = 5_000
+    consumer_max_poll_interval_ms: int = 30_000
+    # How long the broker may hold a fetch with no new data (a long poll: an idle worker waits
+    # on the broker instead of asking again). The local broker answers as soon as a record
+    # arrives (measured: 4-5 ms to a waiting consumer whether the wait is 50 or 1,000 ms), while
+    # each fetch costs the client, the broker and the durable broker's object store CPU: 50 ms
+    # cost an idle consumer and the broker about 3% and 2% of a core each (docs/benchmarks.md).
+    consumer_fetch_max_wait_ms: int = 5_000
+    # How long a worker's poll waits for a first record before its loop goes round (stop
+    # checks, the detect worker's output feed, idle housekeeping). Shorter is snappier for
+    # those, longer is cheaper when idle.
+    worker_poll_wait_ms: int = 2_000
 
     log_level: str = "INFO"
 
@@ -188,6 +211,10 @@ def _check(s: Settings) -> None:
     for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+    if s.local_broker_storage not in ("s3", "memory"):
+        raise ConfigError(
+            f"SESSIONVAULT_LOCAL_BROKER_STORAGE={s.local_broker_storage!r}: use s3 or memory"
+        )
     if s.chunk_max_bytes > s.max_record_bytes // 2:
         raise ConfigError("SESSIONVAULT_CHUNK_MAX_BYTES must be at most half of MAX_RECORD_BYTES")
 

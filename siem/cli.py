@@ -31,6 +31,7 @@ def register(main: click.Group) -> None:
         ctx: click.Context, sink_name: str, config_path: str | None, status_every: float
     ) -> None:
         """Forward events to one SIEM sink (consumer group siem-NAME) until SIGTERM/SIGINT."""
+        from ingest.health import Reporter, status_suffix
         from siem.config import load_siem_config
         from siem.worker import SinkWorker
 
@@ -57,7 +58,8 @@ def register(main: click.Group) -> None:
             rate = (s.delivered - last["delivered"]) / max(now - last["t"], 1e-9)
             click.echo(
                 f"{tag}: {rate:,.0f} events/s | total {s.delivered} delivered, {s.skipped} "
-                f"skipped, {s.failures} failed tries, {s.dead_letters} dead letters",
+                f"skipped, {s.failures} failed tries, {s.dead_letters} dead letters"
+                + status_suffix(worker),
                 err=True,
             )
             last.update(t=now, delivered=s.delivered)
@@ -67,7 +69,11 @@ def register(main: click.Group) -> None:
             f"{config.group_id} (Ctrl-C or SIGTERM to stop)",
             err=True,
         )
-        worker.run(stop=stop, on_batch=status_line)
+        reporter = Reporter(settings.home, f"worker-siem-{config.name}", worker)
+        try:
+            worker.run(stop=stop, on_batch=status_line)
+        finally:
+            reporter.close()
         click.echo(f"{tag}: stopped after {worker.stats.delivered} delivered events", err=True)
 
     siem_group = subgroup(main, "siem", "SIEM sinks.")

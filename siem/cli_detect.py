@@ -6,14 +6,20 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from sessionvault.cli import get_settings, group_option, status_every_option, subgroup
+from sessionvault.cli import (
+    get_settings,
+    group_option,
+    resolve_session_id,
+    status_every_option,
+    subgroup,
+)
 from sessionvault.errors import ConfigError
 from sessionvault.settings import Settings, require
 
@@ -35,6 +41,7 @@ def _register_worker(main: click.Group) -> None:
         """Run the Sigma rules over the events topic and the segmenter's terminal output and
         produce alert events, until SIGTERM/SIGINT (rules: starter set +
         SESSIONVAULT_SIGMA_RULES)."""
+        from ingest.health import Reporter, status_suffix
         from siem.detect import DetectBatchReport, DetectWorker
 
         settings = get_settings(ctx)
@@ -56,7 +63,8 @@ def _register_worker(main: click.Group) -> None:
             s = worker.stats
             click.echo(
                 f"detect[{group_id}]: {s.records} records, {s.evaluated} evaluated, "
-                f"{s.output_segments} output lines, {s.alerts} alerts, lag {worker.lag()}",
+                f"{s.output_segments} output lines, {s.alerts} alerts, lag {worker.lag()}"
+                + status_suffix(worker),
                 err=True,
             )
 
@@ -65,7 +73,11 @@ def _register_worker(main: click.Group) -> None:
             f"{settings.topic_events} and terminal output (Ctrl-C or SIGTERM to stop)",
             err=True,
         )
-        worker.run(stop=stop, on_batch=status_line)
+        reporter = Reporter(settings.home, "worker-detect", worker)
+        try:
+            worker.run(stop=stop, on_batch=status_line)
+        finally:
+            reporter.close()
         click.echo(
             f"detect[{group_id}]: stopped after {worker.stats.records} records, "
             f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)",
@@ -147,29 +159,41 @@ def _register_rules(main: click.Group) -> None:
                 click.echo(f"{rid:<36}  {level:<8} {kind:<11} {rule.title[:50]:<50} {f}")
 
     @rules_group.command("test")
-    @click.argument("rule_file", type=click.Path(exists=True, path_type=Path))
-    @click.argument("events", required=False,
-                    type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--session", "sessions", multiple=True, metavar="SID",
-                  help="Also a stored session of your tenant: its audit events and rendered "
-                       "output lines, as the detect worker sees them (repeatable).")
+    @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+    @click.option(
+        "--session",
+        "sessions",
+        multiple=True,
+        metavar="SID",
+        help="Also a stored session of your tenant: its audit events and rendered "
+        "output lines, as the detect worker sees them (repeatable).",
+    )
     @click.option("--with-starter", is_flag=True, help="Also load the starter rule set.")
-    @click.option("--business-hours", default=None,
-                  help='e.g. "Europe/Berlin 08-18 mon-fri" (default: SESSIONVAULT_BUSINESS_HOURS).')
+    @click.option(
+        "--business-hours",
+        default=None,
+        help='e.g. "Europe/Berlin 08-18 mon-fri" (default: SESSIONVAULT_BUSINESS_HOURS).',
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the alert events as JSON lines.")
     @click.pass_context
     def test_cmd(
         ctx: click.Context,
-        rule_file: Path,
-        events: Path | None,
+        paths: tuple[Path, ...],
         sessions: tuple[str, ...],
         with_starter: bool,
         business_hours: str | None,
         as_json: bool,
     ) -> None:
-        """Evaluate the rules of RULE_FILE (a file or directory) against the records of
-        EVENTS (JSON lines) in file order, and/or stored sessions (--session), and print every
-        alert. Nothing is produced or stored."""
+        """Evaluate rules against records and print every alert; nothing is produced or stored.
+
+        PATHS are rules (a directory, or a .yml/.yaml file) and records (any other file: JSON
+        lines, evaluated in file order), in any order; --with-starter adds the starter rules
+        (then no rules path is needed), --session adds a stored session.
+
+        \b
+          sessionvault rules test my-rules/ events.jsonl
+          sessionvault rules test --with-starter --session SID
+        """
         from siem.detect_config import parse_business_hours
         from siem.rules import STARTER_DIR, SigmaEngine
 
@@ -177,14 +201,17 @@ def _register_rules(main: click.Group) -> None:
         hours = parse_business_hours(
             settings.business_hours if business_hours is None else business_hours
         )
-        sources = [STARTER_DIR, rule_file] if with_starter else [rule_file]
+        rule_paths, event_files = split_rule_paths(paths)
+        sources = [STARTER_DIR, *rule_paths] if with_starter else rule_paths
+        if not sources:
+            raise click.UsageError("give a rules file or directory, or --with-starter")
+        if not event_files and not sessions:
+            raise click.UsageError("give a file of records (JSON lines), --session SID, or both")
         engine = SigmaEngine.from_sources(sources, business_hours=hours)
-        if events is None and not sessions:
-            raise click.UsageError("give EVENTS (a JSON-lines file), --session SID, or both")
         inputs: list[tuple[str, dict[str, Any]]] = []
-        if events is not None:
+        for events in event_files:
             inputs += [(f"{events.name}:{n}", rec) for n, rec in iter_records(events)]
-        for sid in sessions:
+        for sid in (resolve_session_id(settings, settings.tenant, s) for s in sessions):
             got = _stored_session(settings, sid)
             if not got:
                 raise ConfigError(f"session {sid}: nothing stored for tenant {settings.tenant}")
@@ -207,4 +234,14 @@ def _register_rules(main: click.Group) -> None:
         )
 
 
-__all__ = ["iter_records", "register"]
+RULE_SUFFIXES = (".yml", ".yaml")
+
+
+def split_rule_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(rule sources, record files) of ``rules test``'s PATHS: directories and ``.yml`` /
+    ``.yaml`` files are rules, every other file holds records. Order is kept."""
+    rules = [p for p in paths if p.is_dir() or p.suffix.lower() in RULE_SUFFIXES]
+    return rules, [p for p in paths if p not in rules]
+
+
+__all__ = ["RULE_SUFFIXES", "iter_records", "register", "split_rule_paths"]

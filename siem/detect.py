@@ -62,6 +62,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
 from ingest.persist import backoff_ms
 from schemas.codec import decode_event, encode_event, validate_event
@@ -83,7 +84,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_GROUP = "detect"
-POLL_WAIT_MS = 500
+#: How long an empty output feed is left alone before it is looked at again.
+FEED_IDLE_S = 1.0
 BATCH_MAX_RECORDS = 500
 BATCH_MAX_BYTES = 16 * 1024 * 1024
 LINGER_MS = 20
@@ -316,6 +318,7 @@ class DetectWorker:
         self.settings = settings
         self.group_id = group_id
         self.stats = DetectStats()
+        self.health = Health(settings.worker_stall_after_ms / 1000)
         self._db: SyncPostgres | None = None
         if settings.postgres_dsn and (session_starts is None or output_feed is None):
             self._db = SyncPostgres(settings.postgres_dsn.get())
@@ -352,10 +355,13 @@ class DetectWorker:
         while True:
             attempt += 1
             try:
-                return op()
+                result = op()
+                self.health.succeeded()
+                return result
             except CommitRejectedError:
                 raise
             except TransportError as exc:
+                self.health.failed(what, exc)
                 delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
                 log.warning(
                     "detect: %s failed (attempt %d), retrying in %.1fs: %s",
@@ -489,6 +495,11 @@ class DetectWorker:
                 return done
             if batch is None:
                 self._feed_attempt = 0
+                if done == 0:
+                    # Nothing waiting: look again in FEED_IDLE_S, not on every poll (an idle
+                    # worker's feed queries were most of its CPU). Terminal-output alerts after
+                    # a quiet spell wait at most that much longer.
+                    self._feed_retry_at = time.monotonic() + FEED_IDLE_S
                 return done
             try:
                 alerts = self._evaluate_output(batch)
@@ -556,10 +567,11 @@ class DetectWorker:
                         max_records=BATCH_MAX_RECORDS,
                         max_bytes=BATCH_MAX_BYTES,
                         linger_ms=LINGER_MS,
-                        wait_ms=POLL_WAIT_MS,
+                        wait_ms=self.settings.worker_poll_wait_ms,
                     )
                 except TransportError as exc:
                     log.warning("detect: poll failed: %s", exc)
+                    self.health.failed("polling Kafka", exc)
                     if self._stop.wait(1.0):
                         break
                     continue
@@ -567,7 +579,8 @@ class DetectWorker:
                     report = self.handle_batch(records)
                     if on_batch is not None:
                         on_batch(report)
-                # At most one poll wait (POLL_WAIT_MS) after the segmenter committed a line.
+                self.health.progressed()
+                # At most one poll wait (worker_poll_wait_ms) after the segmenter committed a line.
                 self.detect_output()
         except _Stopped:
             log.info("detect: stopping with an uncommitted batch; it will be redelivered")

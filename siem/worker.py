@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
+from ingest.health import Health
 from schemas.codec import decode_event
 from sessionvault.errors import SessionVaultError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POLL_WAIT_MS = 500
 FETCH_MAX_WAIT_MS = 50
 STATE_EVERY_S = 1.0
 #: Longest single sleep while waiting to retry: the consumer is polled (kept in its group)
@@ -218,6 +218,7 @@ class SinkWorker:
         self.config = config
         self.group_id = config.group_id
         self.stats = SinkStats()
+        self.health = Health(settings.worker_stall_after_ms / 1000)
         self._sink = sink
         topics = list(topics or [settings.topic_events])
         self._consumer_factory = consumer_factory or (
@@ -266,6 +267,7 @@ class SinkWorker:
             raise _Stopped
 
     def _note_failure(self, message: str) -> None:
+        self.health.failed("delivering to the sink", message)
         self.stats.failures += 1
         self.stats.last_error = message
         self.stats.last_error_at = time.time()
@@ -281,10 +283,15 @@ class SinkWorker:
             except CommitRejectedError:
                 raise
             except TransportError as exc:
+                self.health.failed(what, exc)
                 delay = retry_delay_ms(attempt, self.config.retry) / 1000
                 log.warning(
                     "siem[%s]: %s failed (attempt %d), retrying in %.1fs: %s",
-                    self.config.name, what, attempt, delay, exc,
+                    self.config.name,
+                    what,
+                    attempt,
+                    delay,
+                    exc,
                 )
                 self._wait(delay)
 
@@ -315,7 +322,10 @@ class SinkWorker:
             except Exception as exc:  # a formatter bug must not stop the sink
                 log.error(
                     "siem[%s]: format %s failed on %s: %s",
-                    self.config.name, self.config.format, rec.where, type(exc).__name__,
+                    self.config.name,
+                    self.config.format,
+                    rec.where,
+                    type(exc).__name__,
                 )
                 rejects.append(_Reject(rec, R_FORMAT, f"{type(exc).__name__}: {exc}"[:500]))
                 continue
@@ -358,7 +368,12 @@ class SinkWorker:
                 if exhausted(attempt, self.config.retry):
                     log.error(
                         "siem[%s]: %d events dead-lettered after %d failed tries (%s .. %s): %s",
-                        name, len(items), attempt, items[0][0].where, items[-1][0].where, exc,
+                        name,
+                        len(items),
+                        attempt,
+                        items[0][0].where,
+                        items[-1][0].where,
+                        exc,
                     )
                     msg = f"{attempt} tries failed; last: {exc}"
                     return [_Reject(r, R_SINK_UNAVAILABLE, msg) for r, _ in items]
@@ -367,7 +382,11 @@ class SinkWorker:
                 log.log(
                     level,
                     "siem[%s]: delivery of %d events failed (try %d), retrying in %.1fs: %s",
-                    name, len(items), attempt, delay, exc,
+                    name,
+                    len(items),
+                    attempt,
+                    delay,
+                    exc,
                 )
                 self._wait(delay)
                 continue
@@ -387,7 +406,9 @@ class SinkWorker:
         def send_all() -> int:
             for r in rejects:
                 log.warning(
-                    "siem[%s]: dead letter %s reason=%s", self.config.name, r.record.where,
+                    "siem[%s]: dead letter %s reason=%s",
+                    self.config.name,
+                    r.record.where,
                     r.reason,
                 )
                 dl.send(r.record, r.reason, r.message)
@@ -422,8 +443,12 @@ class SinkWorker:
                 attempt += 1
                 self._note_failure(str(exc))
                 delay = retry_delay_ms(attempt, self.config.retry) / 1000
-                log.error("siem[%s]: sync failed, delivering the batch again in %.1fs: %s",
-                          self.config.name, delay, exc)
+                log.error(
+                    "siem[%s]: sync failed, delivering the batch again in %.1fs: %s",
+                    self.config.name,
+                    delay,
+                    exc,
+                )
                 self._wait(delay)
         if rejects:
             self._send_deadletters(rejects)
@@ -513,16 +538,19 @@ class SinkWorker:
                         max_records=self.config.batch.max_events,
                         max_bytes=self.config.batch.max_bytes,
                         linger_ms=self.config.batch.linger_ms,
-                        wait_ms=POLL_WAIT_MS,
+                        wait_ms=self.settings.worker_poll_wait_ms,
                     )
                 except TransportError as exc:
                     log.warning("siem[%s]: poll failed: %s", name, exc)
+                    self.health.failed("polling Kafka", exc)
                     self._wait(1.0)
                     continue
                 if not records:
+                    self.health.progressed()
                     self._write_state()
                     continue
                 outcome = self.handle_batch(records)
+                self.health.progressed()
                 if on_batch is not None:
                     on_batch(outcome)
         except _Stopped:
@@ -540,8 +568,12 @@ class SinkWorker:
                 if not exc.retriable:
                     raise
                 delay = retry_delay_ms(attempt, self.config.retry) / 1000
-                log.warning("siem[%s]: joining the group failed, retrying in %.1fs: %s",
-                            self.config.name, delay, exc)
+                log.warning(
+                    "siem[%s]: joining the group failed, retrying in %.1fs: %s",
+                    self.config.name,
+                    delay,
+                    exc,
+                )
                 if self._stop.wait(delay):
                     raise _Stopped from exc
 

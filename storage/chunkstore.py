@@ -31,6 +31,7 @@ from ingest.persist_logic import (
     classify_chunks,
     conflicting_rows,
     fold_inserted,
+    judge_repeats,
     opened_state,
 )
 from sessionvault.errors import StorageError
@@ -250,11 +251,13 @@ async def insert_chunks(
 
 
 async def stored_hashes(
-    conn: asyncpg.Connection, offered: Sequence[ChunkRow], inserted: Sequence[ChunkRow]
+    conn: asyncpg.Connection, keys: Iterable[tuple[str, int]]
 ) -> dict[tuple[str, int], str]:
-    """The stored hash of each offered chunk that was not inserted (it existed already)."""
-    done = {(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in inserted}
-    keys = sorted({(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in offered} - done)
+    """The hash stored for each (sid, seq) of ``keys`` that is stored (this transaction's own
+    inserts included)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
     rows = await conn.fetch(
         "SELECT c.sid, c.seq, c.hash FROM chunks c"
         " JOIN unnest($1::text[], $2::int[]) AS k(sid, seq) USING (sid, seq)",
@@ -313,23 +316,58 @@ async def write_chunks(
         inserted = await insert_chunks(conn, plan.rows, method=method)
         changed = fold_inserted(states, inserted)
         await update_sessions(conn, list(changed.values()))
-        conflicts: list[Reject] = []
-        if len(inserted) < len(plan.rows):
-            conflicts = conflicting_rows(
-                plan.rows, inserted, await stored_hashes(conn, plan.rows, inserted)
-            )
+        # What is stored now for the rows not inserted and for the batch's repeats: the
+        # judge of conflicts is the database, not the batch's first copy.
+        done = {(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in inserted}
+        keys = {(r.prepared.chunk.sid, r.prepared.chunk.seq) for r in plan.rows} - done
+        keys |= {(p.chunk.sid, p.chunk.seq) for p in plan.repeats}
+        stored = await stored_hashes(conn, keys)
+        conflicts = conflicting_rows(plan.rows, inserted, stored)
+        repeat_rejects, repeat_dups = judge_repeats(plan.repeats, stored)
     except StorageError:
         raise
     except Exception as exc:
         raise storage_error(exc, "cannot write chunks") from exc
-    result.rejects = sorted(plan.rejects + conflicts, key=lambda r: r.ref)
-    result.offered = len(plan.rows) + plan.duplicates_in_batch - len(conflicts)
+    result.rejects = sorted(plan.rejects + conflicts + repeat_rejects, key=lambda r: r.ref)
+    result.offered = len(plan.rows) + repeat_dups - len(conflicts)
     result.inserted = len(inserted)
     result.raw_bytes = sum(r.prepared.raw_len for r in inserted)
     result.stored_bytes = sum(len(r.prepared.stored) for r in inserted)
     result.opened = [o.sid for o in plan.opens]
     result.sessions = changed
     return result
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """A session closed as abandoned: its last stored sequence number and hash."""
+
+    tenant: str
+    sid: str
+    last_seq: int
+    last_hash: str
+
+
+async def close_abandoned(conn: asyncpg.Connection, idle_ms: int) -> list[Abandoned]:
+    """Close as ``abandoned`` every ``active`` session with no chunk stored for ``idle_ms``
+    (its recorder died without a final chunk): ``ended_at`` at its last frame, the last seq and
+    hash kept as they are. A chunk arriving later makes it active again
+    (:func:`ingest.persist_logic.fold_inserted`). Rows another transaction holds are skipped."""
+    try:
+        rows = await conn.fetch(
+            "UPDATE sessions s SET status = 'abandoned',"
+            " ended_at = s.started_at + s.duration_ms * interval '1 millisecond',"
+            " updated_at = now()"
+            " FROM (SELECT sid FROM sessions WHERE status = 'active'"
+            " AND updated_at < now() - $1 * interval '1 millisecond'"
+            " FOR UPDATE SKIP LOCKED) AS idle"
+            " WHERE s.sid = idle.sid"
+            " RETURNING s.tenant, s.sid, s.last_seq, s.last_hash",
+            idle_ms,
+        )
+    except Exception as exc:
+        raise storage_error(exc, "cannot close abandoned sessions") from exc
+    return [Abandoned(r["tenant"], r["sid"], r["last_seq"], r["last_hash"]) for r in rows]
 
 
 #: The channel the segmenter LISTENs on (ingest.segmenter); the payload is empty.

@@ -28,7 +28,7 @@ from ingest.kube_audit import merge_kube_requests
 from ingest.persist_logic import EventRow, month_bounds, partition_name
 from sessionvault.errors import StorageError
 from storage.chunkstore import storage_error
-from storage.search.model import event_columns, to_us
+from storage.search.model import EventColumns, event_columns, to_us
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,14 @@ KUBE_REQUEST = "kube.request"
 _INSERT_EVENTS = (
     "INSERT INTO events (tenant, uid, time, event, code, sid, ei, user_name, body, time_us,"
     " login, server_id, cluster_name, kubernetes_cluster, kubernetes_namespace,"
-    " kubernetes_resource_kind, kubernetes_resource_name, verb, text_norm)"
-    " SELECT t, u, ti, e, c, s, ei, un, b::jsonb, tu, lo, si, cn, kc, kn, kk, kr, vb, tn"
+    " kubernetes_resource_kind, kubernetes_resource_name, verb, text_norm,"
+    " kubernetes_subresource)"
+    " SELECT t, u, ti, e, c, s, ei, un, b::jsonb, tu, lo, si, cn, kc, kn, kk, kr, vb, tn, ks"
     " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],"
     " $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[],"
-    " $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])"
-    " AS x(t, u, ti, e, c, s, ei, un, b, tu, lo, si, cn, kc, kn, kk, kr, vb, tn)"
+    " $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],"
+    " $20::text[])"
+    " AS x(t, u, ti, e, c, s, ei, un, b, tu, lo, si, cn, kc, kn, kk, kr, vb, tn, ks)"
 )
 
 
@@ -57,6 +59,14 @@ def _search_arrays(rows: Sequence[EventRow]) -> list[list[Any]]:
         r.search if r.search is not None else event_columns(orjson.loads(r.body), to_us(r.time))
         for r in rows
     ]
+    return search_column_arrays(cols)
+
+
+def search_column_arrays(cols: Sequence[EventColumns]) -> list[list[Any]]:
+    """The search columns of events as one array each, in the order the writers bind them:
+    time_us, login, server_id, cluster_name, kubernetes_cluster, kubernetes_namespace,
+    kubernetes_resource_kind, kubernetes_resource_name, verb, text_norm,
+    kubernetes_subresource."""
     return [
         [c.time_us for c in cols],
         [c.login for c in cols],
@@ -68,6 +78,7 @@ def _search_arrays(rows: Sequence[EventRow]) -> list[list[Any]]:
         [c.kubernetes_resource_name for c in cols],
         [c.verb for c in cols],
         [c.text_norm for c in cols],
+        [c.kubernetes_subresource for c in cols],
     ]
 
 
@@ -261,7 +272,8 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             " kubernetes_namespace = excluded.kubernetes_namespace,"
             " kubernetes_resource_kind = excluded.kubernetes_resource_kind,"
             " kubernetes_resource_name = excluded.kubernetes_resource_name,"
-            " verb = excluded.verb, text_norm = excluded.text_norm"
+            " verb = excluded.verb, text_norm = excluded.text_norm,"
+            " kubernetes_subresource = excluded.kubernetes_subresource"
             " WHERE events.body <> excluded.body",
             [r.tenant for r in out],
             [r.uid for r in out],

@@ -4,12 +4,15 @@ and in the other storage modules; nothing above storage/ sees a driver exception
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 
 import asyncpg
 
 from sessionvault.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -59,6 +62,24 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+async def _run_backfills(conn: asyncpg.Connection) -> list[str]:
+    """Run the data backfills a migration asked for (rows of ``sv_backfills`` not done), in
+    Python because they apply a rule that lives there. Each is idempotent and resumable: one
+    interrupted is run again in full by the next ``migrate``."""
+    from storage.search.pg import BACKFILLS
+
+    if await conn.fetchval("SELECT to_regclass('sv_backfills')") is None:
+        return []
+    done: list[str] = []
+    for row in await conn.fetch("SELECT name FROM sv_backfills WHERE done_at IS NULL ORDER BY 1"):
+        name = row["name"]
+        rows = await BACKFILLS[name](conn)
+        await conn.execute("UPDATE sv_backfills SET done_at = now() WHERE name = $1", name)
+        log.info("backfill %s: %d rows", name, rows)
+        done.append(f"backfill {name} ({rows} rows)")
+    return done
+
+
 async def migrate(dsn: str) -> list[str]:
     """Apply pending migrations, each in its own transaction; return the names applied.
 
@@ -84,6 +105,7 @@ async def migrate(dsn: str) -> list[str]:
                     "INSERT INTO sv_migrations (version, name) VALUES ($1, $2)", version, name
                 )
             applied.append(name)
+        applied += await _run_backfills(conn)
     except StorageError:
         raise
     except Exception as exc:

@@ -25,7 +25,7 @@ from typing import Any, TypeAlias
 
 from schemas.chain import chain_hash, verify_chain
 from schemas.models import Chunk, Frame
-from sessionvault.errors import NotFoundError, StorageError
+from sessionvault.errors import NotFoundError, SessionVaultError, StorageError, ValidationError
 from storage.codec import Decompressor, unpack_frames
 from storage.pg import translate
 
@@ -98,6 +98,46 @@ async def get_session(db: Executor, tenant: str, sid: str) -> SessionRecord:
     if row is None:
         raise _not_found(sid)
     return SessionRecord.from_row(row)
+
+
+MIN_SID_PREFIX_CHARS = 4
+"""A session may be named by a unique prefix of its id this long or longer (as git does)."""
+_AMBIGUOUS_SHOWN = 5
+
+
+async def resolve_sid(db: Executor, tenant: str, sid: str) -> str:
+    """The full id of the ``tenant`` session that ``sid`` names: the id itself, else the one
+    session whose id starts with ``sid`` (at least :data:`MIN_SID_PREFIX_CHARS` characters).
+    :class:`NotFoundError` when none matches, :class:`ValidationError` (``ambiguous_sid``,
+    listing some matches) when several do. Never looks outside ``tenant``."""
+    from storage.search.model import escape_like
+
+    try:
+        if await db.fetchval("SELECT 1 FROM sessions WHERE sid = $1 AND tenant = $2", sid, tenant):
+            return sid
+        if len(sid) < MIN_SID_PREFIX_CHARS:
+            raise _not_found(sid)
+        rows = await db.fetch(
+            "SELECT sid FROM sessions WHERE tenant = $1 AND sid LIKE $2 ESCAPE '\\'"
+            " ORDER BY sid LIMIT $3",
+            tenant,
+            escape_like(sid) + "%",
+            _AMBIGUOUS_SHOWN + 1,
+        )
+    except SessionVaultError:
+        raise
+    except Exception as exc:
+        raise translate(exc, f"cannot look up session {sid}") from exc
+    if not rows:
+        raise _not_found(sid)
+    if len(rows) > 1:
+        shown = ", ".join(str(r["sid"]) for r in rows[:_AMBIGUOUS_SHOWN])
+        more = ", ..." if len(rows) > _AMBIGUOUS_SHOWN else ""
+        raise ValidationError(
+            "ambiguous_sid",
+            f"session prefix {sid!r} is ambiguous: {shown}{more} (give more characters)",
+        )
+    return str(rows[0]["sid"])
 
 
 async def list_sessions(
@@ -273,6 +313,14 @@ async def _verify(db: Executor, tenant: str, sid: str, chunk_batch: int) -> Veri
     if session.last_seq == prev.seq and session.last_hash and session.last_hash != prev.hash:
         return VerifyResult(
             False, count, f"sid {sid}: last chunk hash differs from the session's last_hash"
+        )
+    if session.status == "abandoned":
+        # The chain is intact; the recording is incomplete, and says where it stops.
+        return VerifyResult(
+            True,
+            count,
+            f"{count} chunks verified; ended without a final chunk after seq {prev.seq}"
+            " (abandoned: its recorder stopped)",
         )
     return VerifyResult(True, count, f"{count} chunks verified")
 

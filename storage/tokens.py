@@ -7,6 +7,11 @@ Invariants:
   brute-force as there would be with a password).
 * A principal is bound to exactly one tenant; every read and write done for it names that
   tenant. A non-empty ``clusters`` restricts it to those Kubernetes clusters.
+* What a principal may see is decided by one rule, :meth:`Principal.may_see` (a record of
+  its tenant whose Kubernetes cluster it is bound to, when bound; an SSH session or event
+  names no Kubernetes cluster, so a cluster-bound token sees none). Queries apply the same
+  rule as a filter (:meth:`Principal.cluster_scope`); every API route uses one or the other.
+* A revoked token, or one past its ``expires_at``, resolves to no principal.
 * asyncpg exceptions never leave this module (translated by :func:`storage.pg.translate`).
 """
 
@@ -18,6 +23,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias
 
 from sessionvault.errors import ValidationError
@@ -50,10 +56,23 @@ class Principal:
     tenant: str
     clusters: frozenset[str]
     scopes: frozenset[str]
+    expires_at: datetime | None = None
 
     def allows_cluster(self, cluster: str) -> bool:
         """True when the token is not restricted to clusters, or ``cluster`` is one of them."""
         return not self.clusters or cluster in self.clusters
+
+    def may_see(self, tenant: str, kubernetes_cluster: str | None) -> bool:
+        """THE read rule: a record (session, event, text, alert) of ``tenant`` whose
+        Kubernetes cluster is ``kubernetes_cluster`` ('' or None: not a Kubernetes record)
+        is visible to this principal only in its own tenant and, when the token is bound to
+        clusters, only in one of them."""
+        return tenant == self.tenant and self.allows_cluster(kubernetes_cluster or "")
+
+    def cluster_scope(self) -> tuple[str, ...] | None:
+        """:meth:`may_see`'s cluster half as a query filter: None (every record of the
+        tenant) or the only Kubernetes clusters whose records a query may return."""
+        return tuple(sorted(self.clusters)) if self.clusters else None
 
 
 def hash_token(token: str) -> bytes:
@@ -75,8 +94,10 @@ async def create_token(
     scopes: Iterable[str],
     clusters: Iterable[str] = (),
     description: str = "",
+    expires_at: datetime | None = None,
 ) -> tuple[str, Principal]:
-    """Store a new token; return ``(token text, principal)``. The text is not kept anywhere."""
+    """Store a new token; return ``(token text, principal)``. The text is not kept anywhere.
+    ``expires_at`` (aware): the token authenticates nothing from then on."""
     if not _TENANT_RE.fullmatch(tenant):
         raise ValidationError("wrong_type", f"tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
     scope_set = frozenset(scopes)
@@ -87,33 +108,39 @@ async def create_token(
             f"scopes must be a non-empty subset of {sorted(SCOPES)}, got {sorted(scope_set)}",
         )
     cluster_set = frozenset(check_cluster_name(c) for c in clusters)
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValidationError("wrong_type", "expires_at must carry a UTC offset")
     token_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     try:
         await db.execute(
-            "INSERT INTO api_tokens (id, token_sha256, tenant, clusters, scopes, description)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens"
+            " (id, token_sha256, tenant, clusters, scopes, description, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             token_id,
             hash_token(token),
             tenant,
             sorted(cluster_set),
             sorted(scope_set),
             description,
+            expires_at,
         )
     except Exception as exc:
         raise translate(exc, "cannot store API token") from exc
-    return token, Principal(token_id, tenant, cluster_set, scope_set)
+    return token, Principal(token_id, tenant, cluster_set, scope_set, expires_at)
 
 
 async def lookup_token(db: Executor, token: str) -> Principal | None:
-    """The principal of a live (not revoked) token, or None."""
+    """The principal of a live token (not revoked, not expired by PostgreSQL's clock), or
+    None."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
     try:
         row = await db.fetchrow(
-            "SELECT id, token_sha256, tenant, clusters, scopes FROM api_tokens"
-            " WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            "SELECT id, token_sha256, tenant, clusters, scopes, expires_at FROM api_tokens"
+            " WHERE token_sha256 = $1 AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > now())",
             digest,
         )
     except Exception as exc:
@@ -122,7 +149,11 @@ async def lookup_token(db: Executor, token: str) -> Principal | None:
     if row is None or not hmac.compare_digest(bytes(row["token_sha256"]), digest):
         return None
     return Principal(
-        row["id"], row["tenant"], frozenset(row["clusters"]), frozenset(row["scopes"])
+        row["id"],
+        row["tenant"],
+        frozenset(row["clusters"]),
+        frozenset(row["scopes"]),
+        row["expires_at"],
     )
 
 

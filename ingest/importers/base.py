@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,22 +38,33 @@ IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://sessionvault.dev/ns/i
 class Recording:
     """One imported session.
 
-    ``frames`` are in non-decreasing ``offset_ms`` order; ``events`` are complete event-v1
-    dicts (``sv_version``, ``tenant``, ``uid``, ``time``, ...), unknown fields of the source
-    kept. ``source`` names the format (``teleport``, ``sudo``, ``tlog``, ``asciicast``).
+    ``frames`` are in non-decreasing ``offset_ms`` order: a tuple, or (a streaming importer) an
+    iterable that reads them again each time, with ``payload_bytes`` giving their size;
+    ``events`` are complete event-v1 dicts (``sv_version``, ``tenant``, ``uid``, ``time``,
+    ...), unknown fields of the source kept. ``source`` names the format (``teleport``,
+    ``sudo``, ``tlog``, ``asciicast``).
     """
 
     sid: str
     info: SessionInfo
-    frames: tuple[Frame, ...]
+    frames: Iterable[Frame]
     events: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     exit_code: int | None = None
     source: str = ""
+    payload_bytes: int | None = None
 
     @property
     def duration_ms(self) -> int:
-        """Offset of the last frame (0 for a recording without frames)."""
-        return self.frames[-1].offset_ms if self.frames else 0
+        """Offset of the last frame (0 without frames; a streamed recording is read for it)."""
+        if isinstance(self.frames, Sequence):
+            return self.frames[-1].offset_ms if self.frames else 0
+        return max((f.offset_ms for f in self.frames), default=0)
+
+    def size(self) -> int:
+        """Payload bytes of all frames (for a progress bar)."""
+        if self.payload_bytes is not None:
+            return self.payload_bytes
+        return sum(len(f.data) for f in self.frames)
 
 
 def import_session_id(tenant: str, source: str, identity: str) -> str:

@@ -23,6 +23,7 @@ nothing.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -257,10 +258,15 @@ def load(directory: str | Path, *, tenant: str) -> Recording:
             )
             text = plain.decode("ascii", "replace").splitlines()
             frames = tuple(iter_frames(text, streams))
+            # Read every stream to its end: gzip checks a stream's CRC and length only there,
+            # so damaged bytes the timing file reached would otherwise import as if intact.
+            for reader in streams.values():
+                while reader.read(1 << 16):
+                    pass
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _bad(f"{root}: a compressed file is damaged: {exc}") from exc
     except OSError as exc:
         raise ValidationError("unreadable", f"cannot read sudo I/O log {root}: {exc}") from exc
-    except (EOFError, gzip.BadGzipFile) as exc:
-        raise _bad(f"{root}: a compressed stream file is damaged: {exc}") from exc
     sid = import_session_id(tenant, "sudo", file_sha256([meta_bytes, b"\0", timing_bytes]))
     return _recording(sid, info, frames, tenant=tenant)
 

@@ -80,17 +80,15 @@ def parse_lines(lines: Iterable[bytes | str]) -> Iterator[tuple[dict[str, Any], 
         if not isinstance(doc, dict):
             raise _bad(f"line {n}: a message must be a JSON object")
         realtime: int | None = None
-        if "timing" not in doc and isinstance(doc.get("MESSAGE"), str):
+        if "timing" not in doc and "MESSAGE" in doc:
+            message = _journal_message(doc, n)
+            if message is None:
+                continue  # another program's journal entry
             try:
                 realtime = int(doc.get("__REALTIME_TIMESTAMP", ""))
             except ValueError:
                 realtime = None
-            try:
-                doc = orjson.loads(doc["MESSAGE"])
-            except orjson.JSONDecodeError as exc:
-                raise _bad(f"line {n}: journal MESSAGE is not a tlog message: {exc}") from exc
-            if not isinstance(doc, dict):
-                raise _bad(f"line {n}: journal MESSAGE must be a JSON object")
+            doc = message
         ver = str(doc.get("ver", "1"))
         if ver.split(".")[0] not in ("1", "2"):
             raise UnknownVersionError(f"line {n}: tlog message version {ver!r} is not known")
@@ -98,6 +96,40 @@ def parse_lines(lines: Iterable[bytes | str]) -> Iterator[tuple[dict[str, Any], 
             if key not in doc:
                 raise _bad(f"line {n}: tlog message lacks {key!r}")
         yield doc, realtime
+
+
+def _journal_message(entry: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """The tlog message of one ``journalctl -o json`` entry; None for an entry that is not
+    tlog's (a whole journal exported without a filter holds other programs' entries).
+
+    journald writes a field that is not printable UTF-8 as an array of byte values, and
+    ``journalctl -o json`` shows a field over 4 KiB as null unless run with ``--all``."""
+    raw = entry.get("MESSAGE")
+    is_tlog = "TLOG_REC" in entry or str(entry.get("SYSLOG_IDENTIFIER", "")).startswith("tlog")
+    if raw is None:
+        if is_tlog:
+            raise _bad(
+                f"line {n}: journal MESSAGE is null: journalctl leaves out fields over 4 KiB;"
+                " export with `journalctl -o json --all`"
+            )
+        return None
+    if isinstance(raw, list):
+        if not all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+            raise _bad(f"line {n}: journal MESSAGE array is not bytes")
+        raw = bytes(raw)
+    if not isinstance(raw, str | bytes):
+        raise _bad(f"line {n}: journal MESSAGE is neither text nor bytes")
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not is_tlog:
+            return None
+        raise _bad(f"line {n}: journal MESSAGE is not a tlog message: {exc}") from exc
+    if not isinstance(message, dict) or "timing" not in message:
+        if not is_tlog:
+            return None
+        raise _bad(f"line {n}: journal MESSAGE must be a tlog message object")
+    return message
 
 
 def _take_bytes(arr: object, start: int, count: int, where: str) -> bytes:

@@ -8,7 +8,7 @@ Escaping (CEF Implementation Standard, and this module's stricter choices):
   CR and LF are written as ``\\r`` / ``\\n`` (as in extension values) so the record stays one line.
 - Extension values: ``\\`` -> ``\\\\``, ``=`` -> ``\\=``, LF -> ``\\n``, CR -> ``\\r``. A value
   therefore never contains a bare ``=``, so ``x=1 suser=admin`` inside a value cannot forge a key.
-- Other control characters (NUL, other C0/C1 controls except TAB) and the Unicode line and
+- Other control characters (NUL, TAB, the other C0/C1 controls) and the Unicode line and
   paragraph separators U+2028/U+2029 (and NEL U+0085), which some receivers treat as line
   ends, are replaced by U+FFFD. Lossy on purpose: CEF defines no escape for them.
 - Values longer than ``max_value_chars`` are cut (before escaping, so an escape is never cut
@@ -37,7 +37,7 @@ __all__ = ["CEF_SEVERITY", "cef_escape_header", "cef_escape_value", "format_cef"
 DEFAULT_MAX_VALUE_CHARS = 4000
 CEF_SEVERITY = {"informational": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 
-_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _clean(text: str, max_chars: int) -> str:
@@ -98,7 +98,8 @@ def format_cef(event: Mapping[str, Any], *, max_value_chars: int = DEFAULT_MAX_V
     (uid), ``act`` (event type), ``suser`` (user), ``duser`` (login), ``src``/``spt``
     (client address), ``dhost`` (server), ``dvchost`` (cluster), ``requestMethod``,
     ``request`` (request path), ``outcome``, ``cs1`` sid, ``cs2`` tenant, ``cs3`` command,
-    ``cs4`` Kubernetes cluster, ``cs5`` replay link (alerts), ``cn1`` response code.
+    ``cs4`` Kubernetes cluster, ``cs5`` replay command and ``cs6`` replay API path (alerts in
+    a session, :mod:`schemas.links`), ``cn1`` response code.
     """
     ev = strip_secrets(event)
     etype = _text(ev.get("event"))
@@ -144,6 +145,8 @@ def format_cef(event: Mapping[str, Any], *, max_value_chars: int = DEFAULT_MAX_V
         ("cs4Label", "kubernetes_cluster" if ev.get("kubernetes_cluster") else ""),
         ("cs5", _text(ev.get("replay"))),
         ("cs5Label", "replay" if ev.get("replay") else ""),
+        ("cs6", _text(ev.get("replay_api"))),
+        ("cs6Label", "replay_api" if ev.get("replay_api") else ""),
     ]
     ext = " ".join(
         f"{k}={cef_escape_value(v, max_chars=max_value_chars)}" for k, v in pairs if v != ""

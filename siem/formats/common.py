@@ -151,6 +151,7 @@ def level_of(event: Mapping[str, Any]) -> str:
 # Line and paragraph separators (and NEL) are legal raw inside JSON strings, but some
 # receivers (JavaScript-based ones, log shippers) end lines there. orjson only emits them inside
 # strings, so replacing their UTF-8 bytes with the JSON escape keeps the same JSON value.
+_RAW_CONTROL = re.compile(b"\x7f|\xc2[\x80-\x9f]")
 _LINE_SEPARATORS = (
     (b"\xe2\x80\xa8", b"\\u2028"),
     (b"\xe2\x80\xa9", b"\\u2029"),
@@ -169,9 +170,10 @@ def _scrub_surrogates(value: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON by orjson, one line: no raw CR/LF/NUL (JSON escapes them), no raw
-    U+2028/U+2029/U+0085 (escaped here). Lone surrogates, which are not UTF-8, become ``?``
-    instead of failing the whole record; values orjson cannot serialise become strings."""
+    """Compact JSON by orjson, one line: no raw control character (JSON escapes C0; DEL, the
+    C1 controls and U+2028/U+2029 are escaped here). Lone surrogates, which are not UTF-8,
+    become ``?`` instead of failing the whole record; values orjson cannot serialise become
+    strings."""
     try:
         out = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
@@ -179,4 +181,6 @@ def dumps(obj: Any) -> bytes:
     for raw, escaped in _LINE_SEPARATORS:
         if raw in out:
             out = out.replace(raw, escaped)
-    return out
+    # JSON may carry DEL and the C1 controls raw; a terminal or a lenient receiver acts on them
+    # (ESC-less CSI is U+009B). They only occur inside strings, where \u00XX means the same.
+    return _RAW_CONTROL.sub(lambda m: b"\\u%04x" % ord(m.group().decode()), out)

@@ -95,7 +95,9 @@ def to_ecs(event: Mapping[str, Any]) -> dict[str, Any]:
             "dataset": f"{PRODUCT_NAME}.{'alert' if is_alert else 'audit'}",
             "severity": _SEVERITY[level_of(ev)],
             "outcome": None if success is None else ("success" if success else "failure"),
-            "reference": _text(ev.get("replay")),
+            # ECS: "reference URL linking to additional information about this event": the
+            # API path that replays the session from this moment (schemas.links).
+            "reference": _text(ev.get("replay_api")),
         },
         "organization": {"id": _text(ev.get("tenant"))},
         "user": {
@@ -113,6 +115,9 @@ def to_ecs(event: Mapping[str, Any]) -> dict[str, Any]:
             "sid": _text(ev.get("sid")),
             "ei": ev.get("ei"),
             "cluster_name": _text(ev.get("cluster_name")),
+            "offset_ms": ev.get("offset_ms") if isinstance(ev.get("offset_ms"), int) else None,
+            "replay": _text(ev.get("replay")),
+            "replay_api": _text(ev.get("replay_api")),
         },
     }
     if etype in ("session.command", "exec"):
@@ -148,7 +153,6 @@ def to_ecs(event: Mapping[str, Any]) -> dict[str, Any]:
             "name": _text(ev.get("title")),
             "description": _text(ev.get("description")),
             "ruleset": "sigma",
-            "reference": _text(ev.get("replay")),
         }
         doc["sessionvault"]["matched_uid"] = _text(ev.get("matched_uid"))
     return _prune(doc)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.kube import kube_verb
 from siem.formats.cef import _command, _host_port, _text
 from siem.formats.common import (
     PRODUCT_NAME,
@@ -191,8 +192,7 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     class_uid, activity_id = entry
     if class_uid == API_ACTIVITY:
-        k8s_verb = _text(ev.get("kubernetes_verb")).lower()
-        activity_id = _API_ACTIVITY.get(k8s_verb) or _HTTP_TO_ACTIVITY.get(
+        activity_id = _API_ACTIVITY.get(kube_verb(ev).verb) or _HTTP_TO_ACTIVITY.get(
             _text(ev.get("verb")).upper(), 0
         )
     metadata = _metadata(ev, etype)
@@ -241,7 +241,7 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
     elif class_uid == API_ACTIVITY:
         code = ev.get("response_code")
         api: dict[str, Any] = {
-            "operation": _text(ev.get("kubernetes_verb")) or _text(ev.get("verb")) or "unknown",
+            "operation": kube_verb(ev).verb or "unknown",
             "service": {"name": "kubernetes"},
         }
         audit = ev.get("kube_audit")

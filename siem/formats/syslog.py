@@ -6,7 +6,9 @@ Message: ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] MSG``
   characters; anything else is replaced by ``_`` and the field is cut (an empty field is ``-``).
 - STRUCTURED-DATA: one element ``[sessionvault@32473 ...]`` (32473 is the IANA example
   enterprise number of RFC 5612; pass ``sd_id`` for your own). SD-NAMEs are fixed here;
-  PARAM-VALUEs escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 6.3.3).
+  PARAM-VALUEs escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 6.3.3) and control
+  characters as ``#ooo`` (:func:`sd_escape`). With MSG in any of the formats (JSON escapes
+  control characters, CEF replaces them), no message carries a raw control character.
 - MSG: the event in the chosen payload format (native JSON by default, or CEF, ECS, OCSF),
   UTF-8, with the BOM when ``bom=True`` (RFC 5424 6.4 says MSG starting with the BOM is UTF-8).
 
@@ -67,8 +69,15 @@ def _header_field(value: str, max_len: int) -> str:
     return value or "-"
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def sd_escape(value: str) -> str:
-    """An RFC 5424 PARAM-VALUE: ``\\``, ``"`` and ``]`` escaped with a backslash."""
+    """An RFC 5424 PARAM-VALUE: ``\\``, ``"`` and ``]`` escaped with a backslash, and every
+    control character (C0, DEL, C1: CR, LF, NUL, ESC, NEL, ...) written as ``#ooo`` (its code in
+    octal, rsyslog's notation), whatever the transport: over UDP nothing else would stop a
+    user-controlled field from splitting a receiver's records or driving a terminal."""
+    value = _CONTROL.sub(lambda m: f"#{ord(m.group()):03o}", value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 

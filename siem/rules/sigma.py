@@ -91,6 +91,8 @@ from sigma.types import (
     SpecialChars,
 )
 
+from schemas.kube import kube_verb
+from schemas.links import replay_links
 from schemas.models import EVENT_VERSION
 from sessionvault.errors import ValidationError
 from siem.formats.common import event_time_ms
@@ -134,7 +136,6 @@ K8S_AUDIT_FIELDS: dict[str, str] = {
     "sourceIPs": "addr.remote",
     "userAgent": "user_agent",
 }
-_HTTP_TO_K8S_VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
 class RuleError(ValidationError):
@@ -216,11 +217,10 @@ class _View:
         rec = self.rec
         if self.k8s_mapping:
             mapped = K8S_AUDIT_FIELDS.get(name)
-            if name == "verb":
-                kv = rec.get("kubernetes_verb")
-                if kv:
-                    return kv
-                return _HTTP_TO_K8S_VERB.get(str(rec.get("verb", "")).upper(), _MISSING)
+            if name in ("verb", "objectRef.subresource"):  # the one rule: schemas.kube
+                kv = kube_verb(rec)
+                value = kv.verb if name == "verb" else kv.subresource
+                return value or _MISSING
             if name == "sourceIPs":
                 addr = rec.get("addr.remote")
                 return _MISSING if addr is None else [str(addr).rsplit(":", 1)[0].strip("[]")]
@@ -678,9 +678,7 @@ def alert_event(
     if sid:
         out["sid"] = str(sid)
         if offset_ms is not None:
-            out["offset_ms"] = offset_ms
-            out["replay"] = f"sessionvault play {sid} --start-at {offset_ms / 1000:.3f}"
-            out["replay_api"] = f"/v1/sessions/{sid}/export?format=asciicast&start_ms={offset_ms}"
+            out.update(replay_links(str(sid), offset_ms))
     if extra:
         out.update(extra)
     return out

@@ -99,8 +99,6 @@ def http_status_error(what: str, status: int, body: bytes) -> SinkError:
     return SinkRejectedError(message)
 
 
-
-
 def formatter(name: str) -> Callable[[Mapping[str, Any]], bytes | None]:
     """The payload function of format ``name`` from :data:`siem.formats.FORMATS`."""
     from siem.formats import FORMATS

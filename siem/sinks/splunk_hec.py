@@ -164,7 +164,7 @@ class HecSink:
                 acks = orjson.loads(resp.content)["acks"]
                 done = bool(acks.get(str(ack_id)))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise SinkError("splunk hec: ack poll answer is not {\"acks\":{...}}") from exc
+                raise SinkError('splunk hec: ack poll answer is not {"acks":{...}}') from exc
             if done:
                 return
             if time.monotonic() >= deadline:

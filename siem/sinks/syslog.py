@@ -134,8 +134,10 @@ class SyslogSink:
         return data == b""
 
     def _socket(self) -> socket.socket:
-        if self._sock is not None and self.options.transport != "udp" and self._peer_closed(
-            self._sock
+        if (
+            self._sock is not None
+            and self.options.transport != "udp"
+            and self._peer_closed(self._sock)
         ):
             log.info("siem[%s]: %s closed the connection; reconnecting", self.name, self.peer)
             self._drop()

@@ -19,7 +19,7 @@ ALTER TABLE events
     ADD COLUMN text_norm                text;
 
 -- Rows written before this migration: the exact integer time and the filter values (text_norm
--- needs Python's casefold: storage.search.pg.backfill_event_columns fills it).
+-- needs Python's casefold: storage.search.pg.refresh_event_columns fills it).
 UPDATE events SET
     time_us = (extract(epoch FROM time) * 1000000)::bigint,
     login = COALESCE(body->>'login', ''),

@@ -28,7 +28,6 @@ import base64
 import dataclasses
 import hashlib
 import itertools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
+from schemas import links
+from schemas.kube import kube_verb
 from sessionvault.errors import ValidationError
+from sessionvault.timespec import parse_rfc3339
 
 KIND_EVENT = "event"
 KIND_OUTPUT = "output"
@@ -94,24 +96,11 @@ def format_time_us(time_us: int) -> str:
     return from_us(time_us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_RFC3339 = re.compile(r"^(.*?[Tt ]\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)$")
-
-
 def parse_time_us(value: str) -> int:
-    """RFC 3339 text to microseconds since the epoch; digits beyond microseconds are dropped
-    (truncated, as ``datetime.fromisoformat`` does, so this agrees with the writer, which
-    derives ``time_us`` from the parsed datetime)."""
-    m = _RFC3339.match(value.strip())
-    if not m:
-        raise ValidationError("bad_time", f"{value!r} is not an RFC 3339 time")
-    head, frac, tz = m.groups()
-    tz = "+00:00" if tz in ("Z", "z") else tz
-    try:
-        dt = datetime.fromisoformat(head.replace("t", "T") + tz)
-    except ValueError as exc:
-        raise ValidationError("bad_time", f"{value!r}: {exc}") from exc
-    us = int(((frac or "") + "000000")[:6])
-    return to_us(dt) + us
+    """RFC 3339 text to microseconds since the epoch (:func:`sessionvault.timespec.parse_rfc3339`:
+    digits beyond microseconds are truncated, as ``datetime.fromisoformat`` does, so this agrees
+    with the writer, which derives ``time_us`` from the parsed datetime)."""
+    return to_us(parse_rfc3339(value))
 
 
 # -- the query -------------------------------------------------------------------------------
@@ -162,6 +151,9 @@ class Query:
             raise ValidationError("bad_query", "tenant: a non-empty string is required")
         for name in ("text", "kinds", *FILTERS):
             object.__setattr__(self, name, _tuple_of_str(name, getattr(self, name)))
+        # Kubernetes verbs and subresources are lower case: --verb DELETE means delete, never
+        # Teleport's HTTP method (schemas.kube).
+        object.__setattr__(self, "verb", tuple(v.lower() for v in self.verb))
         if self.scope_kubernetes_clusters is not None:
             object.__setattr__(
                 self,
@@ -282,13 +274,13 @@ def decode_cursor(cursor: str, query: Query) -> tuple[int, str]:
 
 
 def replay_command(sid: str, offset_ms: int) -> str:
-    """The CLI command that replays ``sid`` from ``offset_ms``."""
-    return f"sessionvault play {sid} --start-at {offset_ms / 1000:.3f}"
+    """The CLI command that replays ``sid`` from ``offset_ms`` (:mod:`schemas.links`)."""
+    return links.replay_command(sid, offset_ms)
 
 
 def replay_path(sid: str, offset_ms: int) -> str:
-    """The HTTP API path exporting ``sid`` (``start_ms`` tells where the hit is)."""
-    return f"/v1/sessions/{sid}/export?format=asciicast-v2&start_ms={offset_ms}"
+    """The HTTP API path exporting ``sid`` from ``offset_ms`` (:mod:`schemas.links`)."""
+    return links.replay_api(sid, offset_ms)
 
 
 @dataclass(frozen=True)
@@ -361,22 +353,52 @@ AnyHit = EventHit | SegmentHit
 class Page:
     """One page of hits, newest first. ``next_cursor`` is None on the last page.
 
-    ``backend`` names who answered (``postgres`` or ``opensearch``); ``fallback_reason`` says
-    why PostgreSQL answered when OpenSearch is configured (None otherwise).
+    ``backend`` names who answered: ``postgres``, ``opensearch``, or ``opensearch+postgres``
+    (PostgreSQL for the hits from ``indexed_until`` on, OpenSearch for those before it).
+    ``reason`` always says why that backend answered; ``indexed_until`` (µs) is OpenSearch's
+    watermark for the tenant when OpenSearch was asked (None: it holds everything, or it was
+    not asked).
     """
 
     hits: tuple[AnyHit, ...]
     next_cursor: str | None
     backend: str
-    fallback_reason: str | None = None
+    reason: str = ""
+    indexed_until_us: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hits": [h.to_json() for h in self.hits],
             "next_cursor": self.next_cursor,
             "backend": self.backend,
-            "fallback_reason": self.fallback_reason,
+            "reason": self.reason,
+            "indexed_until": None
+            if self.indexed_until_us is None
+            else format_time_us(self.indexed_until_us),
         }
+
+
+def split_at(query: Query, watermark_us: int) -> tuple[Query | None, Query | None]:
+    """(newer, older): ``query`` cut at ``watermark_us`` into the part from it on (to be answered
+    by PostgreSQL) and the part before it (OpenSearch holds it completely); None for a part the
+    query's own range excludes. Each part keeps the query's keyset position (its cursor is
+    re-encoded for the part's own fingerprint), so a page taken from ``newer`` then ``older``
+    is the page ``query`` would give on one backend (both order by ``time_us desc, id``)."""
+    since_us, until_us = query.since_us, query.until_us
+    after = query.after
+    newer: Query | None = None
+    older: Query | None = None
+    if until_us is None or until_us > watermark_us:
+        lo = watermark_us if since_us is None else max(since_us, watermark_us)
+        newer = dataclasses.replace(query, since=from_us(lo), cursor=None)
+        if after is not None:
+            newer = newer.with_cursor(encode_cursor(after[0], after[1], newer))
+    if since_us is None or since_us < watermark_us:
+        hi = watermark_us if until_us is None else min(until_us, watermark_us)
+        older = dataclasses.replace(query, until=from_us(hi), cursor=None)
+        if after is not None:
+            older = older.with_cursor(encode_cursor(after[0], after[1], older))
+    return newer, older
 
 
 def make_page(query: Query, hits: Sequence[AnyHit], backend: str) -> Page:
@@ -473,7 +495,9 @@ class EventColumns:
     kubernetes_resource_kind: str
     kubernetes_resource_name: str
     verb: str
+    """The Kubernetes verb (:func:`schemas.kube.kube_verb`), never Teleport's HTTP method."""
     text_norm: str
+    kubernetes_subresource: str = ""
 
 
 def _s(fields: Mapping[str, Any], name: str) -> str:
@@ -485,7 +509,9 @@ def event_columns(fields: Mapping[str, Any], time_us: int) -> EventColumns:
     """Filter values of an event body. ``kubernetes_namespace`` is the Kubernetes namespace of
     the request (``resource_namespace``, or a kube exec's ``kubernetes_pod_namespace``), not
     Teleport's own ``namespace`` field; ``kubernetes_resource`` matches ``resource_kind`` or
-    ``resource_name``."""
+    ``resource_name``; ``verb`` is the Kubernetes verb and matches it or the subresource
+    (:mod:`schemas.kube`; the body keeps Teleport's ``verb``, the HTTP method)."""
+    kv = kube_verb(fields)
     return EventColumns(
         time_us=time_us,
         user=_s(fields, "user"),
@@ -497,8 +523,9 @@ def event_columns(fields: Mapping[str, Any], time_us: int) -> EventColumns:
         or _s(fields, "kubernetes_pod_namespace"),
         kubernetes_resource_kind=_s(fields, "resource_kind"),
         kubernetes_resource_name=_s(fields, "resource_name"),
-        verb=_s(fields, "verb"),
+        verb=kv.verb,
         text_norm=norm(event_search_text(fields)),
+        kubernetes_subresource=kv.subresource,
     )
 
 
@@ -508,6 +535,12 @@ def event_columns(fields: Mapping[str, Any], time_us: int) -> EventColumns:
 def _month(time_us: int) -> str:
     return from_us(time_us).strftime("%Y.%m")
 
+
+DOCUMENT_VERSION = 2
+"""Version of the rules that build OpenSearch documents from PostgreSQL rows. Bump it when a
+document's derivation changes (2: ``verb`` is the Kubernetes verb and subresource, see
+:mod:`schemas.kube`): the completeness marker of an older version no longer counts, so search
+answers from PostgreSQL and the index worker rebuilds OpenSearch."""
 
 EVENTS_INDEX_PREFIX = "sv-events-"
 OUTPUT_INDEX_PREFIX = "sv-output-"
@@ -568,7 +601,9 @@ def event_document(
         # Both values, empty ones too: the PostgreSQL backend matches the two columns, so a
         # filter value "" matches an event without a kind or a name there as well.
         "kubernetes_resource": [c.kubernetes_resource_kind, c.kubernetes_resource_name],
-        "verb": c.verb,
+        # The verb and the subresource (empty too, as for kubernetes_resource): the verb
+        # filter matches either, as the PostgreSQL backend's two columns do.
+        "verb": [c.verb, c.kubernetes_subresource],
         "text_norm": c.text_norm,
         "body": dict(fields),
     }
@@ -769,5 +804,6 @@ __all__ = [
     "segment_document",
     "segment_hit",
     "segment_id",
+    "split_at",
     "to_us",
 ]

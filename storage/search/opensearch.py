@@ -295,7 +295,9 @@ class OpenSearchStore:
     # -- the completeness marker --
 
     def marker(self) -> dict[str, Any] | None:
-        """The marker written by the last complete reindex, or None (new or wiped cluster)."""
+        """The marker written by the last complete reindex, or None: a new or wiped cluster,
+        or one whose documents were built by another :data:`model.DOCUMENT_VERSION` (a copy
+        made by older rules is not a copy; the index worker rebuilds it)."""
         try:
             doc = self._client.get(index=self.meta_index, id=MARKER_ID)
         except oserr.NotFoundError:
@@ -303,18 +305,73 @@ class OpenSearchStore:
         except Exception as exc:
             raise search_error(exc, "read the reindex marker") from exc
         source = doc.get("_source")
-        return source if isinstance(source, dict) else None
+        if not isinstance(source, dict):
+            return None
+        if source.get("document_version", 1) != model.DOCUMENT_VERSION:
+            return None
+        return source
 
     def set_marker(self, info: Mapping[str, Any]) -> None:
+        """Write the completeness marker (with the current :data:`model.DOCUMENT_VERSION` and
+        the data indices that exist now, which :meth:`completeness` expects to find)."""
+        indices = sorted(self.data_indices())
         self._call(
             "write the reindex marker",
             lambda: self._client.index(
                 index=self.meta_index,
                 id=MARKER_ID,
-                body=dict(info),
+                body={**info, "document_version": model.DOCUMENT_VERSION, "indices": indices},
                 params={"refresh": "true"},
             ),
         )
+
+    def note_indices(self, names: Iterable[str]) -> None:
+        """Add data indices to the marker's list (the index worker calls this when it writes
+        to an index the marker does not list yet). No marker: nothing to add to."""
+        marker = self.marker()
+        if marker is None:
+            return
+        known = set(marker.get("indices") or ())
+        if set(names) <= known:
+            return
+        body = {**marker, "indices": sorted(known | set(names))}
+        self._call(
+            "update the reindex marker",
+            lambda: self._client.index(
+                index=self.meta_index, id=MARKER_ID, body=body, params={"refresh": "true"}
+            ),
+        )
+
+    def data_indices(self) -> set[str]:
+        """The names of this prefix's data indices that exist."""
+        result = self._call(
+            "list indices",
+            lambda: self._client.indices.get(
+                index=",".join(self.patterns()),
+                params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            ),
+        )
+        return set(result) if isinstance(result, dict) else set()
+
+    def completeness(self) -> str | None:
+        """None when this cluster holds a complete copy of what was indexed into it: the marker
+        of a full rebuild is there, of the current document rules, and every data index it
+        lists still exists. Otherwise why not (one line). Raises SearchBackendError when the
+        cluster does not answer. (Documents deleted one by one behind the worker's back are not
+        detected: ``sessionvault reindex`` repairs that.)"""
+        marker = self.marker()
+        if marker is None:
+            return (
+                "OpenSearch holds no complete copy (new, emptied, or built by older document"
+                " rules); the index worker is rebuilding it or has not run"
+            )
+        missing = set(marker.get("indices") or ()) - self.data_indices()
+        if missing:
+            return (
+                f"OpenSearch lost {len(missing)} index(es) ({', '.join(sorted(missing)[:3])});"
+                " the index worker is rebuilding it or has not run"
+            )
+        return None
 
     def close(self) -> None:
         try:
@@ -487,24 +544,26 @@ class OpenSearchBackend:
         """One page of hits for ``query`` (keyset after ``query.cursor``)."""
         return await asyncio.to_thread(self.search_sync, query)
 
-    async def health(self) -> bool:
-        """True if OpenSearch answers now AND holds a complete copy of PostgreSQL (never raises).
+    async def readiness(self) -> str | None:
+        """None if OpenSearch answers now AND holds a complete copy of what was indexed into it
+        (:meth:`OpenSearchStore.completeness`); otherwise why not, in one line (never raises).
 
         A cluster that answers but was never fully indexed (new, wiped, or no index worker
-        running since it started) would answer searches with missing hits; the completeness
-        marker written by a full reindex (the index worker writes one when it rebuilds) is what
-        makes it eligible, so the service falls back to PostgreSQL until then.
+        running since it started) would answer searches with missing hits; what it has not
+        indexed YET is the search watermark's business (:mod:`storage.search.watermark`).
         """
 
-        def ready() -> bool:
-            if not self.store.ping():
-                return False
+        def check() -> str | None:
             try:
-                return self.store.marker() is not None
-            except SessionVaultError:
-                return False
+                return self.store.completeness()
+            except SessionVaultError as exc:
+                return f"OpenSearch is unavailable: {exc}"
 
-        return await asyncio.to_thread(ready)
+        return await asyncio.to_thread(check)
+
+    async def health(self) -> bool:
+        """True if OpenSearch answers and holds a complete copy (:meth:`readiness`)."""
+        return await self.readiness() is None
 
     def close(self) -> None:
         self.store.close()

@@ -11,7 +11,7 @@ sub-selects are each limited and merged with ``UNION ALL``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -19,18 +19,20 @@ import orjson
 
 from sessionvault.errors import StorageError
 from storage import pg
+from storage.eventstore import search_column_arrays
 from storage.search.model import (
     AnyHit,
     Page,
     Query,
     SegmentRow,
     escape_like,
+    event_columns,
     event_hit,
     make_page,
-    norm,
     segment_hit,
     to_us,
 )
+from storage.search.watermark import Pending, pending
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,12 @@ def _where(q: Query, p: _Params, alias: str, table: str) -> list[str]:
                 f" OR {alias}.kubernetes_resource_name = ANY({ph}))"
             )
             continue
+        if name == "verb":  # the Kubernetes verb or the subresource (schemas.kube)
+            ph = p.add(list(values), "text[]")
+            conds.append(
+                f"({alias}.verb = ANY({ph}) OR {alias}.kubernetes_subresource = ANY({ph}))"
+            )
+            continue
         col = columns[name]  # event-only filters never reach the segments (wants_output)
         conds.append(f"{alias}.{col} = ANY({p.add(list(values), 'text[]')})")
     if q.scope_kubernetes_clusters is not None:
@@ -139,10 +147,7 @@ def build_sql(q: Query) -> tuple[str, list[Any]]:
         return "", []
     if len(parts) == 1:
         return parts[0], p.values
-    sql = (
-        " UNION ALL ".join(parts)
-        + f" ORDER BY time_us DESC, id DESC LIMIT {p.add(n, 'int')}"
-    )
+    sql = " UNION ALL ".join(parts) + f" ORDER BY time_us DESC, id DESC LIMIT {p.add(n, 'int')}"
     return sql, p.values
 
 
@@ -226,49 +231,96 @@ class PgSearchBackend:
             log.debug("postgres search backend unhealthy: %s", exc)
             return False
 
-    async def session_starts(self, tenant: str, sids: Sequence[str]) -> dict[str, int]:
-        """``started_at`` (µs) of the tenant's sessions among ``sids``."""
+    async def index_pending(self, tenant: str) -> Pending:
+        """What OpenSearch may not hold yet for ``tenant`` (the search watermark)."""
+        return await pending(await self._get_pool(), tenant)
+
+    async def session_starts(self, tenant: str, sids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(``started_at`` in µs, ``duration_ms``) of the tenant's sessions among ``sids``."""
         if not sids:
             return {}
         pool = await self._get_pool()
         try:
             rows = await pool.fetch(
-                "SELECT sid, started_at FROM sessions WHERE tenant = $1 AND sid = ANY($2::text[])",
+                "SELECT sid, started_at, duration_ms FROM sessions"
+                " WHERE tenant = $1 AND sid = ANY($2::text[])",
                 tenant,
                 sorted(set(sids)),
             )
         except Exception as exc:
             raise pg.translate(exc, "cannot read session start times") from exc
-        return {r["sid"]: to_us(r["started_at"]) for r in rows}
+        return {r["sid"]: (to_us(r["started_at"]), int(r["duration_ms"])) for r in rows}
 
 
-async def backfill_event_columns(conn: asyncpg.Connection, *, batch: int = 5000) -> int:
-    """Fill ``text_norm`` of events stored before migration 003 (it needs Python's casefold);
-    returns the rows updated."""
-    from storage.search.model import event_search_text
-
+async def refresh_event_columns(
+    conn: asyncpg.Connection, *, event: str | None = None, batch: int = 5000
+) -> int:
+    """Rewrite the search columns of stored events (``event``: of that type only) from their
+    bodies through :func:`storage.search.model.event_columns`, the writer's own rule, after the
+    rule changed. Keyset pages over the primary key (no long transaction); idempotent.
+    Returns the rows read."""
     total = 0
+    after: tuple[str, str, Any] | None = None
     while True:
+        p = _Params()
+        p.add(batch, "int")
+        conds = []
+        if event is not None:
+            conds.append(f"event = {p.add(event, 'text')}")
+        if after is not None:
+            t, u, ti = (
+                p.add(after[0], "text"),
+                p.add(after[1], "text"),
+                p.add(after[2], "timestamptz"),
+            )
+            conds.append(f"(tenant, uid, time) > ({t}, {u}, {ti})")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         try:
             rows = await conn.fetch(
-                "SELECT tenant, uid, time, body::text AS body FROM events"
-                " WHERE text_norm IS NULL LIMIT $1",
-                batch,
+                "SELECT tenant, uid, time, time_us, body::text AS body FROM events"
+                f"{where} ORDER BY tenant, uid, time LIMIT $1",
+                *p.values,
             )
             if not rows:
                 return total
+            cols = [event_columns(orjson.loads(r["body"]), r["time_us"]) for r in rows]
             await conn.execute(
-                "UPDATE events e SET text_norm = u.tn FROM unnest($1::text[], $2::text[],"
-                " $3::timestamptz[], $4::text[]) AS u(tenant, uid, time, tn)"
+                "UPDATE events e SET login = u.lo, server_id = u.si, cluster_name = u.cn,"
+                " kubernetes_cluster = u.kc, kubernetes_namespace = u.kn,"
+                " kubernetes_resource_kind = u.kk, kubernetes_resource_name = u.kr, verb = u.vb,"
+                " kubernetes_subresource = u.ks, text_norm = u.tn"
+                " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[],"
+                " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],"
+                " $11::text[], $12::text[], $13::text[], $14::text[])"
+                " AS u(tenant, uid, time, tu, lo, si, cn, kc, kn, kk, kr, vb, tn, ks)"
                 " WHERE e.tenant = u.tenant AND e.uid = u.uid AND e.time = u.time",
                 [r["tenant"] for r in rows],
                 [r["uid"] for r in rows],
                 [r["time"] for r in rows],
-                [norm(event_search_text(orjson.loads(r["body"]))) for r in rows],
+                *search_column_arrays(cols),
             )
         except Exception as exc:
-            raise StorageError(f"cannot backfill event search columns: {exc}") from exc
+            raise StorageError(f"cannot refresh event search columns: {exc}") from exc
         total += len(rows)
+        last = rows[-1]
+        after = (last["tenant"], last["uid"], last["time"])
 
 
-__all__ = ["PgSearchBackend", "backfill_event_columns", "build_sql", "hit_from_row"]
+async def _kube_verbs(conn: asyncpg.Connection) -> int:
+    # Migration 009: the verb column held Teleport's HTTP method (schemas.kube).
+    return await refresh_event_columns(conn, event="kube.request")
+
+
+BACKFILLS: dict[str, Callable[[asyncpg.Connection], Awaitable[int]]] = {
+    "kube_verbs": _kube_verbs,
+}
+"""Data backfills by the name a migration inserts into ``sv_backfills`` (run by
+:func:`storage.pg.migrate`)."""
+
+__all__ = [
+    "BACKFILLS",
+    "PgSearchBackend",
+    "build_sql",
+    "hit_from_row",
+    "refresh_event_columns",
+]

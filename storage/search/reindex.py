@@ -10,7 +10,8 @@ long transaction), optionally for one tenant and/or from a time on, and indexes 
 under its idempotent ``_id``: running it twice, or while the index worker runs, changes
 nothing but the documents' versions. A full reindex (no tenant, no since) ends by writing the
 completeness marker (:meth:`OpenSearchStore.set_marker`), which the index worker checks to
-detect a cluster that lost its data.
+detect a cluster that lost its data, and by moving the search watermark past what it covered
+(:mod:`storage.search.watermark`).
 
 Documents are never deleted here: a row removed from PostgreSQL (retention) is removed from
 OpenSearch by whoever removes it.
@@ -30,7 +31,7 @@ import asyncpg
 import orjson
 
 from storage.chunkstore import storage_error
-from storage.search import model
+from storage.search import model, watermark
 from storage.search.opensearch import BulkAction, OpenSearchStore, document_action, index_documents
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,12 @@ async def reindex(
     t0 = time.monotonic()
     since_us = None if since is None else model.to_us(since)
     await asyncio.to_thread(store.ensure_templates)
+    full = tenant is None and since is None
+    # Refusals recorded before a full rebuild are settled by it (indexed now, or recorded again).
+    through = await watermark.last_id(conn) if full else 0
+    settled = await watermark.settled_ids(conn) if full else []
     report = ReindexReport()
+    refused: list[tuple[str, int]] = []
     kwargs: dict[str, Any] = {
         "max_bulk_bytes": max_bulk_bytes,
         "retry_backoff_max_ms": retry_backoff_max_ms,
@@ -295,6 +301,7 @@ async def reindex(
         for action, failure in done.rejected:
             log.error("reindex: OpenSearch refused %s: %s", action.id, failure.reason)
             report.rejected.append((action.id, failure.reason))
+            refused.append((str(action.doc.get("tenant", "")), int(action.doc.get("time_us", 0))))
         if progress is not None:
             progress(len(actions))
         return done.indexed
@@ -305,7 +312,11 @@ async def reindex(
         report.segments += await send([segment_action(r, prefix=store.prefix) for r in rows])
     report.total = report.events + report.segments
     await asyncio.to_thread(store.refresh)
-    if tenant is None and since is None:
+    # What OpenSearch refused stays out of its watermark (search answers it from PostgreSQL).
+    await watermark.record_refused(conn, refused)
+    if full:
+        await watermark.clear_refused(conn, through_id=through)
+        await watermark.clear_ids(conn, settled)
         await asyncio.to_thread(
             store.set_marker,
             {

@@ -1,17 +1,19 @@
 """Terminal output -> searchable text segments (PURE: no database).
 
-The persist worker renders each newly stored chunk of a session, in seq order, with
-:class:`replay.text.TimedTextRenderer` (escape sequences stripped, backspace and carriage-return
-edits applied) and stores every completed line as a segment (:class:`SegmentRow`), in the same
-transaction as the chunks. The renderer's state lives in the session row between batches, so:
+The segmenter renders each newly stored chunk of a session, in seq order, on a terminal screen
+model (:class:`replay.screen.TimedScreen`: main and alternate screens, cursor addressing,
+scroll regions, resizes) and stores every row that stood on the screen as a segment
+(:class:`SegmentRow`), with the time each character appeared. The screen's state lives in
+``session_text`` between rounds, so:
 
 * the same chunks give the same segments whatever the batch boundaries and restarts;
 * only chunks with ``seq`` beyond the last rendered one (``text_seq``) are rendered; a late
   chunk filling a hole after later chunks were rendered is stored but not rendered (rendering
   it then would put its text out of order), and a gap is rendered across;
 * the output streams are ``o`` and ``e`` (stdout/stderr of kubectl exec share the terminal);
-* lines longer than :data:`SEGMENT_MAX_CHARS` are split; empty lines make no segment; the
-  unterminated last line is flushed when the session's final chunk is rendered.
+* rows longer than :data:`SEGMENT_MAX_CHARS` (autowrapped rows are joined) are split; empty
+  rows make no segment; the rows still on the screen are given when the final chunk is
+  rendered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from replay.screen import TimedScreen
 from replay.text import TimedTextRenderer
 from schemas.models import Chunk, Stream
 from storage.search.model import SEGMENT_MAX_CHARS, SegmentRow, encode_times
@@ -44,6 +47,9 @@ class SessionText:
     server_id: str = ""
     cluster_name: str = ""
     kubernetes_cluster: str = ""
+    # The terminal's size when the session started (later sizes come from resize frames).
+    cols: int = 80
+    rows: int = 24
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,25 @@ class Rendered:
     text_seq: int
 
 
-def _renderer(state: bytes | None) -> TimedTextRenderer:
+def _renderer(ctx: SessionText) -> TimedScreen | TimedTextRenderer:
+    """The session's screen (new, at the session's starting size, or restored). A state saved
+    by the line renderer of earlier versions is continued with it to the session's end."""
+    state = ctx.state
     if state is None:
-        return TimedTextRenderer(max_line_chars=SEGMENT_MAX_CHARS)
-    return TimedTextRenderer.from_state(orjson.loads(state))
+        return TimedScreen(ctx.cols, ctx.rows, max_line_chars=SEGMENT_MAX_CHARS)
+    st = orjson.loads(state)
+    if TimedScreen.is_state(st):
+        return TimedScreen.from_state(st)
+    return TimedTextRenderer.from_state(st)
+
+
+def _size(data: bytes) -> tuple[int, int] | None:
+    """``WxH`` of a resize frame (None when malformed)."""
+    try:
+        w, h = data.decode("ascii").lower().split("x")
+        return int(w), int(h)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
@@ -69,13 +90,17 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     todo = sorted((c for c in chunks if c.seq > ctx.text_seq), key=lambda c: c.seq)
     if not todo:
         return Rendered([], ctx.state, ctx.seg_next, ctx.text_seq)
-    r = _renderer(ctx.state)
+    r = _renderer(ctx)
     lines: list[tuple[str, list[int]]] = []
     final = False
     for c in todo:
         for f in c.frames:
             if f.stream in OUTPUT_STREAMS and f.data:
                 lines.extend(r.feed_at(f.data, f.offset_ms))
+            elif f.stream is Stream.RESIZE and isinstance(r, TimedScreen):
+                size = _size(f.data)
+                if size is not None:
+                    lines.extend(r.resize(*size, f.offset_ms))
         if c.final:
             lines.extend(r.finish_lines())
             final = True

@@ -63,9 +63,13 @@ def fresh_home() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    """Fresh PostgreSQL, broker and OpenSearch-compatible server for this test session."""
+    """Fresh PostgreSQL, broker and OpenSearch-compatible server for this test session.
+
+    The broker keeps records in memory here: durability is not what these tests check (the
+    durable default has tests of its own, test_broker_durable.py), and memory storage is
+    faster and spares the suite an object-store process on the 2 cores."""
     base = _server_dir("sv-stack-")
-    local = LocalStack(base / "home", detached=False)
+    local = LocalStack(base / "home", detached=False, broker_storage="memory")
     try:
         local.start_postgres()
         asyncio.run(_admin(local, f'CREATE DATABASE "{TEMPLATE_DB}"'))
@@ -112,6 +116,9 @@ def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
         # here instead of 3 s with the production default, for each of the suite's ~100 joins.
         consumer_session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
         consumer_heartbeat_interval_ms=TEST_HEARTBEAT_INTERVAL_MS,
+        # The production defaults spare an idle stack's CPU; the suite wants quick loops.
+        consumer_fetch_max_wait_ms=500,
+        worker_poll_wait_ms=500,
     )
     stack.ensure_topics(s)
     try:

@@ -22,11 +22,12 @@ from siem.worker import BatchOutcome, SinkWorker
 
 # Values that would forge, split or merge records if any layer escaped them wrongly.
 NASTY_USERS = (
-    'alice\nOct 11 22:14:15 host forged: <34>1 - - - - - fake',
+    "alice\nOct 11 22:14:15 host forged: <34>1 - - - - - fake",
     "bob|CEF:0|Evil|Corp|1|2|3|5|src=6.6.6.6",
     'carol" suser=root act=forged x="y',
-    "dave] [sessionvault@32473 user=\"root\"]",
-    "eve\\\\|=\\n\r\n=]\"",
+    'dave] [sessionvault@32473 user="root"]',
+    'eve\\\\|=\\n\r\n=]"',
+    "mallory\x00\x1b[31m\x07\tred\x85<13>1 - - - - - nel-forged\x7f",
 )
 NASTY_COMMANDS = (
     'echo "hi"\nrm -rf / # forged line',
@@ -184,9 +185,22 @@ def make_certificate(folder: Path, cn: str = "localhost") -> tuple[Path, Path]:
     assert openssl, "the openssl CLI is needed to make the test certificate"
     subprocess.run(
         [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={cn}",
-            "-addext", f"subjectAltName=DNS:{cn},IP:127.0.0.1",
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={cn}",
+            "-addext",
+            f"subjectAltName=DNS:{cn},IP:127.0.0.1",
         ],
         check=True,
         capture_output=True,
@@ -267,8 +281,13 @@ def rsyslogd(folder: Path) -> Iterator[Rsyslog]:
     conf = folder / "rsyslog.conf"
     conf.write_text(
         RSYSLOG_CONF.format(
-            work=work, cert=cert, key=key, out=out,
-            tls_port=tls_port, tcp_port=tcp_port, udp_port=udp_port,
+            work=work,
+            cert=cert,
+            key=key,
+            out=out,
+            tls_port=tls_port,
+            tcp_port=tcp_port,
+            udp_port=udp_port,
         )
     )
     log = folder / "rsyslogd.log"
@@ -480,7 +499,7 @@ class HecReceiver:
             ids = json.loads(body)["acks"]
             assert isinstance(ids, list)
         except (ValueError, KeyError, AssertionError):
-            self.violations.append("ack poll body is not {\"acks\": [ids]}")
+            self.violations.append('ack poll body is not {"acks": [ids]}')
             return 400, {"text": "Invalid data format", "code": 6}
         out = {}
         with self._lock:

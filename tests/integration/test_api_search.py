@@ -58,7 +58,7 @@ def test_api_search_finds_typed_command_in_output_and_events_with_working_replay
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["backend"] == "postgres"
-        assert body["fallback_reason"] is None
+        assert body["reason"] == "OpenSearch is not configured"
         assert r.headers["X-Search-Backend"] == "postgres"
         hits = body["hits"]
         kinds = sorted((h["kind"], h["sid"]) for h in hits)
@@ -69,11 +69,14 @@ def test_api_search_finds_typed_command_in_output_and_events_with_working_replay
         # The line was complete (backspaces resolved) at 2.5 s into the session.
         assert abs(out["offset_ms"] - 2500) <= 1000
         assert out["replay"].startswith(f"sessionvault play {corpus.sid_a} --start-at ")
-        # The API link replays from the hit (asciicast-v2, frames from offset on).
+        # The API link replays from the hit (asciicast-v2 seeking like play: the screen up to
+        # the moment at time 0, later frames after it).
         link = get(base, token, out["replay_api"])
         assert link.status_code == 200, link.text
-        first_frame = orjson.loads(link.content.splitlines()[1])
-        assert first_frame[1:] == ["o", "che\r\n"]  # starts where the command was completed
+        frames = [orjson.loads(line) for line in link.content.splitlines()[1:]]
+        at_moment = [d for t, _c, d in frames if t == 0]
+        assert at_moment[-1] == "che\r\n"  # the screen as it was when the command was complete
+        assert all(t > 0 for t, _c, _d in frames[len(at_moment) :])
 
         # Metacharacters are literal: only the line holding them matches.
         for term in ("100%_done", '*? "AND"', "'x'; \\", "%", "_"):
@@ -156,7 +159,7 @@ def test_api_answers_from_opensearch_with_the_same_hits_and_falls_back_saying_so
                 expected = "opensearch" if name == "opensearch" else "postgres"
                 assert body["backend"] == expected, (name, body)
                 if name == "fallback":
-                    assert body["fallback_reason"], body
+                    assert body["reason"], body
                 answers[name].append(body["hits"])
     assert answers["opensearch"] == answers["postgres"] == answers["fallback"]
     assert all(answers["postgres"])  # every query found something
@@ -255,7 +258,7 @@ def test_cli_search_with_opensearch_down_answers_from_postgres_and_says_so(
     env = {**sv_env, "SESSIONVAULT_OPENSEARCH_URL": "http://127.0.0.1:9"}
     proc = sv(env, "search", "rm -rf", "--format", "json")
     assert orjson.loads(proc.stdout)["backend"] == "postgres"
-    assert b"note: answered by PostgreSQL" in proc.stderr
+    assert b"answered by postgres: OpenSearch is unavailable" in proc.stderr
     forced = subprocess.run(
         [SESSIONVAULT, "search", "rm -rf", "--backend", "opensearch"],
         env=env,
@@ -263,4 +266,4 @@ def test_cli_search_with_opensearch_down_answers_from_postgres_and_says_so(
         timeout=60,
     )
     assert forced.returncode != 0
-    assert b"OpenSearch did not answer" in forced.stderr
+    assert b"OpenSearch could not answer alone (OpenSearch is unavailable" in forced.stderr

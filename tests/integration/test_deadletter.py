@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 import struct
 
@@ -141,3 +142,76 @@ def test_each_bad_record_is_dead_lettered_with_reason_and_original_bytes(
     assert result.exit_code == 0, result.output
     assert result.output.count("bad_json") >= 2
     assert "2 dead letters" in result.output
+
+
+def test_a_record_larger_than_any_dead_letter_is_dead_lettered_cut_and_the_worker_goes_on(
+    settings: Settings,
+) -> None:
+    """A 10 MiB record the broker accepted (far over max_record_bytes, so no dead letter can
+    carry it whole) ends dead-lettered with a prefix, its size and sha256; the session after
+    it on the same partition is stored and the group's lag returns to 0."""
+    from ingest.kafka import make_producer
+
+    rng = random.Random(3)
+    good = build_session(settings.tenant, "after-poison", 4, rng)
+    poison = CHUNK_MAGIC + rng.randbytes(10 * 1024 * 1024)
+    producer = make_producer(settings, max_request_size=12 * 1024 * 1024)
+    try:
+        futures = [producer.send(settings.topic_chunks, key=b"after-poison", value=poison)]
+        futures += [
+            producer.send(settings.topic_chunks, key=b"after-poison", value=encode_chunk(c))
+            for c in good.chunks
+        ]
+        producer.flush(timeout=60)
+        where = futures[0].get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+    asyncio.run(run_until_drained(settings, [settings.topic_chunks], timeout_s=120))
+    (letter,) = list(iter_deadletters(settings))
+    assert (letter.source_partition, letter.source_offset) == (where.partition, where.offset)
+    assert letter.reason == "oversize"
+    assert letter.truncated == "value"
+    assert letter.original_bytes == len(poison)
+    assert letter.original_sha256 == hashlib.sha256(poison).hexdigest()
+    assert letter.value is not None
+    assert 0 < len(letter.value) <= settings.max_record_bytes + 64 * 1024
+    assert poison.startswith(letter.value)
+    stored = asyncio.run(stored_payloads(settings.postgres_dsn.get()))
+    assert stored["after-poison"][1] == good.payload
+
+
+def test_a_forgery_and_a_redelivery_of_a_stored_chunk_in_one_batch_dead_letter_the_forgery_only(
+    settings: Settings,
+) -> None:
+    rng = random.Random(8)
+    good = build_session(settings.tenant, "kept", 3, rng)
+    produce_located(
+        settings, settings.topic_chunks, [(b"kept", encode_chunk(c)) for c in good.chunks]
+    )
+    asyncio.run(run_until_drained(settings, [settings.topic_chunks]))
+    c1 = good.chunks[1]
+    frames = (Frame(5, Stream.OUTPUT, b"not what was recorded\r\n"),)
+    forged = Chunk(
+        settings.tenant,
+        "kept",
+        1,
+        frames,
+        c1.prev_hash,
+        chain_hash(c1.prev_hash, "kept", 1, frames),
+    )
+    where = produce_located(
+        settings,
+        settings.topic_chunks,
+        [(b"kept", encode_chunk(forged)), (b"kept", encode_chunk(c1))],
+    )
+    # The same group: its next batch is exactly [forgery, redelivery].
+    asyncio.run(run_until_drained(settings, [settings.topic_chunks]))
+    letters = list(iter_deadletters(settings))
+    assert [(d.reason, d.source_offset) for d in letters] == [
+        ("conflicting_duplicate", where[0][1])
+    ]
+    # The hash it names as stored is the one PostgreSQL holds.
+    assert f"stored hash {c1.hash[:16]}" in letters[0].error
+    stored = asyncio.run(stored_payloads(settings.postgres_dsn.get()))
+    assert stored["kept"][1] == good.payload

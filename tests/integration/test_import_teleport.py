@@ -174,4 +174,3 @@ def test_reimporting_the_same_teleport_recording_changes_nothing(settings: Setti
         assert after[table] == before[table], table
     assert after["chunks"] == before["chunks"]
     assert len(after["events"]) == len(before["events"])
-

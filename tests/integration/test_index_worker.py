@@ -89,19 +89,22 @@ def produce_session(settings: Settings, chunks: list[Any]) -> None:
 
 
 @asynccontextmanager
-async def workers(settings: Settings, *, index_group: str = "index") -> AsyncIterator[IndexWorker]:
-    """A persist worker, a segmenter and an index worker running in this process until the
-    block ends."""
+async def workers(
+    settings: Settings, *, index_group: str = "index", index: bool = True
+) -> AsyncIterator[IndexWorker]:
+    """A persist worker, a segmenter and (``index``) an index worker running in this process
+    until the block ends (the index worker is yielded either way; unstarted without ``index``)."""
     stop = asyncio.Event()
     persist = PersistWorker(settings)
-    index = IndexWorker(settings, group_id=index_group)
+    indexer = IndexWorker(settings, group_id=index_group)
     tasks = [
         asyncio.create_task(persist.run(stop=stop)),
         asyncio.create_task(Segmenter(settings, poll_s=0.2).run(stop=stop)),
-        asyncio.create_task(index.run(stop=stop)),
     ]
+    if index:
+        tasks.append(asyncio.create_task(indexer.run(stop=stop)))
     try:
-        yield index
+        yield indexer
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -260,7 +263,7 @@ def test_opensearch_down_mid_ingest_loses_nothing_falls_back_and_converges_after
                 finally:
                     await pgb.close()
                 assert page.backend == "postgres"
-                assert page.fallback_reason
+                assert page.reason
                 assert [h.id for h in page.hits] == [h.id for h in direct.hits]
                 assert len([h for h in page.hits if h.kind == KIND_EVENT]) == 400
             finally:
@@ -306,5 +309,44 @@ def test_document_opensearch_refuses_goes_to_dead_letters_and_the_rest_is_indexe
     assert all("HTTP 400" in d.error for d in letters)
     store.refresh()
     assert store.count({"term": {"tenant": s.tenant}}) == len(good)
+    store.delete_by_query({"match_all": {}})
+    store.close()
+
+
+def test_records_the_persist_worker_refused_are_skipped_by_reading_its_committed_offsets(
+    os_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chunks of a session that was never opened (no chunk 0) are dead-lettered by persist and
+    never reach PostgreSQL: the index worker learns that from the persist group's committed
+    offsets (the real broker's offset-fetch admin API) and moves on instead of waiting forever;
+    the events and the complete session around them are indexed."""
+    s = os_settings
+    good = [_event(s.tenant, i) for i in range(4)]
+    whole, _ = typed_session(s.tenant, "sess-whole")
+    orphan, _ = typed_session(s.tenant, "sess-orphan")
+
+    async def run() -> None:
+        produce_events(s, good[:2])
+        produce_session(s, orphan[1:])
+        produce_session(s, whole)
+        produce_events(s, good[2:])
+        async with workers(s):
+            await wait_for(
+                "drained",
+                lambda: drained(s, topics(s)) and drained(s, topics(s), "index"),
+                timeout_s=60,
+            )
+
+    with caplog.at_level("INFO", logger="ingest.index_worker"):
+        asyncio.run(run())
+    skipped = [r for r in caplog.records if "not stored by the persist worker" in r.message]
+    assert len(skipped) == len(orphan) - 1
+    letters = [d for d in iter_deadletters(s) if d.worker == "persist"]
+    assert {d.reason for d in letters} == {"unknown_session"}
+    assert len(letters) == len(orphan) - 1
+    hits = asyncio.run(assert_same_content(s, s.tenant))
+    assert {h["sid"] for h in hits if h["kind"] == KIND_OUTPUT} == {"sess-whole"}
+    assert sum(1 for h in hits if h["kind"] == KIND_EVENT) == len(good)
+    store = OpenSearchStore(s.opensearch_url, prefix=s.opensearch_index_prefix)
     store.delete_by_query({"match_all": {}})
     store.close()

@@ -125,7 +125,8 @@ def test_kube_timeline_interleaves_requests_and_exec_sessions_with_replay_links(
         sess, req = doc["entries"]
         assert sess["sid"] == sid
         assert sess["exit_code"] == 3
-        assert sess["replay"]["command"] == f"sessionvault play {sid}"
+        # A session entry replays from its start, spelled as every other link is.
+        assert sess["replay"]["command"] == f"sessionvault play {sid} --start-at 0.000"
         assert (req["verb"], req["subresource"], req["response_code"]) == ("create", "exec", 101)
         assert req["name"] == "nginx-deployment-7998647bdf-phvq7"
         # The exec request happened inside the session: grouped under it.

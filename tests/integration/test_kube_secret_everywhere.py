@@ -71,9 +71,7 @@ def test_secret_value_reaches_no_store_index_export_or_sink_format(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = dataclasses.replace(
-        settings, opensearch_index_prefix=f"sec-{uuid.uuid4().hex[:10]}"
-    )
+    settings = dataclasses.replace(settings, opensearch_index_prefix=f"sec-{uuid.uuid4().hex[:10]}")
     events = fixture_events()
     secrets = secret_values(events)
     # The oracle is real: the fixture carries the secret, as stored and base64-decoded.

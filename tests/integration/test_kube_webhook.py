@@ -195,3 +195,52 @@ def test_stages_of_one_request_in_separate_deliveries_merge_into_one_row(
     assert {k: v for k, v in a.items() if k not in ("uid", "kubernetes_cluster")} == {
         k: v for k, v in b.items() if k not in ("uid", "kubernetes_cluster")
     }
+
+
+def test_an_event_too_large_for_kafka_is_stored_cut_down_and_the_batch_answered_200(
+    settings: Settings,
+) -> None:
+    from tests.kube_verbs_support import CASES, audit_event
+
+    listing = next(i for i, c in enumerate(CASES) if c[2] == "list")
+    good, huge = audit_event(0), audit_event(listing)
+    huge["level"] = "RequestResponse"
+    huge["responseObject"] = {
+        "kind": "PodList",
+        "items": [{"metadata": {"name": f"web-{i}", "annotations": {"x": "y" * 100}}}
+                  for i in range(40_000)],
+    }  # fmt: skip
+    body = event_list([good, huge])
+    assert settings.max_record_bytes < len(body) < 64 * 1024 * 1024
+    token = make_token(settings)
+    with serve(settings) as url:
+        r = httpx.post(
+            f"{url}/v1/kube/audit/minikube",
+            content=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 2}
+    drain(settings, [settings.topic_events])
+    rows = fetch(
+        settings,
+        "SELECT body FROM events WHERE tenant = $1 ORDER BY body->>'time'",
+        settings.tenant,
+    )
+    stored = [orjson.loads(str(row["body"])) for row in rows]
+    assert len(stored) == 2
+    cut = next(e for e in stored if "sv_truncated" in e)
+    whole = next(e for e in stored if "sv_truncated" not in e)
+    assert whole["kube_audit"]["auditID"] == good["auditID"]
+    marker = cut["sv_truncated"]
+    assert marker["original_bytes"] > settings.max_record_bytes
+    assert marker["dropped"] == ["kube_audit.responseObject"]
+    assert len(marker["sha256"]) == 64
+    # Who did what to which resource is all there.
+    assert (cut["kubernetes_verb"], cut["resource_kind"], cut["user"]) == (
+        "list",
+        "pods",
+        huge["user"]["username"],
+    )
+    assert cut["kube_audit"]["auditID"] == huge["auditID"]

@@ -9,6 +9,8 @@ test's pty in raw mode, so nothing is echoed by it), so those bytes ARE the sess
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import fcntl
 import os
 import pty
@@ -51,6 +53,13 @@ exit 3
 @pytest.fixture
 def persist_worker(settings: Settings) -> Iterator[None]:
     """The real persist worker, on its own event loop thread, for the test's topics."""
+    with running_persist_worker(settings):
+        yield
+
+
+@contextlib.contextmanager
+def running_persist_worker(settings: Settings) -> Iterator[None]:
+    """The real persist worker with ``settings``, on its own event loop thread."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     errors: list[BaseException] = []
@@ -137,21 +146,25 @@ async def _session_row(dsn: str, sid: str) -> dict[str, Any] | None:
     conn = await pg.connect(dsn)
     try:
         row = await conn.fetchrow(
-            "SELECT status, exit_code, cols, rows FROM sessions WHERE sid=$1", sid
+            "SELECT status, exit_code, cols, rows, last_seq, last_hash, ended_at, tenant"
+            " FROM sessions WHERE sid=$1",
+            sid,
         )
         return dict(row) if row is not None else None
     finally:
         await conn.close()
 
 
-def wait_closed(dsn: str, sid: str, timeout_s: float = 60) -> dict[str, Any]:
+def wait_status(dsn: str, sid: str, status: str, timeout_s: float = 60) -> dict[str, Any]:
+    """The sessions row of ``sid`` once its status is ``status``."""
     end = time.monotonic() + timeout_s
+    row = None
     while time.monotonic() < end:
         row = asyncio.run(_session_row(dsn, sid))
-        if row is not None and row["status"] == "closed":
+        if row is not None and row["status"] == status:
             return row
         time.sleep(0.3)
-    raise AssertionError(f"session {sid} not closed in PostgreSQL after {timeout_s}s: {row}")
+    raise AssertionError(f"session {sid} not {status} in PostgreSQL after {timeout_s}s: {row}")
 
 
 def test_record_real_programs_export_is_byte_exact_with_ms_timings(
@@ -182,7 +195,7 @@ def test_record_real_programs_export_is_byte_exact_with_ms_timings(
     assert b"\xff\xfe\xc3\x28" in seen
     assert b"\x00" in seen
 
-    row = wait_closed(settings.postgres_dsn.get(), sid)
+    row = wait_status(settings.postgres_dsn.get(), sid, "closed")
     assert row["exit_code"] == 3
     assert (row["cols"], row["rows"]) == (100, 30)
 
@@ -282,3 +295,56 @@ def asciinema_cat(asciinema: str, cast: Path, env: dict[str, str]) -> bytes:
         os.close(master)
         os.close(slave)
     return proc.stdout
+
+
+def test_a_recorder_killed_with_sigkill_leaves_an_abandoned_session_that_a_late_chunk_revives(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from ingest.kafka import make_producer
+    from schemas import Chunk, Frame, Stream, chain_hash, encode_chunk
+
+    sv = str(Path(sys.executable).parent / "sessionvault")
+    env = env_for(settings)
+    env.update(TERM="xterm", LC_ALL="C.UTF-8", HOME=str(tmp_path))
+    sid = "killed-" + os.urandom(4).hex()
+    dsn = settings.postgres_dsn.get()
+    quick = dataclasses.replace(settings, session_abandon_after_ms=1500)
+    with running_persist_worker(quick):
+        drv = PtyDriver(
+            [sv, "record", "-q", "--sid", sid, "--", "sh", "-c", "echo started; exec sleep 61"],
+            env,
+            cols=80,
+            rows=24,
+        )
+        try:
+            drv.expect(b"started")
+            drv.read_for(1.0)  # the chunk with "started" is sent (linger 50 ms)
+        finally:
+            os.kill(drv.pid, signal.SIGKILL)
+            os.waitpid(drv.pid, 0)
+        row = wait_status(dsn, sid, "abandoned")
+        assert row["last_seq"] >= 1
+        assert row["ended_at"] is not None
+        verify = subprocess.run([sv, "verify", sid], env=env, capture_output=True, timeout=60)
+        assert verify.returncode == 0, verify.stderr
+        assert f"ended without a final chunk after seq {row['last_seq']}" in verify.stdout.decode()
+        listed = subprocess.run([sv, "sessions"], env=env, capture_output=True, timeout=60)
+        assert any(
+            sid in line and "abandoned" in line for line in listed.stdout.decode().splitlines()
+        )
+        # The recorder's spool drains late: the next chunk revives and closes the session.
+        frames = (Frame(99_000, Stream.OUTPUT, b"late\r\n"),)
+        seq = row["last_seq"] + 1
+        late = Chunk(
+            row["tenant"], sid, seq, frames, row["last_hash"],
+            chain_hash(row["last_hash"], sid, seq, frames), final=True, exit_code=0,
+        )  # fmt: skip
+        producer = make_producer(settings)
+        try:
+            producer.send(settings.topic_chunks, key=sid.encode(), value=encode_chunk(late))
+            producer.flush(timeout=30)
+        finally:
+            producer.close(timeout=5)
+        closed = wait_status(dsn, sid, "closed")
+        assert closed["last_seq"] == seq
+    subprocess.run(["pkill", "-f", "exec sleep 61|^sleep 61"], check=False)

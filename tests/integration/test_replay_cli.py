@@ -239,3 +239,41 @@ def test_play_on_a_terminal_quits_on_q_and_restores_the_terminal(tmp_path: Path)
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def test_a_unique_sid_prefix_names_a_session_and_an_ambiguous_one_lists_the_candidates(
+    settings: Settings, sv_env: dict[str, str]
+) -> None:
+    a1, a2 = "7e57c0de-1111-4000-8000-000000000001", "7e57c0de-2222-4000-8000-000000000002"
+    store(settings, a1, FRAMES)
+    store(settings, a2, FRAMES[:2])
+    other = "7e57c0de-3333-4000-8000-000000000003"
+
+    async def other_tenant() -> None:
+        conn = await pg.connect(settings.postgres_dsn.get())
+        try:
+            await write_session(conn, "someone-else", other, ([f] for f in FRAMES))
+        finally:
+            await conn.close()
+
+    asyncio.run(other_tenant())
+    full = sv(sv_env, "export", a1, "--format", "raw")
+    for prefix in ("7e57c0de-1", "7e57c0de-11"):
+        proc = sv(sv_env, "export", prefix, "--format", "raw")
+        assert (proc.returncode, proc.stdout) == (0, full.stdout), proc.stderr
+    verified = sv(sv_env, "verify", "7e57c0de-2")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.decode().startswith(f"session {a2}: ok")  # named in full
+    ambiguous = sv(sv_env, "export", "7e57c0de")
+    assert ambiguous.returncode == 1
+    err = ambiguous.stderr.decode()
+    assert err.count("\n") == 1, err
+    assert "ambiguous" in err
+    assert a1 in err
+    assert a2 in err
+    assert other not in err  # another tenant's session is never a candidate
+    # Another tenant's session by its prefix, a too-short prefix, LIKE metacharacters: not found.
+    for name in ("7e57c0de-3", "7e5", "7e57c0de-%", "7e57c0de-_111"):
+        proc = sv(sv_env, "export", name)
+        assert proc.returncode == 1
+        assert proc.stderr.decode().strip() == f"sessionvault: error: session {name!r} not found"

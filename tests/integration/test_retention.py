@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.persist_logic import partition_name
 from ingest.sdk import AuditEmitter, SessionRecorder
 from schemas.models import SessionInfo
 from sessionvault.settings import Settings
@@ -22,13 +23,44 @@ from storage import pg
 from storage.search import model
 from storage.search.opensearch import OpenSearchStore
 from storage.search.reindex import reindex
+from tests.dates import at_date, today_params
 from tests.integration.import_support import cli, drain, dump_tables, fetch
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=300)
-MONTH_45 = NOW - timedelta(days=45)
 RECENT = NOW - timedelta(days=1)
 DEC_2025 = datetime(2025, 12, 15, 12, 0, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ages:
+    """The corpus's times, relative to the day the retention run takes for today."""
+
+    today: datetime
+
+    @property
+    def drop(self) -> datetime:
+        """Only tenant A has rows in this month: its partition is dropped whole."""
+        return self.today - timedelta(days=400)
+
+    @property
+    def old(self) -> datetime:
+        return self.today - timedelta(days=300)
+
+    @property
+    def month_45(self) -> datetime:
+        return self.today - timedelta(days=45)
+
+    @property
+    def recent(self) -> datetime:
+        return self.today - timedelta(days=1)
+
+
+@pytest.fixture(params=[pytest.param((NOW, "UTC"), id="now"), *today_params()])
+def ages(request: pytest.FixtureRequest) -> tuple[Ages, str]:
+    """(corpus times, TZ of the retention run) for the real today and every injected one."""
+    today, tz = request.param
+    return Ages(today), tz
 
 
 def rfc(when: datetime) -> str:
@@ -86,30 +118,44 @@ def count(settings: Settings, sql: str, *args: object) -> int:
 
 
 @pytest.fixture
-def corpus(settings: Settings) -> dict[str, str]:
+def corpus(settings: Settings, ages: tuple[Ages, str]) -> dict[str, str]:
     """Tenant A (with a policy later) and tenant B (none): sessions and events of all ages."""
+    t = ages[0]
     a = settings
     b = dataclasses.replace(settings, tenant=f"{settings.tenant}-b")
     ids = {
         "A": a.tenant,
         "B": b.tenant,
-        "s_old": record_session(a, OLD, b"rm -rf /srv/old"),
-        "s_held": record_session(a, OLD, b"cat /etc/evidence"),
-        "s_new": record_session(a, RECENT, b"uptime"),
-        "s_b_old": record_session(b, OLD, b"ls /b"),
+        "s_old": record_session(a, t.old, b"rm -rf /srv/old"),
+        "s_held": record_session(a, t.old, b"cat /etc/evidence"),
+        "s_new": record_session(a, t.recent, b"uptime"),
+        "s_b_old": record_session(b, t.old, b"ls /b"),
     }
     emit(
         a,
         [
-            {"event": "user.login", "uid": "e_dec", "time": rfc(DEC_2025), "user": "alice"},
-            {"event": "user.login", "uid": "e_old_plain", "time": rfc(OLD), "user": "alice"},
-            {"event": "session.join", "uid": "e_old_s", "time": rfc(OLD), "sid": ids["s_old"]},
-            {"event": "session.join", "uid": "e_old_held", "time": rfc(OLD), "sid": ids["s_held"]},
-            {"event": "user.login", "uid": "e_45", "time": rfc(MONTH_45), "user": "bob"},
-            {"event": "user.login", "uid": "e_new", "time": rfc(RECENT), "user": "bob"},
+            {"event": "user.login", "uid": "e_dec", "time": rfc(t.drop), "user": "alice"},
+            {"event": "user.login", "uid": "e_old_plain", "time": rfc(t.old), "user": "alice"},
+            {"event": "session.join", "uid": "e_old_s", "time": rfc(t.old), "sid": ids["s_old"]},
+            {
+                "event": "session.join",
+                "uid": "e_old_held",
+                "time": rfc(t.old),
+                "sid": ids["s_held"],
+            },
+            {"event": "user.login", "uid": "e_45", "time": rfc(t.month_45), "user": "bob"},
+            {"event": "user.login", "uid": "e_new", "time": rfc(t.recent), "user": "bob"},
         ],
     )
-    emit(b, [{"event": "user.login", "uid": "e_b_old", "time": rfc(OLD), "user": "carol"}])
+    # Tenant B (no policy) has rows in the old and the 45-day months: whatever the calendar,
+    # those partitions are never dropped whole, only A's rows in them are deleted.
+    emit(
+        b,
+        [
+            {"event": "user.login", "uid": "e_b_old", "time": rfc(t.old), "user": "carol"},
+            {"event": "user.login", "uid": "e_b_45", "time": rfc(t.month_45), "user": "carol"},
+        ],
+    )
     drain(settings)
     return ids
 
@@ -127,9 +173,16 @@ def sids(settings: Settings, tenant: str) -> set[str]:
 
 
 def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_keep_theirs(
-    settings: Settings, sv_env: dict[str, str], corpus: dict[str, str]
+    settings: Settings,
+    sv_env: dict[str, str],
+    corpus: dict[str, str],
+    ages: tuple[Ages, str],
 ) -> None:
+    """Run by the CLI with its clock at each injected today (and the real one)."""
+    t, tz = ages
+    sv_env = at_date(sv_env, t.today, tz)
     a, b = corpus["A"], corpus["B"]
+    dropped = partition_name(t.drop.year, t.drop.month)
     store = OpenSearchStore(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
     asyncio.run(_reindex(settings.postgres_dsn.get(), store, [a, b]))
     assert index_ids(store, [a, b]) == pg_doc_ids(settings, [a, b])
@@ -149,7 +202,7 @@ def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_ke
     dry = orjson.loads(cli(sv_env, "retention", "apply", "--dry-run", "--json").stdout)
     assert dump_tables(settings) == before  # a dry run changes nothing
     assert index_ids(store, [a, b]) == ids_before
-    assert dry["partitions"] == ["events_y2025m12"]
+    assert dry["partitions"] == [dropped]
     [ta] = dry["tenants"]  # B has no policy: not even looked at
     assert ta["tenant"] == a
     assert ta["session_ids"] == [corpus["s_old"]]
@@ -160,7 +213,7 @@ def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_ke
     assert ta["index_documents"] == old_segments + 4
 
     proc = cli(sv_env, "retention", "apply")
-    assert b"events_y2025m12: dropped" in proc.stderr  # progress on stderr
+    assert f"{dropped}: dropped".encode() in proc.stderr  # progress on stderr
     report = proc.stdout.decode()
     assert f"tenant {a}: deleted 4 events" in report
     assert "1 sessions with" in report
@@ -168,7 +221,7 @@ def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_ke
     assert sids(settings, a) == {corpus["s_held"], corpus["s_new"]}
     assert uids(settings, a) == {"e_old_held", "e_new"}
     assert sids(settings, b) == {corpus["s_b_old"]}
-    assert uids(settings, b) == {"e_b_old"}
+    assert uids(settings, b) == {"e_b_old", "e_b_45"}
     for table in ("chunks", "text_segments"):
         n = count(settings, f"SELECT count(*) AS n FROM {table} WHERE sid = $1", corpus["s_old"])
         assert n == 0, table
@@ -177,8 +230,9 @@ def test_dry_run_lists_exactly_what_apply_removes_and_holds_and_other_tenants_ke
         )
         assert held > 0, table
     parts = {str(r["relname"]) for r in fetch(settings, "SELECT relname FROM pg_class")}
-    assert "events_y2025m12" not in parts
-    assert "events_y2026m01" in parts  # tenant B (no policy) and a held event live there
+    assert dropped not in parts
+    # Tenant B (no policy) and a held event live there.
+    assert partition_name(t.old.year, t.old.month) in parts
     # The index holds exactly what PostgreSQL still holds.
     assert index_ids(store, [a, b]) == pg_doc_ids(settings, [a, b])
     [run] = fetch(settings, "SELECT * FROM retention_runs")

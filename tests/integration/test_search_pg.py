@@ -123,7 +123,23 @@ def _oracle_text(b: dict[str, Any]) -> list[str]:
 EVENT_ONLY = ("kubernetes_namespace", "kubernetes_resource", "verb", "event", "code")
 
 
+# The corpus's kube.request paths all name one object (/api/v1/namespaces/NS/RES/NAME), so the
+# Kubernetes verb is what the HTTP method means on a named object, and there is no subresource.
+_NAMED_OBJECT_VERB = {
+    "GET": "get",
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "patch",
+    "DELETE": "delete",
+}
+
+
 def _event_value(b: dict[str, Any], name: str) -> list[Any]:
+    if name == "verb":
+        if b.get("request_path"):
+            assert b["request_path"].count("/") == 6, b["request_path"]
+        method = b.get("verb") or ""
+        return [_NAMED_OBJECT_VERB.get(method, method.lower()), ""]
     if name == "kubernetes_namespace":
         return [b.get("resource_namespace") or b.get("kubernetes_pod_namespace") or ""]
     if name == "kubernetes_resource":

@@ -63,7 +63,7 @@ async def _persist_and_search(
             query = Query(tenant=settings.tenant, text=(COMMAND,), sid=(s.sid,))
             page = await service.search(query)
             assert page.backend == "postgres"
-            assert page.fallback_reason is None
+            assert page.reason == "OpenSearch is not configured"
             found[s.sid] = [h for h in page.hits if isinstance(h, SegmentHit)]
             assert len(found[s.sid]) == len(page.hits), "only output hits expected"
         return found

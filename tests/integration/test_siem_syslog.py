@@ -21,6 +21,7 @@ import pytest
 from sessionvault.settings import Settings
 from siem.config import parse_siem_config
 from tests.integration.siem_support import (
+    NASTY_USERS,
     make_events,
     produce_events,
     rsyslogd,
@@ -90,9 +91,15 @@ def parse_sd(sd: str) -> tuple[str, dict[str, str]]:
     return m.group(1), params
 
 
+def sd_expected(value: str) -> str:
+    """A PARAM-VALUE as the sink documents it after unescaping \\" \\\\ \\]: control
+    characters (C0, DEL, C1) as #ooo, in octal."""
+    return re.sub("[\x00-\x1f\x7f-\x9f]", lambda m: f"#{ord(m.group()):03o}", value)
+
+
 def cef_clean(text: str) -> str:
     """What the CEF format documents for characters it cannot carry (U+2028 etc. -> U+FFFD)."""
-    return re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]", "\ufffd", text)
+    return re.sub("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]", "\ufffd", text)
 
 
 def sink_config(kind: str, port: int, fmt: str, cert: Path, **extra: Any) -> bytes:
@@ -180,7 +187,7 @@ def test_tls_cef_records_arrive_exactly_once_each_with_fields_intact(
         assert header[5] == ev["event"]
         # The CEF extension and the structured data each carry the fields intact.
         assert ext["suser"] == cef_clean(ev["user"])
-        assert params["user"] == ev["user"]
+        assert params["user"] == sd_expected(ev["user"])
         assert params["uid"] == uid
         assert params["sid"] == ev["sid"]
         assert ext["cs1"] == ev["sid"]
@@ -192,8 +199,21 @@ def test_tls_cef_records_arrive_exactly_once_each_with_fields_intact(
             assert "cs3" not in ext
         # Nothing forged: only the keys the format defines.
         assert set(ext) <= {
-            "rt", "externalId", "act", "suser", "duser", "src", "spt", "dhost", "dvchost",
-            "cs1", "cs1Label", "cs2", "cs2Label", "cs3", "cs3Label",
+            "rt",
+            "externalId",
+            "act",
+            "suser",
+            "duser",
+            "src",
+            "spt",
+            "dhost",
+            "dvchost",
+            "cs1",
+            "cs1Label",
+            "cs2",
+            "cs2Label",
+            "cs3",
+            "cs3Label",
         }
     assert sorted(uids) == sorted(expected), "missing or duplicated records"
     check_session_order(uids, events)
@@ -203,9 +223,7 @@ def test_tls_cef_records_arrive_exactly_once_each_with_fields_intact(
         assert rec["raw"].startswith("<")
 
 
-def test_plain_tcp_octet_counted_native_json_is_exact(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_plain_tcp_octet_counted_native_json_is_exact(settings: Settings, tmp_path: Path) -> None:
     events = make_events(settings.tenant, sessions=4, per_session=5)
     with rsyslogd(tmp_path / "rsyslog") as rs:
         config = sink_config("tcp", rs.tcp_port, "native", rs.cert, framing="octet")
@@ -221,7 +239,7 @@ def test_plain_tcp_octet_counted_native_json_is_exact(
         # Native JSON keeps every field exactly (newlines, quotes, U+2028 included).
         assert doc == ev
         _, params = parse_sd(rec["sd"])
-        assert params["user"] == ev["user"]
+        assert params["user"] == sd_expected(ev["user"])
     assert sorted(uids) == sorted(expected)
     check_session_order(uids, events)
 
@@ -242,8 +260,7 @@ def test_plain_tcp_newline_framing_escapes_line_ends_and_never_splits(
         uids.append(doc["uid"])
         assert doc == expected[doc["uid"]]
         _, params = parse_sd(rec["sd"])
-        want = expected[doc["uid"]]["user"].replace("\r", "#015").replace("\n", "#012")
-        assert params["user"] == want
+        assert params["user"] == sd_expected(expected[doc["uid"]]["user"])
     check_session_order(uids, events)
 
 
@@ -259,3 +276,28 @@ def test_udp_one_message_per_datagram(settings: Settings, tmp_path: Path) -> Non
     assert sorted(d["uid"] for d in docs) == sorted(by_uid(events))
     for d in docs:
         assert d == by_uid(events)[d["uid"]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt", "extra"),
+    [
+        ("udp", "native", {"max_datagram_bytes": 8192}),
+        ("udp", "cef", {"max_datagram_bytes": 8192}),
+        ("tcp", "ecs", {"framing": "octet"}),
+        ("tls", "native", {}),
+    ],
+)
+def test_no_control_character_from_a_user_field_reaches_the_receiver_on_any_transport(
+    settings: Settings, tmp_path: Path, kind: str, fmt: str, extra: dict[str, Any]
+) -> None:
+    """rsyslog keeps control characters as received here (escaping on receive is off): not
+    one CR, LF, NUL, ESC or NEL arrives, and no record is split or forged."""
+    events = make_events(settings.tenant, sessions=len(NASTY_USERS), per_session=2)
+    assert any("\x00" in e.get("user", "") for e in events)
+    with rsyslogd(tmp_path / "rsyslog") as rs:
+        config = sink_config(kind, getattr(rs, f"{kind}_port"), fmt, rs.cert, **extra)
+        n = deliver_all(settings, config, events)
+        recs = wait_records(rs, kind, n)
+    assert len(recs) == n
+    for rec in recs:
+        assert not re.search("[\x00-\x1f\x7f-\x9f]", rec["raw"]), rec["raw"]

@@ -67,8 +67,10 @@ class SignedReceiver:
             self.fail_next -= 1
             return 502
         want = "sha256=" + hmac.new(self.key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not ts.isdigit() or abs(time.time() - int(ts)) > 300 or not hmac.compare_digest(
-            want, sig
+        if (
+            not ts.isdigit()
+            or abs(time.time() - int(ts)) > 300
+            or not hmac.compare_digest(want, sig)
         ):
             self.refused += 1
             return 401
@@ -153,9 +155,7 @@ exclude_types = ["session.end"]
 """.encode()
     ).sinks[0]
     produce_events(settings, events + other)
-    wanted = [
-        e for e in events if e["event"] in ("session.start", "session.command")
-    ]
+    wanted = [e for e in events if e["event"] in ("session.start", "session.command")]
     try:
         with running_sink(settings, cfg, state_home=stack.home) as run:
             run.wait(lambda: run.worker.stats.records >= len(events) + len(other), 60, "records")

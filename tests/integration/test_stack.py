@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from deploy.stack import LocalStack, pid_alive
 from ingest.topics import admin_client, consumer_lag, end_offsets, ensure_topics, list_topics
@@ -47,30 +48,37 @@ def _produce(bootstrap: str, topic: str, partition: int, count: int) -> None:
         producer.close()
 
 
-def test_up_down_up_keeps_postgres_rows_and_recreates_topics(fresh_home: Path) -> None:
+def test_up_down_up_keeps_postgres_rows_broker_records_and_offsets(fresh_home: Path) -> None:
     home = fresh_home
     stack = LocalStack(home, detached=False)
     try:
         state = stack.up(workers=False)
         assert stack.is_up()
-        for key in ("kafka_bootstrap", "postgres_dsn", "opensearch_url"):
+        for key in ("kafka_bootstrap", "postgres_dsn"):
             assert state[key]
+        # The default local stack: a durable broker, and search on PostgreSQL (no emulator).
+        assert state["broker_storage"] == "s3"
+        assert not state.get("opensearch_url")
         settings = load_settings(env={"SESSIONVAULT_HOME": str(home)})
         assert settings.kafka_bootstrap == stack.kafka_bootstrap
         assert settings.postgres_dsn.get() == stack.postgres_dsn
         assert {"sv.chunks.v1", "sv.events.v1", "sv.deadletter.v1"} <= set(
             list_topics(stack.kafka_bootstrap)
         )
-        asyncio.run(_execute(
-            stack.postgres_dsn,
-            "CREATE TABLE probe (note text)",
-            "INSERT INTO probe VALUES ('written before down')",
-        ))
+        asyncio.run(
+            _execute(
+                stack.postgres_dsn,
+                "CREATE TABLE probe (note text)",
+                "INSERT INTO probe VALUES ('written before down')",
+            )
+        )
+        _produce(stack.kafka_bootstrap, "sv.events.v1", 0, 5)
+        _commit(stack.kafka_bootstrap, "sv.events.v1", 0, 3)
         pids = dict(stack.state["pids"])
 
         stopped = stack.down()
 
-        assert sorted(stopped) == ["broker", "opensearch", "postgres"]
+        assert sorted(stopped) == ["broker", "objectstore", "postgres"]
         assert not any(pid_alive(pid) for pid in pids.values())
         assert stack.down() == []
         status = stack.status()
@@ -81,9 +89,38 @@ def test_up_down_up_keeps_postgres_rows_and_recreates_topics(fresh_home: Path) -
 
         assert asyncio.run(_fetch_notes(stack.postgres_dsn)) == ["written before down"]
         assert "sv.chunks.v1" in list_topics(stack.kafka_bootstrap)
+        assert _values(stack.kafka_bootstrap, "sv.events.v1", 0) == [b"v%d" % i for i in range(5)]
+        assert _committed(stack.kafka_bootstrap, "sv.events.v1", 0) == 3
         assert stack.status(lag=False).healthy
     finally:
         stack.down()
+
+
+def _commit(bootstrap: str, topic: str, partition: int, offset: int) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="probe-group")
+    try:
+        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)})
+    finally:
+        consumer.close()
+
+
+def _committed(bootstrap: str, topic: str, partition: int) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="probe-group")
+    try:
+        return consumer.committed(TopicPartition(topic, partition))  # type: ignore[no-any-return]
+    finally:
+        consumer.close()
+
+
+def _values(bootstrap: str, topic: str, partition: int) -> list[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()
 
 
 def test_up_is_idempotent_and_keeps_running_servers(fresh_home: Path) -> None:
@@ -165,9 +202,10 @@ def test_status_cli_prints_json_health(stack: LocalStack) -> None:
     assert result.exit_code == 0, result.output
     data = orjson.loads(result.output)
     assert data["healthy"] is True
+    # The suite's stack: memory broker storage (no object store) and the OpenSearch emulator.
     assert {s["name"] for s in data["servers"]} == {"postgres", "broker", "opensearch"}
     # PostgreSQL-driven stages report their queues (a fresh database: nothing waiting)
-    assert data["backlog"] == {"segment_queue": 0, "detect_feed": 0}
+    assert data["backlog"] == {"segment_queue": 0, "detect_feed": 0, "index_pending": 0}
 
 
 def test_broker_that_fails_to_start_raises_stack_error_naming_its_log(
@@ -186,3 +224,4 @@ def test_broker_that_fails_to_start_raises_stack_error_naming_its_log(
     assert "broker" in message
     assert str(tmp_path / "h" / "logs" / "broker.log") in message
     assert "boom" in message
+    assert not stack.is_running("objectstore")  # started for the broker, stopped with it

@@ -131,3 +131,17 @@ def test_unknown_event_type_and_missing_metadata_are_rejected(tmp_path: Path) ->
     (d / "log.json").unlink()
     with pytest.raises(ValidationError, match=r"neither log\.json nor log"):
         sudo_io.load(d, tenant="acme")
+
+
+def test_a_ttyout_whose_gzip_crc_fails_is_refused_not_imported_damaged(tmp_path: Path) -> None:
+    d = make_iolog(tmp_path)
+    packed = bytearray(gzip.compress(OUT1 + OUT2 + OUT3))
+    packed[-8] ^= 0xFF  # the CRC-32 in the gzip trailer: the bytes read back look fine
+    (d / "ttyout").write_bytes(bytes(packed))
+    with pytest.raises(ValidationError, match="damaged"):
+        sudo_io.load(d, tenant="acme")
+    packed = bytearray(gzip.compress(OUT1 + OUT2 + OUT3))
+    packed[len(packed) // 2] ^= 0xFF  # a flipped bit inside the deflate stream
+    (d / "ttyout").write_bytes(bytes(packed))
+    with pytest.raises(ValidationError):
+        sudo_io.load(d, tenant="acme")

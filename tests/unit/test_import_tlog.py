@@ -138,3 +138,58 @@ def test_timing_asking_for_more_than_the_message_holds_is_rejected() -> None:
 def test_unknown_major_version_is_refused() -> None:
     with pytest.raises(UnknownVersionError):
         tlog.decode_messages(lines(msg(ver="3.0")), tenant="acme", started_at=START)
+
+
+def _journal_entry(message: bytes | None, realtime_us: int, *, as_bytes: bool = False) -> bytes:
+    """One line as ``journalctl -o json`` prints a tlog-rec-session entry (systemd's JSON
+    export format: every value a string; a field that is not printable UTF-8 is an array of
+    byte values; a field over 4 KiB is null unless --all)."""
+    entry: dict[str, Any] = {
+        "__CURSOR": f"s=9d6b;i={realtime_us:x};b=4a1c;m=1f;t={realtime_us:x};x=1",
+        "__REALTIME_TIMESTAMP": str(realtime_us),
+        "__MONOTONIC_TIMESTAMP": "123456789",
+        "_BOOT_ID": "4a1c0b3e7f0d4c6e9d3f2a1b0c9d8e7f",
+        "PRIORITY": "6",
+        "SYSLOG_IDENTIFIER": "tlog-rec-session",
+        "_COMM": "tlog-rec-sessio",
+        "_UID": "1000",
+        "TLOG_REC": DOC_EXAMPLE["rec"],
+        "TLOG_USER": "johndoe",
+        "TLOG_SESSION": "324",
+        "TLOG_ID": "1",
+        "MESSAGE": None if message is None else (list(message) if as_bytes else message.decode()),
+    }
+    return orjson.dumps(entry)
+
+
+def test_a_whole_journal_export_imports_the_tlog_entries_and_skips_the_rest() -> None:
+    first = orjson.dumps(msg(id=1, pos=2000, timing="=80x24>6", out_txt="hello\n"))
+    # A message with a byte that is not UTF-8 (in out_bin) is still ASCII JSON; journald
+    # exports it as bytes when told so (here: as an array), and it must read the same.
+    second = orjson.dumps(
+        msg(id=2, pos=2500, timing="]1/1", out_txt="\ufffd", out_bin=[255], in_txt="")
+    )
+    other = orjson.dumps(
+        {"__REALTIME_TIMESTAMP": "1448884019500000", "SYSLOG_IDENTIFIER": "sshd",
+         "MESSAGE": "Accepted publickey for johndoe"}
+    )  # fmt: skip
+    binary_other = orjson.dumps({"SYSLOG_IDENTIFIER": "kernel", "MESSAGE": [0, 159, 146, 150]})
+    data = [
+        other,
+        _journal_entry(first, 1448884019000000),
+        binary_other,
+        _journal_entry(second, 1448884019500000, as_bytes=True),
+    ]
+    rec = tlog.decode_messages(data, tenant="acme")
+    assert [(f.offset_ms, f.stream, f.data) for f in rec.frames] == [
+        (2000, Stream.RESIZE, b"80x24"),
+        (2000, Stream.OUTPUT, b"hello\n"),
+        (2500, Stream.OUTPUT, b"\xff"),
+    ]
+    assert rec.info.started_at == "2015-11-30T11:46:57Z"
+
+
+def test_a_journal_export_without_all_names_the_fix() -> None:
+    data = [_journal_entry(None, 1448884019000000)]
+    with pytest.raises(ValidationError, match="--all"):
+        tlog.decode_messages(data, tenant="acme")

@@ -319,3 +319,39 @@ def test_password_like_keys_and_env_pairs_in_ordinary_objects_are_redacted() -> 
     assert out["spec"]["volumes"][0]["secret"]["secretName"] == "db"
     assert out["spec"]["automountServiceAccountToken"] is False
     assert out["spec"]["containers"][0]["image"] == "nginx"
+
+
+def test_fit_event_keeps_a_small_event_and_cuts_a_large_one_step_by_step() -> None:
+    import hashlib
+
+    from ingest.kube_audit import fit_event
+    from schemas.codec import encode_event
+
+    base = {
+        "sv_version": 1, "tenant": "t", "event": "kube.request", "code": "T3009I",
+        "time": "2026-01-01T00:00:00Z", "uid": "u", "user": "alice", "verb": "GET",
+        "kubernetes_verb": "list", "resource_kind": "pods",
+    }  # fmt: skip
+    assert fit_event(base, 1000) is base
+    audit = {"auditID": "a", "responseObject": {"x": "y" * 5000}, "requestObject": {"z": 1}}
+    big = {**base, "kube_audit": audit}
+    raw = encode_event(big)
+    one = fit_event(big, 2000)
+    assert one["sv_truncated"] == {
+        "original_bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "dropped": ["kube_audit.requestObject", "kube_audit.responseObject"],
+    }
+    assert one["kube_audit"] == {"auditID": "a"}
+    assert len(encode_event(one)) <= 2000
+    # The original's other fields too large as well: the original goes.
+    audit2 = {"auditID": "a", "annotations": {"k": "v" * 5000}}
+    two = fit_event({**base, "kube_audit": audit2}, 2000)
+    assert two["sv_truncated"]["dropped"] == ["kube_audit"]
+    assert "kube_audit" not in two
+    # Huge fields outside it: only the identity fields stay, texts cut.
+    three = fit_event({**base, "user_agent": "u" * 9000, "extra": "e" * 9000}, 6000)
+    assert three["sv_truncated"]["dropped"] == ["extra"]
+    assert len(three["user_agent"]) == 4096
+    assert len(encode_event(three)) <= 6000
+    assert (three["uid"], three["kubernetes_verb"]) == ("u", "list")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +20,7 @@ from ingest.persist_logic import (
     conflicting_rows,
     event_row,
     fold_inserted,
+    judge_repeats,
     month_bounds,
     month_of,
     opened_state,
@@ -96,11 +99,12 @@ def test_chunk_with_another_tenant_than_the_session_is_tenant_mismatch() -> None
     assert plan.rows == []
 
 
-def test_same_chunk_twice_in_a_batch_is_offered_once() -> None:
+def test_same_chunk_twice_in_a_batch_is_offered_once_and_the_repeat_is_a_duplicate() -> None:
     c = chain("s", 2)
     plan = classify_chunks({}, prep([c[0], c[1], c[1]]))
     assert len(plan.rows) == 2
-    assert plan.duplicates_in_batch == 1
+    assert [p.ref for p in plan.repeats] == [2]
+    assert judge_repeats(plan.repeats, {("s", 1): c[1].hash}) == ([], 1)
 
 
 def _forged(c: Chunk) -> Chunk:
@@ -113,8 +117,25 @@ def test_same_seq_with_other_content_in_a_batch_is_rejected_as_a_conflict_first_
     c = chain("s", 2)
     plan = classify_chunks({}, prep([c[0], c[1], _forged(c[1])]))
     assert [r.prepared.chunk for r in plan.rows] == [c[0], c[1]]
-    assert [(r.ref, r.reason) for r in plan.rejects] == [(2, "conflicting_duplicate")]
-    assert plan.duplicates_in_batch == 0
+    assert plan.rejects == []
+    rejects, dups = judge_repeats(plan.repeats, {("s", 1): c[1].hash})
+    assert ([(r.ref, r.reason) for r in rejects], dups) == ([(2, "conflicting_duplicate")], 0)
+    assert f"stored hash {c[1].hash[:16]}" in rejects[0].message
+
+
+def test_a_forgery_before_a_redelivery_of_a_stored_chunk_is_the_conflict_not_the_redelivery() -> (
+    None
+):
+    c = chain("s", 3)
+    forged = _forged(c[1])
+    # c[1] is stored; the batch brings a forged seq 1, then c[1] again (a redelivery).
+    plan = classify_chunks(existing("s"), prep([forged, c[1]]))
+    assert [r.prepared.chunk for r in plan.rows] == [forged]
+    stored = {("s", 1): c[1].hash}  # the database kept its chunk: nothing was inserted
+    conflicts = conflicting_rows(plan.rows, [], stored)
+    assert [(r.ref, r.reason) for r in conflicts] == [(0, "conflicting_duplicate")]
+    assert f"stored hash {c[1].hash[:16]}" in conflicts[0].message
+    assert judge_repeats(plan.repeats, stored) == ([], 1)  # the redelivery is silent
 
 
 def test_not_inserted_rows_conflict_only_when_the_stored_hash_differs() -> None:
@@ -292,3 +313,40 @@ def test_prepare_batch_rejects_bad_records_and_compresses_payload_bytes_exactly(
     p = batch.chunks[1]
     assert p.raw_len == len(awkward) + 3
     assert Decompressor().decompress(p.codec, p.dict_id, p.stored, p.raw_len) == awkward + b"ls\r"
+
+
+def test_a_dead_letter_is_bounded_and_describes_what_it_cut() -> None:
+    from ingest.deadletter import bounded_deadletter
+
+    big = Record("sv.chunks.v1", 3, 77, b"k" * 5000, bytes(range(256)) * 400, ())
+    key, value, headers = bounded_deadletter(big, "oversize", "too big", "persist", 64 * 1024)
+    assert key is not None
+    assert value is not None
+    size = len(key) + len(value) + sum(len(k) + len(v) for k, v in headers)
+    assert size <= 64 * 1024
+    assert big.value is not None
+    assert big.key is not None
+    assert big.value.startswith(value)
+    assert big.key.startswith(key)
+    d = parse_deadletter(Record("dl", 0, 1, key, value, tuple(headers)))
+    assert (d.original_bytes, d.truncated) == (len(big.value), "key,value")
+    assert d.original_sha256 == hashlib.sha256(big.value).hexdigest()
+    assert d.source == "sv.chunks.v1[3]@77"
+    # A record that fits is carried whole, and says so by not saying "truncated".
+    small = Record("sv.chunks.v1", 0, 1, b"k", b"v" * 100, ())
+    key, value, headers = bounded_deadletter(small, "bad_json", "x", "persist", 64 * 1024)
+    assert (key, value) == (small.key, small.value)
+    assert "sv-truncated" not in dict(headers)
+
+
+def test_a_chunk_for_an_abandoned_session_revives_it_and_a_final_one_closes_it() -> None:
+    chunks = chain("s", 4, final=True)
+    plan = classify_chunks({}, prep(chunks))
+    opened = fold_inserted({"s": opened_state(plan.opens[0])}, plan.rows[:2])["s"]
+    abandoned = dataclasses.replace(opened, status="abandoned", ended_at=T0)
+    revived = fold_inserted({"s": abandoned}, plan.rows[2:3])["s"]
+    assert (revived.status, revived.ended_at, revived.last_seq) == ("active", None, 2)
+    closed = fold_inserted({"s": abandoned}, plan.rows[2:])["s"]
+    assert closed.status == "closed"
+    assert closed.ended_at is not None
+    assert closed.ended_at != T0  # at its last frame, not where it was given up

@@ -165,7 +165,8 @@ def test_reading_v3_exit_event_yields_status_frame_with_that_code() -> None:
     [
         ([], "empty"),
         ([b"not json"], "not JSON"),
-        ([b'{"version": 1, "width": 80, "height": 24}'], "version 1"),
+        ([b'{"version": 1, "width": 80, "height": 24}'], "version 1 file has no"),
+        ([b'{"version": 4, "width": 80, "height": 24}'], "version 4"),
         ([b'{"version": 2}'], "columns and rows"),
         ([b'{"version": 2, "width": 80, "height": 24}', b'["x", "o", "a"]'], "line 2"),
     ],

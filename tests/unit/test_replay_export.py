@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from replay.asciicast import read_cast
-from replay.export import FORMATS, export, export_async
+from replay.export import FORMATS, export, export_async, export_frames, read_from_ms
+from replay.frames import seek_frame
 from replay.kube import exit_code_from_status, status_for_exit_code
 from schemas.models import Frame, Stream
 
@@ -166,3 +167,58 @@ def test_no_exit_code_when_neither_row_nor_channel_reports_one() -> None:
 )
 def test_exit_code_from_kubectl_status(status: bytes, code: int | None) -> None:
     assert exit_code_from_status(status) == code
+
+
+async def _aiter(frames: Iterable[Frame]) -> AsyncIterator[Frame]:
+    for f in frames:
+        yield f
+
+
+def run_from(fmt: str, start_ms: int, frames: Iterable[Frame] = FRAMES) -> bytes:
+    """Export as the API and CLI do: read from read_from_ms, then export_async at start_ms."""
+    wanted = read_from_ms(fmt, start_ms)
+    stored = [f for f in frames if f.offset_ms >= wanted]
+    out = io.BytesIO()
+    asyncio.run(export_async(_aiter(stored), Meta(), fmt, out, start_ms))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["asciicast-v2", "asciicast-v3"])
+def test_asciicast_from_a_moment_rebuilds_the_screen_and_rebases_times_like_play(fmt: str) -> None:
+    header, frames = read_cast(run_from(fmt, 30).splitlines())
+    got = list(frames)
+    # Everything written before 30 ms is there at time 0 (the screen as it was), later frames
+    # keep their spacing from the moment: exactly play's start_at pipeline.
+    seeked = [seek_frame(f, 30) for f in FRAMES]
+    assert [f.offset_ms for f in seeked] == [0, 0, 0, 0, 10, 11, 20]
+    assert got == list(read_cast(run(seeked, fmt).splitlines())[1])
+    assert b"".join(f.data for f in got if f.stream is OUT).startswith(b"\x1b[32mbuilding")
+    assert max(f.offset_ms for f in got if f.stream is OUT) == 11
+    # Time 0 of the cast is the moment, not the session's start.
+    assert header.timestamp == int(Meta.started_at.timestamp())  # 30 ms: the same second
+    late = read_cast(run_from(fmt, 5_000, [Frame(6_000, OUT, b"x")]).splitlines())[0]
+    assert late.timestamp == int(Meta.started_at.timestamp()) + 5
+
+
+@pytest.mark.parametrize("fmt", ["raw", "text", "ndjson"])
+def test_raw_text_and_ndjson_from_a_moment_cut_there_and_keep_session_times(fmt: str) -> None:
+    cut = [f for f in FRAMES if f.offset_ms >= 30]
+    assert run_from(fmt, 30) == run(cut, fmt).replace(b'"start_ms":0', b'"start_ms":30')
+    if fmt == "ndjson":
+        lines = [orjson.loads(line) for line in run_from(fmt, 30).splitlines()]
+        assert lines[0]["start_ms"] == 30  # the header names the cut
+        assert [d["t_ms"] for d in lines[1:-1]] == [40, 41, 50]  # session times, not rebased
+
+
+def test_export_frames_cuts_even_when_given_every_frame() -> None:
+    async def collect(fmt: str) -> list[Frame]:
+        return [f async for f in export_frames(_aiter(FRAMES), fmt, 30)]
+
+    assert asyncio.run(collect("raw")) == [f for f in FRAMES if f.offset_ms >= 30]
+    assert asyncio.run(collect("asciicast-v2")) == [seek_frame(f, 30) for f in FRAMES]
+
+
+def test_json_is_an_alias_of_ndjson() -> None:
+    assert "ndjson" in FORMATS
+    assert "json" not in FORMATS
+    assert run(FRAMES, "json") == run(FRAMES, "ndjson")

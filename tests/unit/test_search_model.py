@@ -139,7 +139,7 @@ def test_event_columns_take_the_kubernetes_namespace_not_teleports() -> None:
         "pods",
         "web-1",
     )
-    assert c.verb == "DELETE"
+    assert c.verb == "delete"  # the Kubernetes verb (no path: the method, lower-cased)
     assert "alice" in c.text_norm
     assert "web-1" in c.text_norm
 
@@ -201,3 +201,27 @@ def test_escape_like_makes_metacharacters_literal() -> None:
 def test_query_time_bounds_in_microseconds() -> None:
     q = Query("t", since=T0, until=T0 + timedelta(microseconds=1))
     assert (q.since_us, q.until_us) == (to_us(T0), to_us(T0) + 1)
+
+
+def test_split_at_cuts_a_query_at_the_watermark_keeping_its_range_and_keyset_position() -> None:
+    from storage.search.model import decode_cursor, encode_cursor, split_at, to_us
+
+    w = to_us(datetime(2026, 11, 21, 10, 0, tzinfo=UTC))
+    q = Query(tenant="t", since=datetime(2026, 11, 1, tzinfo=UTC), limit=5)
+    q = q.with_cursor(encode_cursor(w + 7, "ev-9", q))
+    newer, older = split_at(q, w)
+    assert newer is not None
+    assert older is not None
+    assert (newer.since_us, newer.until_us) == (w, None)
+    assert (older.since_us, older.until_us) == (q.since_us, w)
+    # Each part keeps the position, re-encoded for its own fingerprint.
+    assert decode_cursor(newer.cursor or "", newer) == (w + 7, "ev-9")
+    assert decode_cursor(older.cursor or "", older) == (w + 7, "ev-9")
+    # A range wholly before or after the watermark is one part only.
+    before = Query(tenant="t", until=datetime(2026, 11, 2, tzinfo=UTC))
+    assert split_at(before, w) == (None, before)
+    after = Query(tenant="t", since=datetime(2026, 11, 22, tzinfo=UTC))
+    new_only, none = split_at(after, w)
+    assert none is None
+    assert new_only is not None
+    assert new_only.since_us == after.since_us

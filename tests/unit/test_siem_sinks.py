@@ -66,8 +66,9 @@ def test_config_reads_secret_from_env_and_never_shows_it() -> None:
 
 def test_config_yaml_and_json_give_the_same_sinks_as_toml() -> None:
     yaml_doc = b"sink:\n  - name: f\n    type: jsonl\n    path: /tmp/x.jsonl\n    format: ecs\n"
-    json_doc = orjson.dumps({"sink": [{"name": "f", "type": "jsonl", "path": "/tmp/x.jsonl",
-                                       "format": "ecs"}]})
+    json_doc = orjson.dumps(
+        {"sink": [{"name": "f", "type": "jsonl", "path": "/tmp/x.jsonl", "format": "ecs"}]}
+    )
     toml_doc = b'[[sink]]\nname = "f"\ntype = "jsonl"\npath = "/tmp/x.jsonl"\nformat = "ecs"\n'
     a = parse_siem_config(yaml_doc, suffix=".yaml")
     b = parse_siem_config(json_doc, suffix=".json")
@@ -84,8 +85,7 @@ def test_config_yaml_and_json_give_the_same_sinks_as_toml() -> None:
         (b'[[sink]]\nname = "X y"\ntype = "jsonl"\n', "name"),
         (b'[[sink]]\nname = "h"\ntype = "webhook"\nurl = "http://a"\n', "'hmac_key' is required"),
         (b'[[sink]]\nname = "s"\ntype = "syslog"\nhost = "a"\nframing = "newline"\n', "RFC 5425"),
-        (b'[[sink]]\nname = "a"\ntype = "jsonl"\n[[sink]]\nname = "a"\ntype = "jsonl"\n',
-         "unique"),
+        (b'[[sink]]\nname = "a"\ntype = "jsonl"\n[[sink]]\nname = "a"\ntype = "jsonl"\n', "unique"),
     ],
 )
 def test_config_refuses_mistakes_with_a_message_naming_them(doc: bytes, needle: str) -> None:
@@ -102,8 +102,9 @@ def test_config_env_secret_missing_is_an_error() -> None:
 
 
 def test_filter_tenants_globs_and_output_skipped_by_default() -> None:
-    f = SinkFilter(tenants=("acme",), event_types=("session.*", "kube.*"),
-                   exclude_types=("session.end",))
+    f = SinkFilter(
+        tenants=("acme",), event_types=("session.*", "kube.*"), exclude_types=("session.end",)
+    )
     assert selected(event(), f)
     assert not selected(event(tenant="other"), f)
     assert not selected(event(event="session.end"), f)
@@ -157,8 +158,9 @@ def answer(status: int, body: Any) -> httpx.Response:
 
 def test_hec_errors_split_into_retriable_config_and_event_rejections() -> None:
     s = hec_sink()
-    bad_event = s._error(answer(400, {"text": "Invalid data format", "code": 6,
-                                      "invalid-event-number": 3}))
+    bad_event = s._error(
+        answer(400, {"text": "Invalid data format", "code": 6, "invalid-event-number": 3})
+    )
     assert isinstance(bad_event, SinkRejectedError)
     assert bad_event.index == 3
     busy = s._error(answer(503, {"text": "Server is busy", "code": 9}))
@@ -181,8 +183,16 @@ def test_hec_envelope_has_epoch_seconds_with_ms_and_the_event() -> None:
 
 def syslog(transport: str, **extra: Any) -> SyslogSink:
     lines = [f"{k} = {orjson.dumps(v).decode()}" for k, v in extra.items()]
-    doc = "\n".join(['[[sink]]', 'name = "s"', 'type = "syslog"', 'host = "127.0.0.1"',
-                     f'transport = "{transport}"', *lines])
+    doc = "\n".join(
+        [
+            "[[sink]]",
+            'name = "s"',
+            'type = "syslog"',
+            'host = "127.0.0.1"',
+            f'transport = "{transport}"',
+            *lines,
+        ]
+    )
     cfg = parse_siem_config(doc.encode()).sinks[0]
     return SyslogSink("s", cfg.options, cfg.format)  # type: ignore[arg-type]
 
@@ -203,8 +213,9 @@ def test_syslog_udp_refuses_messages_over_the_datagram_limit() -> None:
 
 
 def test_jsonl_cef_line_is_a_json_string_on_one_line(tmp_path: Path) -> None:
-    cfg = parse_siem_config(f'[[sink]]\nname = "j"\ntype = "jsonl"\nformat = "cef"\n'
-                            f'path = "{tmp_path / "x"}"'.encode()).sinks[0]
+    cfg = parse_siem_config(
+        f'[[sink]]\nname = "j"\ntype = "jsonl"\nformat = "cef"\npath = "{tmp_path / "x"}"'.encode()
+    ).sinks[0]
     unit = JsonlSink("j", cfg.options, "cef").encode(event(user="a\nb"))  # type: ignore[arg-type]
     assert unit is not None
     assert unit.count(b"\n") == 1

@@ -1,0 +1,298 @@
+"""Every route of the OpenAPI document x every kind of token, against the real API server and
+real data: one read rule (:meth:`storage.tokens.Principal.may_see`) decides what each token
+sees, on every route alike.
+
+The data: tenant A has an SSH session, kubectl exec sessions in clusters ``prod`` and ``dev``
+and kube.request events in both; tenant B has the same shapes. The tokens: a tenant token (all
+scopes), one bound to cluster ``prod``, a read-only one, a webhook-only one, a revoked one, an
+expired one, one of tenant B, and none at all.
+
+A route added to the API without a row here fails the test: the matrix must cover it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from ingest.sdk import AuditEmitter, SessionRecorder
+from schemas.models import SessionInfo
+from sessionvault.settings import Settings
+from storage import pg
+from storage.tokens import create_token, revoke_token
+from tests.integration.api_support import serve
+from tests.integration.import_support import drain
+
+STARTED = "2026-11-20T09:00:00.000Z"
+WINDOW = {"since": "2026-11-19T00:00:00Z", "until": "2026-11-22T00:00:00Z"}
+TOKEN_KINDS = ("tenant", "cluster", "readonly", "webhook", "revoked", "expired", "other", "none")
+
+
+@dataclass(frozen=True)
+class World:
+    a: str
+    b: str
+    sids: dict[str, str]  # ssh, prod, dev (tenant A); b_ssh (tenant B)
+    tokens: dict[str, str | None]
+
+
+def _session(settings: Settings, line: bytes, **info: Any) -> str:
+    rec = SessionRecorder(settings, SessionInfo(STARTED, 80, 24, user="alice", **info))
+    rec.output(line)
+    assert rec.close(flush_timeout_s=30)
+    return rec.sid
+
+
+def _events(settings: Settings, tag: str) -> None:
+    em = AuditEmitter(settings)
+    for i, cluster in enumerate(["prod", "dev"]):
+        em.emit(
+            {
+                "event": "kube.request",
+                "code": "T3009I",
+                "uid": f"{tag}-kr-{cluster}",
+                "time": f"2026-11-20T10:00:0{i}.000Z",
+                "user": "alice",
+                "kubernetes_cluster": cluster,
+                "verb": "GET",
+                "request_path": f"/api/v1/namespaces/{tag}/pods",
+                "resource_kind": "pods",
+                "resource_namespace": tag,
+            }
+        )
+    em.emit(
+        {
+            "event": "session.command",
+            "uid": f"{tag}-ssh-cmd",
+            "time": "2026-11-20T10:00:05.000Z",
+            "user": "alice",
+            "server_id": "web-1",
+            "path": "/usr/bin/id",
+        }
+    )
+    assert em.close(timeout_s=30)
+
+
+async def _tokens(dsn: str, a: str, b: str) -> dict[str, str | None]:
+    conn = await pg.connect(dsn)
+    try:
+        out: dict[str, str | None] = {"none": None}
+        out["tenant"], _ = await create_token(conn, a, scopes=("read", "webhook", "import"))
+        out["cluster"], _ = await create_token(
+            conn, a, scopes=("read", "webhook"), clusters=("prod",)
+        )
+        out["readonly"], _ = await create_token(conn, a, scopes=("read",))
+        out["webhook"], _ = await create_token(conn, a, scopes=("webhook",))
+        out["revoked"], revoked = await create_token(conn, a, scopes=("read", "webhook"))
+        assert await revoke_token(conn, a, revoked.token_id)
+        out["expired"], _ = await create_token(
+            conn,
+            a,
+            scopes=("read", "webhook"),
+            expires_at=datetime.now(UTC) - timedelta(minutes=1),
+        )
+        out["other"], _ = await create_token(conn, b, scopes=("read", "webhook"))
+        return out
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def world(settings: Settings) -> World:
+    a = settings
+    b = dataclasses.replace(settings, tenant=f"{settings.tenant}-b")
+    sids = {
+        "ssh": _session(a, b"ssh-a-secret-words\r\n", server_id="web-1"),
+        "prod": _session(a, b"kube-prod-words\r\n", kind="kube", kubernetes_cluster="prod"),
+        "dev": _session(a, b"kube-dev-words\r\n", kind="kube", kubernetes_cluster="dev"),
+        "b_ssh": _session(b, b"ssh-b-words\r\n", server_id="web-9"),
+    }
+    _events(a, "a")
+    _events(b, "b")
+    drain(settings)
+    tokens = asyncio.run(_tokens(settings.postgres_dsn.get(), a.tenant, b.tenant))
+    return World(a.tenant, b.tenant, sids, tokens)
+
+
+# -- what each token kind is, and what it may see ------------------------------------------------
+
+
+def tenant_of(w: World, kind: str) -> str:
+    return w.b if kind == "other" else w.a
+
+
+def visible(w: World, kind: str, tenant: str, kubernetes_cluster: str) -> bool:
+    """The expected read rule, written out independently of the code under test."""
+    if kind in ("revoked", "expired", "none", "webhook"):
+        return False
+    if tenant != tenant_of(w, kind):
+        return False
+    return kind != "cluster" or kubernetes_cluster == "prod"
+
+
+def auth_status(kind: str, scope: str) -> int | None:
+    """401/403 when the token fails before any data is looked at, else None."""
+    if kind in ("revoked", "expired", "none"):
+        return 401
+    scopes = {
+        "tenant": {"read", "webhook", "import"},
+        "cluster": {"read", "webhook"},
+        "readonly": {"read"},
+        "webhook": {"webhook"},
+        "other": {"read", "webhook"},
+    }[kind]
+    return None if scope in scopes else 403
+
+
+# -- one case per (route, target) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    route: str  # as the OpenAPI document spells it
+    name: str
+    request: Callable[[World], tuple[str, dict[str, Any], bytes | None]]  # path, params, body
+    expect: Callable[[World, str], int]  # token kind -> status
+    check: Callable[[World, str, httpx.Response], None] = lambda w, k, r: None
+
+
+def _export_case(target: str) -> Case:
+    def expect(w: World, kind: str) -> int:
+        denied = auth_status(kind, "read")
+        if denied:
+            return denied
+        tenant = w.b if target == "b_ssh" else w.a
+        cluster = target if target in ("prod", "dev") else ""
+        return 200 if visible(w, kind, tenant, cluster) else 404
+
+    def check(w: World, kind: str, r: httpx.Response) -> None:
+        if r.status_code == 200:
+            assert f"{target}".encode() in r.content or b"words" in r.content
+        else:
+            assert b"words" not in r.content
+
+    return Case(
+        "GET",
+        "/v1/sessions/{sid}/export",
+        f"export-{target}",
+        lambda w: (f"/v1/sessions/{w.sids[target]}/export", {"format": "text"}, None),
+        expect,
+        check,
+    )
+
+
+def _webhook_case(cluster: str) -> Case:
+    def expect(w: World, kind: str) -> int:
+        denied = auth_status(kind, "webhook")
+        if denied:
+            return denied
+        return 403 if kind == "cluster" and cluster != "prod" else 200
+
+    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": []})
+    return Case(
+        "POST",
+        "/v1/kube/audit/{cluster}",
+        f"webhook-{cluster}",
+        lambda w: (f"/v1/kube/audit/{cluster}", {}, body),
+        expect,
+    )
+
+
+def _read_expect(w: World, kind: str) -> int:
+    return auth_status(kind, "read") or 200
+
+
+def _check_search(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code != 200:
+        return
+    hits = r.json()["hits"]
+    for h in hits:
+        assert visible(w, kind, h["tenant"], h["kubernetes_cluster"]), (kind, h)
+    seen = {(h["kind"], h["kubernetes_cluster"]) for h in hits}
+    # Everything visible is there (so the check above cannot pass on an empty answer).
+    expected = {("event", "prod"), ("output", "prod")}
+    if kind != "cluster":
+        expected |= {("event", "dev"), ("output", "dev"), ("event", ""), ("output", "")}
+    if kind == "other":  # tenant B recorded no kubectl sessions
+        expected -= {("output", "dev"), ("output", "prod")}
+    assert seen == expected, (kind, seen)
+
+
+def _check_timeline(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code != 200:
+        return
+    entries = r.json()["entries"]
+    clusters = {e["cluster"] for e in entries}
+    assert clusters == ({"prod"} if kind == "cluster" else {"prod", "dev"}), (kind, entries)
+    sids = {e["sid"] for e in entries if e["kind"] == "session"}
+    mine = {w.sids["prod"]} | (set() if kind == "cluster" else {w.sids["dev"]})
+    assert sids == (set() if kind == "other" else mine), (kind, entries)
+    namespaces = {e["namespace"] for e in entries if e["kind"] == "request"}
+    assert namespaces == {"b" if kind == "other" else "a"}
+
+
+CASES = [
+    Case("GET", "/healthz", "healthz", lambda w: ("/healthz", {}, None), lambda w, k: 200),
+    _webhook_case("prod"),
+    _webhook_case("dev"),
+    Case(
+        "GET",
+        "/v1/kube/timeline",
+        "timeline",
+        lambda w: ("/v1/kube/timeline", dict(WINDOW), None),
+        _read_expect,
+        _check_timeline,
+    ),
+    Case(
+        "GET",
+        "/v1/search",
+        "search",
+        lambda w: ("/v1/search", {**WINDOW, "limit": 500}, None),
+        _read_expect,
+        _check_search,
+    ),
+    *(_export_case(t) for t in ("ssh", "prod", "dev", "b_ssh")),
+]
+
+
+def test_every_route_times_every_token_kind_answers_by_the_one_read_rule(
+    settings: Settings, world: World
+) -> None:
+    with serve(dataclasses.replace(settings, opensearch_url="")) as base:
+        spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
+        routes = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+        assert routes == {(c.method, c.route) for c in CASES}, "a route without matrix rows"
+        # /docs offers an Authorize button: the bearer scheme is declared and required.
+        schemes = spec["components"]["securitySchemes"]
+        [bearer] = [name for name, s in schemes.items() if s.get("scheme") == "bearer"]
+        for path, ops in spec["paths"].items():
+            for op in ops.values():
+                wanted: list[dict[str, list[str]]] = [] if path == "/healthz" else [{bearer: []}]
+                assert op.get("security", []) == wanted, path
+        matrix: dict[tuple[str, str], int] = {}
+        wrong: list[str] = []
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for case in CASES:
+                path, params, body = case.request(world)
+                for kind in TOKEN_KINDS:
+                    token = world.tokens[kind]
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    r = client.request(
+                        case.method, path, params=params, content=body, headers=headers
+                    )
+                    matrix[(case.name, kind)] = r.status_code
+                    want = case.expect(world, kind)
+                    if r.status_code != want:
+                        wrong.append(f"{case.name} x {kind}: {r.status_code}, want {want}")
+                        continue
+                    case.check(world, kind, r)
+    assert not wrong, "\n".join(wrong)
