@@ -29,20 +29,12 @@ $(VENV)/.locked-%: requirements/%.txt pyproject.toml | $(BIN)/python
 system-packages:
 	@PYTHON=$(PYTHON) scripts/system-packages.sh test
 
-# The local stack's Node.js programs (s3rver, the broker's disk-backed object store), exactly
-# as deploy/local/package-lock.json pins them.
-NODE_DEPS := deploy/local/node_modules/.package-lock.json
-$(NODE_DEPS): deploy/local/package-lock.json deploy/local/package.json
-	@PYTHON=$(PYTHON) scripts/system-packages.sh node
-	npm ci --prefix deploy/local --no-audit --no-fund --loglevel=error
-	touch $@
-
 # Start the embedded local stack and record a demo session (prints how to replay it).
-demo: $(VENV)/.locked-local $(NODE_DEPS)
+demo: $(VENV)/.locked-local
 	$(BIN)/sessionvault up --demo
 
 # Everything CI runs: lint, strict types, the tests against real local servers.
-test: system-packages $(VENV)/.locked-dev $(NODE_DEPS)
+test: system-packages $(VENV)/.locked-dev
 	@$(MAKE) --no-print-directory check BIN=$(BIN)
 	@$(MAKE) --no-print-directory test-dates BIN=$(BIN)
 

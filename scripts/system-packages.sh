@@ -3,7 +3,6 @@
 # README's two commands are the whole set-up on a fresh Debian machine with Python and make.
 #
 #   scripts/system-packages.sh venv   what `python -m venv` needs (Debian ships venv apart)
-#   scripts/system-packages.sh node   Node.js and npm (the local stack's object store, s3rver)
 #   scripts/system-packages.sh test   + the real programs the test suite drives
 #
 # As root it runs apt-get itself; otherwise through `sudo -n` when that works without a
@@ -26,12 +25,8 @@ if [[ $profile == test ]]; then
     # paths run at injected dates).
     packages+=(sudo tmux asciinema vim-tiny less procps rsyslog rsyslog-gnutls faketime)
 fi
-if [[ $profile == node || $profile == test ]]; then
-    # By command, not by package: Node.js may come from elsewhere than Debian's packages.
-    command -v node >/dev/null 2>&1 || packages+=(nodejs)
-    command -v npm >/dev/null 2>&1 || packages+=(npm)
-elif [[ $profile != venv ]]; then
-    echo "system-packages: unknown profile '$profile' (venv, node or test)" >&2
+if [[ $profile != venv && $profile != test ]]; then
+    echo "system-packages: unknown profile '$profile' (venv or test)" >&2
     exit 2
 fi
 

@@ -1,4 +1,4 @@
-"""The local stack's default broker is durable: tansu's s3:// engine on a disk-backed s3rver.
+"""The local stack's default broker is durable: tansu's s3:// engine on the local object store.
 A kill -9 of the broker under load loses no acknowledged record, and committed consumer
 offsets survive; ``up`` after it carries on. A stack of its own (own home, own ports)."""
 
