@@ -1,9 +1,9 @@
 """Local broker throughput per storage engine: tansu on memory:// beside tansu on s3:// over
 deploy/objectstore.py (the durable default of the local stack), same machine, same run.
 
-Each engine gets a broker of its own (fresh home, so the object store starts empty); one producer sends
-records with ``acks=all`` and waits for every acknowledgement, then one consumer reads them all
-back from assigned partitions. ``python -m bench.broker [--quick]``.
+Each engine gets a broker of its own (fresh home, so the object store starts empty); one
+producer sends records with ``acks=all`` and waits for every acknowledgement, then one consumer
+reads them all back from assigned partitions. ``python -m bench.broker [--quick]``.
 """
 
 from __future__ import annotations

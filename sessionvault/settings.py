@@ -75,8 +75,9 @@ class Settings:
     opensearch_index_prefix: str = "sv"
 
     # The embedded local stack (`sessionvault up`). Its broker keeps topics and committed
-    # offsets on disk ("s3": tansu's object-store engine on deploy/objectstore.py, survives kill -9 and
-    # `down`) or in memory ("memory": faster; loses acknowledged records not yet persisted).
+    # offsets on disk ("s3": tansu's object-store engine on deploy/objectstore.py, survives
+    # kill -9 and `down`) or in memory ("memory": faster; loses acknowledged records not yet
+    # persisted).
     local_broker_storage: str = "s3"
     # Also start the in-memory OpenSearch emulator (opt-in: it grows without bound, 2.3 GB for
     # one 100 MB session); without it search answers from PostgreSQL.

@@ -47,7 +47,8 @@ def test_put_if_none_match_star_creates_once_and_answers_412_after(
     base, _ = server
     assert _request("PUT", f"{base}/k.batch", b"first", {"If-None-Match": "*"})[0] == 200
     status, body, _ = _request("PUT", f"{base}/k.batch", b"second", {"If-None-Match": "*"})
-    assert status == 412 and b"PreconditionFailed" in body
+    assert status == 412
+    assert b"PreconditionFailed" in body
     assert _request("GET", f"{base}/k.batch")[1] == b"first"
 
 
@@ -55,7 +56,8 @@ def test_put_if_match_is_a_compare_and_swap_on_the_etag(server: tuple[str, Path]
     base, _ = server
     etag0 = _request("PUT", f"{base}/watermark.json", b"0")[2]["ETag"]
     ok = _request("PUT", f"{base}/watermark.json", b"1", {"If-Match": etag0})
-    assert ok[0] == 200 and ok[2]["ETag"] != etag0
+    assert ok[0] == 200
+    assert ok[2]["ETag"] != etag0
     # A second writer that read the old version loses: nothing changes.
     assert _request("PUT", f"{base}/watermark.json", b"1'", {"If-Match": etag0})[0] == 412
     assert _request("GET", f"{base}/watermark.json")[1] == b"1"
@@ -114,18 +116,23 @@ def test_list_objects_v2_pages_in_key_order_with_prefix_and_delimiter(
         token = xml.split("<NextContinuationToken>")[1].split("<")[0]
     assert listed == sorted(k for k in keys if k.startswith("t/p/"))
     xml = _request("GET", f"{base}?list-type=2&prefix=t/&delimiter=/")[1].decode()
-    assert "<Prefix>t/p/</Prefix>" in xml and "<Prefix>t/q/</Prefix>" in xml
-    assert "<Key>t/w.json</Key>" in xml and "<Key>t/p/0000.batch</Key>" not in xml
+    assert "<Prefix>t/p/</Prefix>" in xml
+    assert "<Prefix>t/q/</Prefix>" in xml
+    assert "<Key>t/w.json</Key>" in xml
+    assert "<Key>t/p/0000.batch</Key>" not in xml
 
 
 def test_ranges_head_and_delete(server: tuple[str, Path]) -> None:
     base, _ = server
     _request("PUT", f"{base}/r", bytes(range(100)))
     status, body, headers = _request("GET", f"{base}/r", headers={"Range": "bytes=10-19"})
-    assert status == 206 and body == bytes(range(10, 20))
+    assert status == 206
+    assert body == bytes(range(10, 20))
     assert headers["Content-Range"] == "bytes 10-19/100"
     assert _request("GET", f"{base}/r", headers={"Range": "bytes=-5"})[1] == bytes(range(95, 100))
     status, _, headers = _request("HEAD", f"{base}/r")
-    assert status == 200 and headers["Content-Length"] == "100" and "Last-Modified" in headers
+    assert status == 200
+    assert headers["Content-Length"] == "100"
+    assert "Last-Modified" in headers
     assert _request("DELETE", f"{base}/r")[0] == 204
     assert _request("HEAD", f"{base}/r")[0] == 404
