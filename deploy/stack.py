@@ -277,22 +277,6 @@ def sink_status(home: Path, lag_rows: list[dict[str, Any]]) -> list[dict[str, An
     return out
 
 
-def registered_workers() -> list[tuple[str, ...]]:
-    """The entries of :data:`WORKERS` whose ``sessionvault`` command exists."""
-    from sessionvault import cli  # lazily: sessionvault.cli imports this module's CLI
-
-    out = []
-    for path in WORKERS:
-        cmd: Any = cli.main
-        for part in path:
-            cmd = getattr(cmd, "commands", {}).get(part)
-            if cmd is None:
-                break
-        if cmd is not None:
-            out.append(path)
-    return out
-
-
 #: The bucket of the durable broker's topics and offsets in the local object store.
 BROKER_BUCKET = "tansu"
 
@@ -768,7 +752,7 @@ class LocalStack:
         }
         paths: list[tuple[tuple[str, ...], str]] = [
             (path, "-".join(path))
-            for path in registered_workers()
+            for path in WORKERS
             # The index worker feeds OpenSearch: nothing to do without one.
             if path != ("worker", "index") or self.opensearch_url
         ]

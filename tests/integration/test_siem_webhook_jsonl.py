@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from deploy.cli import format_status
 from deploy.stack import LocalStack, free_port
+from sessionvault.cli.stack import format_status
 from sessionvault.settings import Settings
 from siem.config import parse_siem_config
 from tests.integration.persist_helpers import group_lag

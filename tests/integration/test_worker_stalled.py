@@ -15,10 +15,10 @@ import time
 import uuid
 from typing import Any
 
-from deploy.cli import format_status
 from deploy.stack import ServerStatus, StackStatus
 from ingest.health import read_health
 from schemas import encode_chunk
+from sessionvault.cli.stack import format_status
 from sessionvault.settings import Secret, Settings
 from tests.integration.conftest import env_for
 from tests.integration.import_support import SESSIONVAULT

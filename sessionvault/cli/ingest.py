@@ -14,12 +14,13 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import (
+from sessionvault.cli.common import (
     get_settings,
     group_option,
     run_async_worker,
     status_every_option,
     subgroup,
+    tenant_option,
 )
 from sessionvault.errors import ConfigError, SessionVaultError
 from sessionvault.settings import Settings
@@ -66,7 +67,7 @@ def _register_record(main: click.Group) -> None:
         "record",
         context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     )
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.option("--sid", default=None, help="Session id (default: a new UUID).")
     @click.option("--user", default=None, help="Identity the proxy authenticated (default: login).")
     @click.option("--cluster-name", default="", help="cluster_name of the audit events.")
@@ -83,7 +84,7 @@ def _register_record(main: click.Group) -> None:
     @click.pass_context
     def record_cmd(
         ctx: click.Context,
-        tenant: str | None,
+        tenant: str,
         sid: str | None,
         user: str | None,
         cluster_name: str,
@@ -284,7 +285,7 @@ def _register_import(main: click.Group) -> None:
     @main.command("import")
     @click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
     @click.argument("path")
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.option("--cluster", default="", help="kube-audit: the Kubernetes cluster's name.")
     @click.option(
         "--started-at", default=None, help="asciicast/tlog without a start time: RFC 3339."
@@ -294,7 +295,7 @@ def _register_import(main: click.Group) -> None:
         ctx: click.Context,
         fmt: str,
         path: str,
-        tenant: str | None,
+        tenant: str,
         cluster: str,
         started_at: str | None,
     ) -> None:
@@ -337,7 +338,7 @@ def _register_import(main: click.Group) -> None:
             click.echo(f"{result.events} events", err=True)
 
     @main.command("kube-timeline")
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.option("--user", default=None, help="Only this user.")
     @click.option("--cluster", default=None, help="Only this Kubernetes cluster.")
     @click.option("--since", required=True, help=f"From (inclusive): {SPAN_HELP}.")
@@ -348,7 +349,7 @@ def _register_import(main: click.Group) -> None:
     @click.pass_context
     def kube_timeline_cmd(
         ctx: click.Context,
-        tenant: str | None,
+        tenant: str,
         user: str | None,
         cluster: str | None,
         since: str,
@@ -377,7 +378,7 @@ def _register_import(main: click.Group) -> None:
             try:
                 return await kube_timeline(
                     conn,
-                    tenant or settings.tenant,
+                    tenant,
                     since=start,
                     until=end,
                     user=user,

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from sessionvault.cli import (
+from sessionvault.cli.common import (
     get_settings,
     group_option,
     resolve_session_id,

@@ -26,7 +26,7 @@ DEMO_SCRIPT = (
 
 
 def _settings(ctx: click.Context) -> Settings:
-    from sessionvault.cli import get_settings
+    from sessionvault.cli.common import get_settings
 
     return get_settings(ctx)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from sessionvault.cli import get_settings
+from sessionvault.cli.common import get_settings
 from sessionvault.settings import require
 from storage.tokens import SCOPES
 

@@ -1,8 +1,5 @@
-"""The ``sessionvault`` command: a thin click layer over the library API.
-
-Errors from the library print as one clear line (no traceback) and exit non-zero; set
-``SESSIONVAULT_DEBUG=1`` to see the traceback.
-"""
+"""What every ``sessionvault`` command shares: the error-reporting group, settings from the
+click context, shared options and the shell of the long-running ``worker ...`` commands."""
 
 from __future__ import annotations
 
@@ -18,9 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from sessionvault import __version__
 from sessionvault.errors import SessionVaultError
-from sessionvault.settings import Settings, load_settings, read_stack_file
+from sessionvault.settings import Settings, load_settings, read_stack_file, require
 
 STACK_DOWN = "the local stack is not running: run `sessionvault up`"
 
@@ -45,7 +41,10 @@ def local_stack_down() -> bool:
     return not LocalStack(settings.home).is_up()
 
 
-class _Group(click.Group):
+class Group(click.Group):
+    """Errors from the library print as one clear line (no traceback) and exit non-zero (2 when
+    retriable); ``SESSIONVAULT_DEBUG=1`` shows the traceback."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -86,31 +85,6 @@ def get_settings(ctx: click.Context) -> Settings:
         settings = load_settings()
         ctx.obj = settings
     return settings
-
-
-@click.group(cls=_Group)
-@click.version_option(__version__, prog_name="sessionvault")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.pass_context
-def main(ctx: click.Context, verbose: int) -> None:
-    """Session recording and audit log pipeline."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
-    )
-    if verbose == 0:
-        # opensearch-py logs every failed request with a traceback; the error it raises is
-        # translated and reported as one line (-v shows the driver's log again).
-        logging.getLogger("opensearch").setLevel(logging.ERROR)
-
-
-@main.command("config")
-@click.pass_context
-def config_cmd(ctx: click.Context) -> None:
-    """Print the effective settings (secrets redacted)."""
-    import orjson
-
-    click.echo(orjson.dumps(get_settings(ctx).public_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
 W = TypeVar("W")
@@ -213,26 +187,58 @@ def run_async_worker(
     asyncio.run(main_task())
 
 
-# Commands are registered by their modules' `register(main)` so each area owns its CLI code.
-def _register_all() -> None:
-    import importlib
-
-    for mod in (
-        "deploy.cli",
-        "ingest.cli",
-        "replay.cli",
-        "api.cli",
-        "api.cli_search",
-        "siem.cli",
-        "siem.cli_detect",
-    ):
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        module.register(main)
+T = TypeVar("T")
 
 
-_register_all()
+def postgres_dsn(settings: Settings) -> str:
+    """The configured PostgreSQL DSN (a one-line ConfigError when there is none)."""
+    require(settings, "postgres_dsn")
+    return settings.postgres_dsn.get()
+
+
+def actor() -> str:
+    """Who is at this command line, for audit events and retention/hold records."""
+    from ingest.view_audit import cli_viewer
+
+    return cli_viewer()
+
+
+async def with_pool(
+    settings: Settings, work: Callable[[Any], Awaitable[T]], *, max_size: int = 2
+) -> T:
+    """Run ``work(pool)`` with a small PostgreSQL pool opened for it and closed after."""
+    from storage.pg import create_pool
+
+    pool = await create_pool(postgres_dsn(settings), min_size=1, max_size=max_size)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def run_with_pool(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """:func:`with_pool` from synchronous command code (one event loop per command)."""
+    return asyncio.run(with_pool(settings, work))
+
+
+def index_store(settings: Settings) -> Any:
+    """The configured OpenSearch store (None when OpenSearch is not configured)."""
+    if not settings.opensearch_url:
+        return None
+    from storage.search.opensearch import OpenSearchStore
+
+    return OpenSearchStore(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
+
+
+def _default_tenant(ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    return value or get_settings(ctx).tenant
+
+
+#: ``--tenant``: the tenant a command acts in; the command receives the resolved name
+#: (``SESSIONVAULT_TENANT`` when not given), never None.
+tenant_option = click.option(
+    "--tenant",
+    default=None,
+    callback=_default_tenant,
+    help="Tenant (default: SESSIONVAULT_TENANT).",
+)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -15,9 +14,14 @@ import click
 from replay.export import FORMAT_CHOICES, export_async, format_name, read_from_ms
 from replay.frames import format_offset, parse_offset
 from schemas.models import Frame
-from sessionvault.cli import get_settings, resolve_session_id
+from sessionvault.cli.common import (
+    get_settings,
+    postgres_dsn,
+    resolve_session_id,
+    run_with_pool,
+    tenant_option,
+)
 from sessionvault.errors import ConfigError, IntegrityError
-from sessionvault.settings import Settings, require
 
 T = TypeVar("T")
 
@@ -30,25 +34,6 @@ def _stdout_closed() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     sys.exit(1)
-
-
-def _dsn(settings: Settings) -> str:
-    require(settings, "postgres_dsn")
-    return settings.postgres_dsn.get()
-
-
-def _tenant(ctx: click.Context, tenant: str | None) -> str:
-    return tenant or get_settings(ctx).tenant
-
-
-async def _with_pool(dsn: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    from storage.pg import create_pool
-
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    try:
-        return await work(pool)
-    finally:
-        await pool.close()
 
 
 def _is_cast_file(target: str) -> bool:
@@ -85,7 +70,7 @@ def _play_cmd(
     speed: float,
     idle_limit: float | None,
     start_at: str | None,
-    tenant: str | None,
+    tenant: str,
 ) -> None:
     from replay.asciicast import read_cast
     from replay.player import play, tty_keys
@@ -107,8 +92,8 @@ def _play_cmd(
                 play(frames, out, speed=speed, idle_limit_s=limit, start_at_ms=start_ms, keys=keys)
         return
     settings = get_settings(ctx)
-    dsn = _dsn(settings)
-    t = _tenant(ctx, tenant)
+    dsn = postgres_dsn(settings)
+    t = tenant
     target = resolve_session_id(settings, t, target)
     with _audited_view(ctx, t, target, "play", start_ms):
         _play_db(dsn, t, target, out, speed, idle_limit, start_ms)
@@ -127,7 +112,7 @@ def _audited_view(
     async def lookup(pool: Any) -> SessionRecord:
         return await get_session(pool, tenant, sid)
 
-    session = asyncio.run(_with_pool(_dsn(settings), lookup))
+    session = run_with_pool(settings, lookup)
     fields = view_event(
         tenant=tenant,
         sid=sid,
@@ -207,7 +192,7 @@ def register(main: click.Group) -> None:
     @click.option("--speed", type=float, default=1.0, show_default=True, help="Playback speed.")
     @click.option("--idle-limit", type=float, default=None, help="Cap pauses at this many seconds.")
     @click.option("--start-at", default=None, metavar="SECONDS|MM:SS", help="Seek (session time).")
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.pass_context
     def play_cmd(
         ctx: click.Context,
@@ -215,7 +200,7 @@ def register(main: click.Group) -> None:
         speed: float,
         idle_limit: float | None,
         start_at: str | None,
-        tenant: str | None,
+        tenant: str,
     ) -> None:
         """Replay a session in real time (SPACE pause, . step, q quit)."""
         try:
@@ -247,7 +232,7 @@ def register(main: click.Group) -> None:
         help="Start here (session time): asciicast formats seek like play --start-at (screen"
         " rebuilt, times rebased); raw, text and json cut.",
     )
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.pass_context
     def export_cmd(
         ctx: click.Context,
@@ -255,13 +240,12 @@ def register(main: click.Group) -> None:
         fmt: str,
         output: str | None,
         start_at: str | None,
-        tenant: str | None,
+        tenant: str,
     ) -> None:
         """Export a session (binary-safe; raw is byte-exact)."""
         from storage.reader import get_session, iter_frames
 
-        dsn = _dsn(get_settings(ctx))
-        t = _tenant(ctx, tenant)
+        t = tenant
         sid = resolve_session_id(get_settings(ctx), t, sid)
         fmt = format_name(fmt)
         start_ms = _start_at(start_at)
@@ -284,43 +268,41 @@ def register(main: click.Group) -> None:
 
         try:
             with audit:
-                asyncio.run(_with_pool(dsn, work))
+                run_with_pool(get_settings(ctx), work)
         except BrokenPipeError:
             _stdout_closed()
 
     @main.command("sessions")
     @click.option("--limit", type=int, default=50, show_default=True)
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.pass_context
-    def sessions_cmd(ctx: click.Context, limit: int, tenant: str | None) -> None:
+    def sessions_cmd(ctx: click.Context, limit: int, tenant: str) -> None:
         """List the tenant's recent sessions, newest first."""
         from storage.reader import SessionRecord, list_sessions
 
-        dsn = _dsn(get_settings(ctx))
-        t = _tenant(ctx, tenant)
+        t = tenant
 
         async def work(pool: Any) -> list[SessionRecord]:
             return await list_sessions(pool, t, limit=limit)
 
-        rows = asyncio.run(_with_pool(dsn, work))
+        rows = run_with_pool(get_settings(ctx), work)
         click.echo(format_sessions(rows))
 
     @main.command("verify")
     @click.argument("sid")
-    @click.option("--tenant", default=None, help="Tenant (default: SESSIONVAULT_TENANT).")
+    @tenant_option
     @click.pass_context
-    def verify_cmd(ctx: click.Context, sid: str, tenant: str | None) -> None:
+    def verify_cmd(ctx: click.Context, sid: str, tenant: str) -> None:
         """Verify a session's hash chain (tamper evidence)."""
         from storage.reader import VerifyResult, verify_session
 
-        dsn = _dsn(get_settings(ctx))
-        t = _tenant(ctx, tenant)
+        t = tenant
         sid = resolve_session_id(get_settings(ctx), t, sid)
 
         async def work(pool: Any) -> VerifyResult:
             return await verify_session(pool, t, sid)
 
-        result = asyncio.run(_with_pool(dsn, work))
+        result = run_with_pool(get_settings(ctx), work)
         if not result.ok:
             raise IntegrityError(f"session {sid}: hash chain BROKEN: {result.message}")
         click.echo(f"session {sid}: ok, {result.message}")

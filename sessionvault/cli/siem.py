@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sessionvault.cli import get_settings, status_every_option, subgroup
+from sessionvault.cli.common import get_settings, status_every_option, subgroup
 
 
 def register(main: click.Group) -> None:
