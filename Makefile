@@ -74,6 +74,7 @@ test-latest: system-packages
 check:
 	$(BIN)/ruff check .
 	MYPY_CACHE_DIR=$(dir $(BIN)).mypy_cache $(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	@rc=0; $(BIN)/pytest --durations=25 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc

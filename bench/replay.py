@@ -38,10 +38,10 @@ from bench.compression import MB
 from bench.corpus import build_corpus
 from bench.persist import session_chunks
 from bench.servers import BenchStack, bench_stack
-from ingest.persist_logic import PreparedChunk
 from storage import pg
 from storage.chunkstore import write_chunks
 from storage.codec import Compressor, pack_frames
+from storage.persist_logic import PreparedChunk
 
 NAME = "replay"
 TENANT = "bench-replay"

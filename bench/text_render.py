@@ -1,7 +1,7 @@
 """Terminal output -> text, as the segmenter renders it: MB/s of the screen model
 :class:`replay.screen.TimedScreen` (what the segmenter uses), beside the line renderer
 :class:`replay.text.TimedTextRenderer` it replaced (still the text export's), and of
-:func:`storage.search.segments.render_session`, which adds segment building, on the bench
+:func:`replay.segments.render_session`, which adds segment building, on the bench
 corpus, fed in recorder-like reads.
 
 ``python -m bench.text_render [--quick]``. One core; figures printed, never asserted.
@@ -17,10 +17,10 @@ import time
 from bench._common import MIB, Figure, format_table, machine_note
 from bench.corpus import build_corpus, pty_reads
 from replay.screen import TimedScreen
+from replay.segments import SessionText, render_session
 from replay.text import TimedTextRenderer
 from schemas.models import Chunk, Frame, Stream
 from storage.search.model import SEGMENT_MAX_CHARS
-from storage.search.segments import SessionText, render_session
 
 
 def _reads(data: bytes, seed: int) -> list[bytes]:

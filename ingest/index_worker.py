@@ -68,7 +68,6 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
 from ingest.persist import backoff_ms
-from ingest.persist_logic import parse_time
 from ingest.segmenter import rendered_through, unsynced_sessions
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
@@ -80,6 +79,7 @@ from sessionvault.errors import (
 )
 from sessionvault.settings import Settings, require
 from storage import pg
+from storage.persist_logic import parse_time
 from storage.search import model, watermark
 from storage.search.opensearch import BulkAction, OpenSearchStore, index_documents
 from storage.search.reindex import (

@@ -33,17 +33,16 @@ from urllib.parse import urlsplit
 import orjson
 
 from schemas.codec import encode_event
+from schemas.kube import STAGE_ORDER, merge_kube_requests
 from schemas.models import EVENT_VERSION
 from sessionvault.errors import UnknownVersionError, ValidationError
 
 __all__ = [
     "KNOWN_API_VERSIONS",
     "REDACTED",
-    "STAGE_ORDER",
     "events_from_log_lines",
     "events_from_webhook",
     "kube_request_uid",
-    "merge_kube_requests",
     "parse_log_lines",
     "parse_webhook_body",
     "redact_event",
@@ -56,12 +55,6 @@ REDACTED = "[REDACTED]"
 KUBE_REQUEST_EVENT = "kube.request"
 KUBE_REQUEST_CODE = "T3009I"
 KNOWN_API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
-STAGE_ORDER: dict[str, int] = {
-    "RequestReceived": 0,
-    "ResponseStarted": 1,
-    "ResponseComplete": 2,
-    "Panic": 3,
-}
 # Namespace of the derived event uids; fixed forever (changing it would duplicate events).
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://sessionvault.dev/ns/kube-audit")
 
@@ -425,38 +418,6 @@ def to_kube_request(
     if isinstance(status, dict) and isinstance(status.get("code"), int):
         out["response_code"] = status["code"]
     return out
-
-
-_RESPONSE_FIELDS = ("response_code",)
-
-
-def merge_kube_requests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Combine two kube.request events of the same request (same uid) into one.
-
-    The later stage (by :data:`STAGE_ORDER`, not by arrival) wins for response fields and for
-    the kept original; fields only the earlier stage had are filled in. Commutative and
-    idempotent, so re-delivery and any arrival order give the same result.
-    """
-    if a.get("uid") != b.get("uid"):
-        raise ValidationError("wrong_type", "merge_kube_requests: events have different uids")
-
-    def rank(e: dict[str, Any]) -> tuple[int, bytes]:
-        orig = e.get("kube_audit") or {}
-        stages = [STAGE_ORDER.get(s, -1) for s in e.get("kube_audit_stages", [])]
-        # Ties (same stage delivered twice, possibly differing) break on content, so the
-        # result does not depend on which copy came first.
-        return (max(stages, default=-1), orjson.dumps(orig, option=orjson.OPT_SORT_KEYS))
-
-    late, early = (a, b) if rank(a) >= rank(b) else (b, a)
-    merged = {**early, **late}
-    for key in _RESPONSE_FIELDS:
-        if key not in late and key in early:
-            merged[key] = early[key]
-    late_orig, early_orig = late.get("kube_audit") or {}, early.get("kube_audit") or {}
-    merged["kube_audit"] = {**early_orig, **late_orig}
-    stages = set(early.get("kube_audit_stages", [])) | set(late.get("kube_audit_stages", []))
-    merged["kube_audit_stages"] = sorted(stages, key=lambda s: STAGE_ORDER.get(s, -1))
-    return merged
 
 
 def _merge_all(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -36,14 +36,6 @@ import asyncpg
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
-from ingest.persist_logic import (
-    EventRow,
-    PreparedChunk,
-    Reject,
-    check_chunk_storable,
-    event_row,
-    month_of,
-)
 from schemas.codec import decode_chunk, decode_event
 from sessionvault.errors import StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
@@ -66,6 +58,14 @@ from storage.eventstore import (
     ensure_partitions,
     insert_events,
     known_partitions,
+)
+from storage.persist_logic import (
+    EventRow,
+    PreparedChunk,
+    Reject,
+    check_chunk_storable,
+    event_row,
+    month_of,
 )
 from storage.search.model import to_us
 from storage.search.watermark import PendingRecord, record_pending

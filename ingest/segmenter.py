@@ -18,7 +18,7 @@ later wake-up). Per queued session, ONE transaction:
    ``text_seq`` in seq order;
 3. if the session's who/where changed since its segments were written (``session.start``
    enrichment), update the segments (search filters use them);
-4. render with :func:`storage.search.segments.render_session` (the same deterministic rendering
+4. render with :func:`replay.segments.render_session` (the same deterministic rendering
    the persist worker used to do), insert the segments (``ON CONFLICT DO NOTHING``), append
    their range to ``detect_feed`` (the detect worker's input, :mod:`siem.output_feed`), store
    the new position;
@@ -48,6 +48,7 @@ import orjson
 
 from ingest.health import Health
 from ingest.persist import backoff_ms
+from replay.segments import SessionText, render_session
 from schemas.models import Chunk
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings, require
@@ -55,7 +56,6 @@ from storage import pg
 from storage.chunkstore import SEGMENT_CHANNEL, storage_error
 from storage.codec import Decompressor, unpack_frames
 from storage.search.model import SegmentRow, to_us
-from storage.search.segments import SessionText, render_session
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["KUBE_VERBS", "KubeVerb", "derive_kube_verb", "kube_verb"]
+import orjson
+
+from sessionvault.errors import ValidationError
+
+__all__ = [
+    "KUBE_VERBS",
+    "STAGE_ORDER",
+    "KubeVerb",
+    "derive_kube_verb",
+    "kube_verb",
+    "merge_kube_requests",
+]
 
 KUBE_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 """The Kubernetes API verbs of resource requests."""
@@ -101,3 +112,45 @@ def _derived(fields: Mapping[str, Any]) -> KubeVerb:
     if not isinstance(method, str) or not method:
         return KubeVerb("")
     return derive_kube_verb(method, path if isinstance(path, str) else "")
+
+
+# --- merging the audit stages of one request ---------------------------------------------
+
+#: The order of kube-apiserver audit stages; a later stage carries more of the request.
+STAGE_ORDER: dict[str, int] = {
+    "RequestReceived": 0,
+    "ResponseStarted": 1,
+    "ResponseComplete": 2,
+    "Panic": 3,
+}
+
+_RESPONSE_FIELDS = ("response_code",)
+
+
+def merge_kube_requests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Combine two kube.request events of the same request (same uid) into one.
+
+    The later stage (by :data:`STAGE_ORDER`, not by arrival) wins for response fields and for
+    the kept original; fields only the earlier stage had are filled in. Commutative and
+    idempotent, so re-delivery and any arrival order give the same result.
+    """
+    if a.get("uid") != b.get("uid"):
+        raise ValidationError("wrong_type", "merge_kube_requests: events have different uids")
+
+    def rank(e: dict[str, Any]) -> tuple[int, bytes]:
+        orig = e.get("kube_audit") or {}
+        stages = [STAGE_ORDER.get(s, -1) for s in e.get("kube_audit_stages", [])]
+        # Ties (same stage delivered twice, possibly differing) break on content, so the
+        # result does not depend on which copy came first.
+        return (max(stages, default=-1), orjson.dumps(orig, option=orjson.OPT_SORT_KEYS))
+
+    late, early = (a, b) if rank(a) >= rank(b) else (b, a)
+    merged = {**early, **late}
+    for key in _RESPONSE_FIELDS:
+        if key not in late and key in early:
+            merged[key] = early[key]
+    late_orig, early_orig = late.get("kube_audit") or {}, early.get("kube_audit") or {}
+    merged["kube_audit"] = {**early_orig, **late_orig}
+    stages = set(early.get("kube_audit_stages", [])) | set(late.get("kube_audit_stages", []))
+    merged["kube_audit_stages"] = sorted(stages, key=lambda s: STAGE_ORDER.get(s, -1))
+    return merged

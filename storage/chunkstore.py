@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ingest.persist_logic import (
+from sessionvault.errors import StorageError
+from storage.persist_logic import (
     ChunkRow,
     PreparedChunk,
     Reject,
@@ -34,7 +35,6 @@ from ingest.persist_logic import (
     judge_repeats,
     opened_state,
 )
-from sessionvault.errors import StorageError
 from storage.pg import translate
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ async def close_abandoned(conn: asyncpg.Connection, idle_ms: int) -> list[Abando
     """Close as ``abandoned`` every ``active`` session with no chunk stored for ``idle_ms``
     (its recorder died without a final chunk): ``ended_at`` at its last frame, the last seq and
     hash kept as they are. A chunk arriving later makes it active again
-    (:func:`ingest.persist_logic.fold_inserted`). Rows another transaction holds are skipped."""
+    (:func:`storage.persist_logic.fold_inserted`). Rows another transaction holds are skipped."""
     try:
         rows = await conn.fetch(
             "UPDATE sessions s SET status = 'abandoned',"

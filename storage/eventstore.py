@@ -24,10 +24,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ingest.kube_audit import merge_kube_requests
-from ingest.persist_logic import EventRow, month_bounds, partition_name
+from schemas.kube import merge_kube_requests
 from sessionvault.errors import StorageError
 from storage.chunkstore import storage_error
+from storage.persist_logic import EventRow, month_bounds, partition_name
 from storage.search.model import EventColumns, event_columns, to_us
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
     """Store ``kube.request`` events, merging the stages of one request into one row.
 
     Rows with the same ``(uid, time)`` (in this batch, and the one already stored) are combined
-    with :func:`ingest.kube_audit.merge_kube_requests`, which is commutative and idempotent, so
+    with :func:`schemas.kube.merge_kube_requests`, which is commutative and idempotent, so
     any arrival order and any redelivery give the same row. The stored row is locked (``FOR
     UPDATE``) between reading and writing it. The key includes the tenant, so tenants never merge.
     Returns how many rows were new.

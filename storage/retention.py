@@ -103,7 +103,7 @@ class PartitionInfo:
 
 
 def partition_range(name: str) -> tuple[datetime, datetime] | None:
-    """[start, end) of a monthly partition named by :func:`ingest.persist_logic.partition_name`
+    """[start, end) of a monthly partition named by :func:`storage.persist_logic.partition_name`
     (None for other tables, e.g. the default partition)."""
     m = _PARTITION_RE.match(name)
     if not m:

@@ -11,7 +11,7 @@ the Teleport fixtures, in one PostgreSQL database (reused by the search tests an
   (:func:`event_parts`); the indexes are rebuilt partition by partition, two at a time, and
   the partitioned parents then only attach them.
 * Generated terminal output is rendered with the writer's code
-  (:func:`storage.search.segments.render_session`) and COPY'd into ``text_segments``.
+  (:func:`replay.segments.render_session`) and COPY'd into ``text_segments``.
 * The Teleport fixtures (/work/shared/fixtures/teleport: events.jsonl and session.tar) go
   through the importers and the persist worker's write path (:func:`ingest.persist.prepare_batch`
   + :func:`ingest.persist.store_batch`), exactly as records from Kafka would.
@@ -40,16 +40,16 @@ from ingest.import_cmd import recording_chunks
 from ingest.importers import load_recording
 from ingest.importers.teleport_json import load as load_teleport_events
 from ingest.persist import prepare_batch, store_batch
-from ingest.persist_logic import month_of, parse_time
 from ingest.segmenter import Segmenter
+from replay.segments import SessionText, render_session
 from schemas import Chunk, Frame, SessionInfo, Stream, chain_hash, encode_chunk
 from schemas.models import GENESIS_HASH
 from sessionvault.settings import Secret, Settings
 from storage import pg
 from storage.codec import Compressor
 from storage.eventstore import ensure_partitions, known_partitions
+from storage.persist_logic import month_of, parse_time
 from storage.search.model import event_columns, to_us
-from storage.search.segments import SessionText, render_session
 
 FIXTURES = Path("/work/shared/fixtures/teleport")
 SEED = 20260401

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from ingest.persist_logic import EventRow
 from sessionvault.settings import Settings
 from storage import pg
 from storage.eventstore import insert_events
+from storage.persist_logic import EventRow
 
 
 def _row(tenant: str, event: str = "session.start") -> EventRow:

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.persist_logic import partition_name
 from ingest.sdk import AuditEmitter, SessionRecorder
 from schemas.models import SessionInfo
 from sessionvault.settings import Settings
 from storage import pg
+from storage.persist_logic import partition_name
 from storage.search import model
 from storage.search.opensearch import OpenSearchStore
 from storage.search.reindex import reindex

@@ -19,11 +19,11 @@ import orjson
 import pytest
 
 from deploy.stack import LocalStack
-from ingest.persist_logic import EventRow
 from sessionvault.errors import ValidationError
 from sessionvault.settings import Secret, load_settings
 from storage import pg
 from storage.eventstore import insert_events
+from storage.persist_logic import EventRow
 from storage.search.model import Query, event_columns, to_us
 from storage.search.pg import PgSearchBackend
 from tests.integration.conftest import TEMPLATE_DB, _admin

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from ingest.persist_logic import parse_time
 from ingest.segmenter import Segmenter
+from replay.segments import SessionText, render_session
 from schemas import encode_event
 from sessionvault.settings import Settings
 from storage import pg
+from storage.persist_logic import parse_time
 from storage.search.model import to_us
-from storage.search.segments import SessionText, render_session
 from tests.integration.persist_helpers import (
     Session,
     build_session,

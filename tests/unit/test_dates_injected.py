@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.persist_logic import month_bounds, month_of, partition_name
 from sessionvault.timespec import parse_when, window
+from storage.persist_logic import month_bounds, month_of, partition_name
 from storage.retention import PartitionInfo, RetentionPolicy, cutoffs, droppable, partition_range
 from tests.dates import today_params
 

@@ -6,10 +6,10 @@ import orjson
 
 from ingest.consumer import Record
 from ingest.index_worker import parse_records
-from ingest.persist_logic import parse_time
 from schemas import GENESIS_HASH, Chunk, SessionInfo, chain_hash, encode_chunk
 from schemas.models import EVENT_VERSION
 from sessionvault.settings import Settings
+from storage.persist_logic import parse_time
 
 
 def _event(uid: str, event: str = "exec", sid: str | None = None) -> bytes:

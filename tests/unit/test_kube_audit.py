@@ -16,7 +16,6 @@ from ingest.kube_audit import (
     events_from_log_lines,
     events_from_webhook,
     kube_request_uid,
-    merge_kube_requests,
     parse_webhook_body,
     redact_event,
     redact_object,
@@ -24,6 +23,7 @@ from ingest.kube_audit import (
     to_kube_request,
 )
 from schemas.codec import validate_event
+from schemas.kube import merge_kube_requests
 from sessionvault.errors import UnknownVersionError, ValidationError
 
 FIXTURES = Path("/work/shared/fixtures/k8s-audit")

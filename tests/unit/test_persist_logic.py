@@ -11,7 +11,20 @@ import pytest
 from ingest.consumer import Record, next_offsets
 from ingest.deadletter import deadletter_headers, parse_deadletter
 from ingest.persist import backoff_ms, prepare_batch
-from ingest.persist_logic import (
+from schemas import (
+    GENESIS_HASH,
+    AuditEvent,
+    Chunk,
+    Frame,
+    SessionInfo,
+    Stream,
+    chain_hash,
+    encode_chunk,
+)
+from sessionvault.errors import ValidationError
+from sessionvault.settings import Settings
+from storage.codec import Compressor, Decompressor
+from storage.persist_logic import (
     ChunkRow,
     PreparedChunk,
     SessionState,
@@ -26,19 +39,6 @@ from ingest.persist_logic import (
     opened_state,
     partition_name,
 )
-from schemas import (
-    GENESIS_HASH,
-    AuditEvent,
-    Chunk,
-    Frame,
-    SessionInfo,
-    Stream,
-    chain_hash,
-    encode_chunk,
-)
-from sessionvault.errors import ValidationError
-from sessionvault.settings import Settings
-from storage.codec import Compressor, Decompressor
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

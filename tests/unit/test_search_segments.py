@@ -1,5 +1,5 @@
 """Unit tests of the searchable terminal text: replay.text.TimedTextRenderer (per-character
-times) and storage.search.segments.render_session (segments, state between batches)."""
+times) and replay.segments.render_session (segments, state between batches)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from replay.segments import SessionText, render_session
 from replay.text import TimedTextRenderer, render_text
 from schemas.models import GENESIS_HASH, Chunk, Frame, Stream
 from storage.search.model import (
@@ -19,7 +20,6 @@ from storage.search.model import (
     match_offset_ms,
     norm,
 )
-from storage.search.segments import SessionText, render_session
 
 STARTED_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 
