@@ -37,16 +37,14 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
 from schemas.codec import decode_chunk, decode_event
-from sessionvault.errors import StorageError, TransportError, ValidationError
+from sessionvault.errors import DataRejectedError, StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
 from storage import pg
 from storage.chunkstore import (
     DEFAULT_METHOD,
     ChunkWriteResult,
-    DataRejectedError,
     close_abandoned,
     enqueue_segments,
-    storage_error,
     write_chunks,
 )
 from storage.codec import Compressor, pack_frames
@@ -185,7 +183,7 @@ async def store_batch(
     except StorageError:
         raise
     except Exception as exc:  # commit itself failed (connection lost mid-commit, ...)
-        raise storage_error(exc, "cannot commit batch") from exc
+        raise pg.translate(exc, "cannot commit batch") from exc
     return result
 
 

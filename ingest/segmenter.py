@@ -53,8 +53,9 @@ from schemas.models import Chunk
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings, require
 from storage import pg
-from storage.chunkstore import SEGMENT_CHANNEL, storage_error
+from storage.chunkstore import SEGMENT_CHANNEL
 from storage.codec import Decompressor, unpack_frames
+from storage.pg import translate
 from storage.search.model import SegmentRow, to_us
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class Segmenter:
                 await conn.add_listener(SEGMENT_CHANNEL, self._notified)
             except Exception as exc:
                 conn.terminate()
-                raise storage_error(exc, f"cannot LISTEN {SEGMENT_CHANNEL}") from exc
+                raise translate(exc, f"cannot LISTEN {SEGMENT_CHANNEL}") from exc
             self._conn = conn
             # Work may have been enqueued while we were not listening.
             self._wake.set()
@@ -229,7 +230,7 @@ class Segmenter:
         except StorageError:
             raise
         except Exception as exc:
-            raise storage_error(exc, f"cannot render text of session {sid}") from exc
+            raise translate(exc, f"cannot render text of session {sid}") from exc
 
     async def _process(self, conn: asyncpg.Connection, sid: str) -> SessionStep:
         locked = await conn.fetchval(
@@ -331,7 +332,7 @@ class Segmenter:
                 )
             ]
         except Exception as exc:
-            raise storage_error(exc, "cannot read the segment queue") from exc
+            raise translate(exc, "cannot read the segment queue") from exc
         self.stats.rounds += 1
         progressed = 0
         remaining = len(sids) == self.sessions_per_round
@@ -356,7 +357,7 @@ class Segmenter:
         try:
             return int(await conn.fetchval("SELECT count(*) FROM segment_queue"))
         except Exception as exc:
-            raise storage_error(exc, "cannot read the segment queue") from exc
+            raise translate(exc, "cannot read the segment queue") from exc
 
     async def catch_up(self, *, timeout_s: float = 300.0) -> None:
         """Render until the queue is empty (no retry: errors are raised)."""
@@ -451,7 +452,7 @@ async def rendered_through(conn: asyncpg.Connection, sids: Sequence[str]) -> dic
             "SELECT sid, text_seq FROM session_text WHERE sid = ANY($1::text[])", wanted
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot read the segmenter's positions") from exc
+        raise translate(exc, "cannot read the segmenter's positions") from exc
     return {r["sid"]: int(r["text_seq"]) for r in rows}
 
 
@@ -471,7 +472,7 @@ async def unsynced_sessions(conn: asyncpg.Connection, sids: Sequence[str]) -> se
             wanted,
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot read the segmenter's positions") from exc
+        raise translate(exc, "cannot read the segmenter's positions") from exc
     return {r["sid"] for r in rows}
 
 

@@ -60,6 +60,13 @@ class StorageError(SessionVaultError):
     retriable = True
 
 
+class DataRejectedError(StorageError):
+    """PostgreSQL refused a value (out of range, invalid text, a constraint): the record, not
+    the server, is at fault, so retrying cannot help."""
+
+    retriable = False
+
+
 class SearchBackendError(SessionVaultError):
     """OpenSearch could not be reached or failed a request."""
 

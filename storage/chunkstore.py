@@ -9,9 +9,9 @@ Invariants (the persist worker relies on them for exactly-once effect):
   and so changes no counter, even after a crash between the commit and the Kafka offset commit.
 * Terminal text is NOT rendered here: :func:`enqueue_segments` only records, in the same
   transaction, which sessions the segmenter (:mod:`ingest.segmenter`) has to look at.
-* asyncpg exceptions never leave this module: :func:`storage_error` translates them. A value the
-  database refuses (:class:`DataRejectedError`) is the record's fault, not the server's: retrying
-  cannot help, the caller isolates and dead-letters the record.
+* asyncpg exceptions never leave this module: :func:`storage.pg.translate` translates them. A
+  value the database refuses (:class:`DataRejectedError`) is the record's fault, not the
+  server's: retrying cannot help, the caller isolates and dead-letters the record.
 """
 
 from __future__ import annotations
@@ -97,26 +97,6 @@ _STATE_COLUMNS = (
 #  64 KiB chunks,  400/batch:  unnest  2,650 rows/s (165 MB/s)   copy 2,400 rows/s (150 MB/s)
 # COPY has to write every row twice (stage, then table); one unnest() statement does not.
 DEFAULT_METHOD = "unnest"
-
-
-class DataRejectedError(StorageError):
-    """PostgreSQL refused a value (out of range, invalid text): the record, not the server, is
-    at fault, so retrying cannot help."""
-
-    retriable = False
-
-
-def storage_error(exc: BaseException, what: str) -> StorageError:
-    """Translate an asyncpg exception. Lock conflicts (deadlock, serialization) are retriable."""
-    if isinstance(
-        exc,
-        asyncpg.exceptions.DataError | asyncpg.exceptions.IntegrityConstraintViolationError,
-    ):
-        return DataRejectedError(f"{what}: {type(exc).__name__}: {exc}")
-    err = translate(exc, what)
-    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
-        err.retriable = True
-    return err
 
 
 @dataclass
@@ -327,7 +307,7 @@ async def write_chunks(
     except StorageError:
         raise
     except Exception as exc:
-        raise storage_error(exc, "cannot write chunks") from exc
+        raise translate(exc, "cannot write chunks") from exc
     result.rejects = sorted(plan.rejects + conflicts + repeat_rejects, key=lambda r: r.ref)
     result.offered = len(plan.rows) + repeat_dups - len(conflicts)
     result.inserted = len(inserted)
@@ -366,7 +346,7 @@ async def close_abandoned(conn: asyncpg.Connection, idle_ms: int) -> list[Abando
             idle_ms,
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot close abandoned sessions") from exc
+        raise translate(exc, "cannot close abandoned sessions") from exc
     return [Abandoned(r["tenant"], r["sid"], r["last_seq"], r["last_hash"]) for r in rows]
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from sessionvault.errors import SessionVaultError
-from storage.chunkstore import storage_error
 from storage.codec import DICT_MAX_INPUT, Compressor, Decompressor, ZstdDict, train_dictionary
+from storage.pg import translate
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ async def latest_dictionary(conn: asyncpg.Connection) -> ZstdDict | None:
     try:
         row = await conn.fetchrow("SELECT id, data FROM zstd_dicts ORDER BY id DESC LIMIT 1")
     except Exception as exc:
-        raise storage_error(exc, "cannot read zstd dictionaries") from exc
+        raise translate(exc, "cannot read zstd dictionaries") from exc
     return ZstdDict(row["id"], bytes(row["data"])) if row else None
 
 
@@ -32,7 +32,7 @@ async def load_dictionaries(conn: asyncpg.Connection) -> dict[int, bytes]:
     try:
         rows = await conn.fetch("SELECT id, data FROM zstd_dicts")
     except Exception as exc:
-        raise storage_error(exc, "cannot read zstd dictionaries") from exc
+        raise translate(exc, "cannot read zstd dictionaries") from exc
     return {r["id"]: bytes(r["data"]) for r in rows}
 
 
@@ -55,7 +55,7 @@ async def sample_payloads(
         )
         dicts = await load_dictionaries(conn)
     except Exception as exc:
-        raise storage_error(exc, "cannot sample chunk payloads") from exc
+        raise translate(exc, "cannot sample chunk payloads") from exc
     dec = Decompressor(dicts)
     return [
         dec.decompress(r["codec"], r["dict_id"], bytes(r["payload"]), r["raw_len"]) for r in rows
@@ -71,7 +71,7 @@ async def store_dictionary(conn: asyncpg.Connection, data: bytes, samples: list[
             sum(len(s) for s in samples),
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot store zstd dictionary") from exc
+        raise translate(exc, "cannot store zstd dictionary") from exc
     return dict_id
 
 

@@ -11,7 +11,7 @@ Invariants:
   serialised across writers by an advisory lock.
 * Enrichment only reads events of the session's own tenant.
 * asyncpg exceptions never leave this module (translated by
-  :func:`storage.chunkstore.storage_error`).
+  :func:`storage.pg.translate`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import orjson
 
 from schemas.kube import merge_kube_requests
 from sessionvault.errors import StorageError
-from storage.chunkstore import storage_error
 from storage.persist_logic import EventRow, month_bounds, partition_name
+from storage.pg import translate
 from storage.search.model import EventColumns, event_columns, to_us
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def known_partitions(conn: asyncpg.Connection) -> set[str]:
             " WHERE i.inhparent = 'events'::regclass"
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot list event partitions") from exc
+        raise translate(exc, "cannot list event partitions") from exc
     return {r["relname"] for r in rows}
 
 
@@ -130,7 +130,7 @@ async def ensure_partitions(
                     created.append(name)
                     log.info("created event partition %s (moved %d rows from default)", name, moved)
         except Exception as exc:
-            raise storage_error(exc, f"cannot create event partition {name}") from exc
+            raise translate(exc, f"cannot create event partition {name}") from exc
         known.add(name)
     return created
 
@@ -164,7 +164,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
     except StorageError:
         raise
     except Exception as exc:
-        raise storage_error(exc, "cannot insert events") from exc
+        raise translate(exc, "cannot insert events") from exc
     return len(done)
 
 
@@ -211,7 +211,7 @@ async def enrich_sessions(conn: asyncpg.Connection, keys: Iterable[tuple[str, st
             SESSION_END,
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot enrich sessions from events") from exc
+        raise translate(exc, "cannot enrich sessions from events") from exc
     return int(started.split()[-1]) + int(ended.split()[-1])
 
 
@@ -243,7 +243,7 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             [k[2] for k in merged],
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot read stored kube.request events") from exc
+        raise translate(exc, "cannot read stored kube.request events") from exc
     stored = {(e["tenant"], e["uid"], e["time"]): e for e in existing}
     out: list[EventRow] = []
     new = 0
@@ -287,5 +287,5 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             *_search_arrays(out),
         )
     except Exception as exc:
-        raise storage_error(exc, "cannot upsert kube.request events") from exc
+        raise translate(exc, "cannot upsert kube.request events") from exc
     return new

@@ -4,13 +4,16 @@ and in the other storage modules; nothing above storage/ sees a driver exception
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
 
-from sessionvault.errors import StorageError
+from sessionvault.errors import DataRejectedError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,49 @@ RETRIABLE_PG_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: What the rest of the project calls a connection and a pool (nothing above storage/
+#: imports the driver).
+Connection: TypeAlias = asyncpg.Connection
+Pool: TypeAlias = asyncpg.Pool
+
+
 def translate(exc: BaseException, what: str) -> StorageError:
-    """Wrap a driver exception; retriable unless it is a definite SQL error."""
-    err = StorageError(f"{what}: {type(exc).__name__}: {exc}")
-    err.retriable = isinstance(exc, RETRIABLE_PG_ERRORS)
+    """The one translation of a driver exception into the project's errors.
+
+    - a value or constraint PostgreSQL refused (``DataError``, integrity violations):
+      :class:`DataRejectedError`, never retriable (the record is at fault);
+    - a lock conflict (deadlock, serialization failure: ``TransactionRollbackError``) or an
+      unreachable/restarting server (:data:`RETRIABLE_PG_ERRORS`): retriable
+      :class:`StorageError`;
+    - anything else (a definite SQL error): non-retriable :class:`StorageError`.
+
+    A :class:`StorageError` passes through unchanged (already translated below).
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    message = f"{what}: {type(exc).__name__}: {exc}"
+    if isinstance(
+        exc, asyncpg.exceptions.DataError | asyncpg.exceptions.IntegrityConstraintViolationError
+    ):
+        return DataRejectedError(message)
+    err = StorageError(message)
+    err.retriable = isinstance(
+        exc, (*RETRIABLE_PG_ERRORS, asyncpg.exceptions.TransactionRollbackError)
+    )
     return err
+
+
+@contextlib.contextmanager
+def map_pg_errors(what: str) -> Iterator[None]:
+    """Translate any driver exception raised in the block with :func:`translate` (the edge
+    where asyncpg's exceptions become the project's, as httpx's ``map_httpcore_exceptions``).
+    Usable around ``await`` expressions in async code too."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise translate(exc, what) from exc
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

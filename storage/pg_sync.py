@@ -18,7 +18,7 @@ import asyncpg
 
 from sessionvault.errors import StorageError
 from storage import pg
-from storage.chunkstore import storage_error
+from storage.pg import translate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SyncPostgres:
             raise
         except Exception as exc:  # driver errors of any kind: translated at this boundary
             self.drop()
-            raise storage_error(exc, what) from exc
+            raise translate(exc, what) from exc
 
     def drop(self) -> None:
         """Forget the connection at once (after an error: it may be mid-transaction)."""

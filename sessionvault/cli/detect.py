@@ -120,7 +120,6 @@ def _stored_session(settings: Settings, sid: str) -> list[dict[str, Any]]:
 
     from siem.output_feed import session_records
     from storage import pg
-    from storage.chunkstore import storage_error
 
     require(settings, "postgres_dsn")
 
@@ -129,7 +128,7 @@ def _stored_session(settings: Settings, sid: str) -> list[dict[str, Any]]:
         try:
             return [rec for _, rec in await session_records(conn, settings.tenant, sid)]
         except Exception as exc:
-            raise storage_error(exc, f"cannot read session {sid}") from exc
+            raise pg.translate(exc, f"cannot read session {sid}") from exc
         finally:
             await conn.close()
 

@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from storage.chunkstore import storage_error
+from storage.pg import translate
 from storage.search import model, watermark
 from storage.search.opensearch import BulkAction, OpenSearchStore, document_action, index_documents
 
@@ -92,7 +92,7 @@ async def _fetch(conn: asyncpg.Connection, what: str, sql: str, *args: Any) -> l
     try:
         return list(await conn.fetch(sql, *args))
     except Exception as exc:
-        raise storage_error(exc, f"cannot read {what}") from exc
+        raise translate(exc, f"cannot read {what}") from exc
 
 
 async def load_events(
