@@ -68,7 +68,6 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
 from ingest.persist import backoff_ms
-from ingest.segmenter import rendered_through, unsynced_sessions
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.errors import (
@@ -90,6 +89,7 @@ from storage.search.reindex import (
     segment_action,
     stored_chunks,
 )
+from storage.segment_store import rendered_through, unsynced_sessions
 
 log = logging.getLogger(__name__)
 

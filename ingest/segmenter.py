@@ -39,12 +39,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-import asyncpg
-import orjson
 
 from ingest.health import Health
 from ingest.persist import backoff_ms
@@ -53,10 +50,12 @@ from schemas.models import Chunk
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings, require
 from storage import pg
+from storage import segment_store as store
 from storage.chunkstore import SEGMENT_CHANNEL
 from storage.codec import Decompressor, unpack_frames
+from storage.dicts import dictionary
 from storage.pg import translate
-from storage.search.model import SegmentRow, to_us
+from storage.search.model import to_us
 
 log = logging.getLogger(__name__)
 
@@ -100,37 +99,6 @@ class _Stopped(Exception):
     """The stop event was set while waiting to retry."""
 
 
-async def _insert_segments(conn: asyncpg.Connection, segments: Sequence[SegmentRow]) -> None:
-    if not segments:
-        return
-    await conn.execute(
-        "INSERT INTO text_segments (sid, seg_no, tenant, start_ms, end_ms, time_us, text,"
-        " text_norm, times, user_name, login, server_id, cluster_name, kubernetes_cluster)"
-        " SELECT sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm,"
-        " translate(times, '[]', '{}')::bigint[], un, lo, si, cn, kc"
-        " FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[],"
-        " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
-        " $12::text[], $13::text[], $14::text[])"
-        " AS x(sid, seg_no, tenant, start_ms, end_ms, time_us, text, text_norm, times, un, lo,"
-        " si, cn, kc)"
-        " ON CONFLICT (sid, seg_no) DO NOTHING",
-        [g.sid for g in segments],
-        [g.seg_no for g in segments],
-        [g.tenant for g in segments],
-        [g.start_ms for g in segments],
-        [g.end_ms for g in segments],
-        [g.time_us for g in segments],
-        [g.text for g in segments],
-        [g.text_norm for g in segments],
-        [orjson.dumps(list(g.times)).decode() for g in segments],
-        [g.user for g in segments],
-        [g.login for g in segments],
-        [g.server_id for g in segments],
-        [g.cluster_name for g in segments],
-        [g.kubernetes_cluster for g in segments],
-    )
-
-
 class Segmenter:
     """Renders queued sessions' chunks into ``text_segments``; see the module docstring.
 
@@ -142,7 +110,7 @@ class Segmenter:
         self,
         settings: Settings,
         *,
-        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        connect: Callable[[str], Awaitable[pg.Connection]] = pg.connect,
         chunk_batch: int = CHUNK_BATCH,
         sessions_per_round: int = SESSIONS_PER_ROUND,
         poll_s: float = POLL_S,
@@ -155,7 +123,7 @@ class Segmenter:
         self.stats = SegmenterStats()
         self.health = Health(settings.worker_stall_after_ms / 1000)
         self._connect = connect
-        self._conn: asyncpg.Connection | None = None
+        self._conn: pg.Connection | None = None
         self._decompressor = Decompressor()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -165,7 +133,7 @@ class Segmenter:
     def _notified(self, *_: Any) -> None:
         self._wake.set()
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> pg.Connection:
         if self._conn is None or self._conn.is_closed():
             conn = await self._connect(self.settings.postgres_dsn.get())
             try:
@@ -186,39 +154,28 @@ class Segmenter:
             except Exception:  # already broken; terminate() frees it regardless
                 conn.terminate()
 
-    async def _payload(self, conn: asyncpg.Connection, sid: str, row: Any) -> bytes:
-        dict_id = row["dict_id"]
+    async def _payload(self, conn: pg.Connection, chunk: store.StoredChunk) -> bytes:
+        dict_id = chunk.dict_id
         if dict_id is not None and not self._decompressor.has_dictionary(dict_id):
-            data = await conn.fetchval("SELECT data FROM zstd_dicts WHERE id = $1", dict_id)
+            data = await dictionary(conn, dict_id)
             if data is None:
                 raise ValueError(f"zstd dictionary {dict_id} is gone")
-            self._decompressor.add_dictionary(dict_id, bytes(data))
-        return self._decompressor.decompress(
-            row["codec"], dict_id, bytes(row["payload"]), row["raw_len"]
-        )
+            self._decompressor.add_dictionary(dict_id, data)
+        return self._decompressor.decompress(chunk.codec, dict_id, chunk.payload, chunk.raw_len)
 
-    async def _chunks(
-        self, conn: asyncpg.Connection, tenant: str, sid: str, after: int
-    ) -> list[Chunk]:
-        rows = await conn.fetch(
-            "SELECT seq, frames, codec, dict_id, raw_len, payload, final FROM chunks"
-            " WHERE sid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            sid,
-            after,
-            self.chunk_batch,
-        )
+    async def _chunks(self, conn: pg.Connection, tenant: str, sid: str, after: int) -> list[Chunk]:
         out = []
-        for row in rows:
+        for stored in await store.chunks_after(conn, sid, after, self.chunk_batch):
             try:
-                payload = await self._payload(conn, sid, row)
-                frames = tuple(unpack_frames(bytes(row["frames"]), payload))
+                payload = await self._payload(conn, stored)
+                frames = tuple(unpack_frames(stored.frames, payload))
             except (ValueError, KeyError) as exc:
                 # A chunk we cannot decode must not stop the session's text for ever: its text
                 # is left out (replay and verify report the damage), the rest is rendered.
                 self.stats.bad_chunks += 1
-                log.error("segmenter: sid %s seq %d: cannot decode chunk: %s", sid, row["seq"], exc)
+                log.error("segmenter: sid %s seq %d: cannot decode chunk: %s", sid, stored.seq, exc)
                 frames = ()
-            out.append(Chunk(tenant, sid, row["seq"], frames, "", "", bool(row["final"])))
+            out.append(Chunk(tenant, sid, stored.seq, frames, "", "", stored.final))
         return out
 
     async def process_session(self, sid: str) -> SessionStep:
@@ -232,89 +189,53 @@ class Segmenter:
         except Exception as exc:
             raise translate(exc, f"cannot render text of session {sid}") from exc
 
-    async def _process(self, conn: asyncpg.Connection, sid: str) -> SessionStep:
-        locked = await conn.fetchval(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended('sv_segments/' || $1, 0))", sid
-        )
-        if not locked:
+    async def _process(self, conn: pg.Connection, sid: str) -> SessionStep:
+        if not await store.try_lock_session(conn, sid):
             return SessionStep(sid, 0, 0, 0, False, locked=True)
-        gen = await conn.fetchval("SELECT gen FROM segment_queue WHERE sid = $1", sid)
+        gen = await store.queue_generation(conn, sid)
         if gen is None:  # done by another segmenter since we listed the queue
             return SessionStep(sid, 0, 0, 0, True)
-        sess = await conn.fetchrow(
-            "SELECT tenant, started_at, user_name, login, server_id, cluster_name,"
-            " kubernetes_cluster, cols, rows FROM sessions WHERE sid = $1 FOR KEY SHARE",
-            sid,
-        )
+        sess = await store.session_for_text(conn, sid)
         if sess is None:
             # Never opened (session.start event without chunks) or deleted by retention.
-            await conn.execute("DELETE FROM segment_queue WHERE sid = $1 AND gen = $2", sid, gen)
+            await store.dequeue(conn, sid, gen)
             return SessionStep(sid, 0, 0, 0, True)
-        tenant = sess["tenant"]
-        who = tuple(sess[c] for c in _WHO)
-        pos = await conn.fetchrow(
-            "SELECT text_state, text_seg_next, text_seq, user_name, login, server_id,"
-            " cluster_name, kubernetes_cluster FROM session_text WHERE sid = $1",
-            sid,
-        )
+        tenant, who = sess.tenant, sess.who
+        pos = await store.text_position(conn, sid)
         resynced = 0
-        if pos is not None and tuple(pos[c] for c in _WHO) != who:
-            status = await conn.execute(
-                "UPDATE text_segments SET user_name = $2, login = $3, server_id = $4,"
-                " cluster_name = $5, kubernetes_cluster = $6 WHERE sid = $1",
-                sid,
-                *who,
-            )
-            resynced = int(status.split()[-1])
+        if pos is not None and pos.who != who:
+            resynced = await store.restamp_segments(conn, sid, who)
         ctx = SessionText(
             tenant=tenant,
             sid=sid,
-            started_us=to_us(sess["started_at"]),
-            state=None if pos is None or pos["text_state"] is None else bytes(pos["text_state"]),
-            seg_next=0 if pos is None else pos["text_seg_next"],
-            text_seq=-1 if pos is None else pos["text_seq"],
+            started_us=to_us(sess.started_at),
+            state=None if pos is None else pos.state,
+            seg_next=0 if pos is None else pos.seg_next,
+            text_seq=-1 if pos is None else pos.text_seq,
             user=who[0],
             login=who[1],
             server_id=who[2],
             cluster_name=who[3],
             kubernetes_cluster=who[4],
-            cols=int(sess["cols"]),
-            rows=int(sess["rows"]),
+            cols=int(sess.cols),
+            rows=int(sess.rows),
         )
         chunks = await self._chunks(conn, tenant, sid, ctx.text_seq)
         done = render_session(ctx, chunks)
-        await _insert_segments(conn, done.segments)
+        await store.insert_segments(conn, done.segments)
         if done.segments:
             # Same transaction as the segments: the detect worker sees a segment exactly when
             # it is committed (migration 006).
-            await conn.execute(
-                "INSERT INTO detect_feed (tenant, sid, seg_from, seg_to) VALUES ($1, $2, $3, $4)",
-                tenant,
-                sid,
-                done.segments[0].seg_no,
-                done.segments[-1].seg_no + 1,
+            await store.append_detect_feed(
+                conn, tenant, sid, done.segments[0].seg_no, done.segments[-1].seg_no + 1
             )
-        if pos is None or chunks or resynced or tuple(pos[c] for c in _WHO) != who:
-            await conn.execute(
-                "INSERT INTO session_text AS t (sid, tenant, text_state, text_seg_next, text_seq,"
-                " user_name, login, server_id, cluster_name, kubernetes_cluster)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                " ON CONFLICT (sid) DO UPDATE SET text_state = EXCLUDED.text_state,"
-                " text_seg_next = EXCLUDED.text_seg_next, text_seq = EXCLUDED.text_seq,"
-                " user_name = EXCLUDED.user_name, login = EXCLUDED.login,"
-                " server_id = EXCLUDED.server_id, cluster_name = EXCLUDED.cluster_name,"
-                " kubernetes_cluster = EXCLUDED.kubernetes_cluster",
-                sid,
-                tenant,
-                done.state,
-                done.seg_next,
-                done.text_seq,
-                *who,
-            )
+        if pos is None or chunks or resynced or pos.who != who:
+            position = store.TextPosition(done.state, done.seg_next, done.text_seq, who)
+            await store.save_text_position(conn, sid, tenant, position)
         caught_up = len(chunks) < self.chunk_batch
         if caught_up:
             # Last statement before the commit: the queue row stays locked only for the commit.
-            await conn.execute("DELETE FROM segment_queue WHERE sid = $1 AND gen = $2", sid, gen)
+            await store.dequeue(conn, sid, gen)
         return SessionStep(sid, len(chunks), len(done.segments), resynced, caught_up)
 
     # -- rounds ------------------------------------------------------------------------------
@@ -323,16 +244,7 @@ class Segmenter:
         """One round over (up to ``sessions_per_round``) queued sessions, oldest first.
         Returns (sessions that made progress, whether work is known to remain)."""
         conn = await self._connection()
-        try:
-            sids = [
-                r["sid"]
-                for r in await conn.fetch(
-                    "SELECT sid FROM segment_queue ORDER BY enqueued_at, sid LIMIT $1",
-                    self.sessions_per_round,
-                )
-            ]
-        except Exception as exc:
-            raise translate(exc, "cannot read the segment queue") from exc
+        sids = await store.queued_sessions(conn, self.sessions_per_round)
         self.stats.rounds += 1
         progressed = 0
         remaining = len(sids) == self.sessions_per_round
@@ -354,10 +266,7 @@ class Segmenter:
     async def pending(self) -> int:
         """Sessions in the queue (0: every stored chunk is rendered)."""
         conn = await self._connection()
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM segment_queue"))
-        except Exception as exc:
-            raise translate(exc, "cannot read the segment queue") from exc
+        return await store.queue_length(conn)
 
     async def catch_up(self, *, timeout_s: float = 300.0) -> None:
         """Render until the queue is empty (no retry: errors are raised)."""
@@ -440,42 +349,6 @@ class Segmenter:
             await self.close()
 
 
-async def rendered_through(conn: asyncpg.Connection, sids: Sequence[str]) -> dict[str, int]:
-    """Per sid, the last chunk seq the segmenter has rendered (absent: none yet). A chunk
-    ``(sid, seq)`` stored in ``chunks`` has its segments in ``text_segments`` once
-    ``rendered_through[sid] >= seq``."""
-    wanted = sorted(set(sids))
-    if not wanted:
-        return {}
-    try:
-        rows = await conn.fetch(
-            "SELECT sid, text_seq FROM session_text WHERE sid = ANY($1::text[])", wanted
-        )
-    except Exception as exc:
-        raise translate(exc, "cannot read the segmenter's positions") from exc
-    return {r["sid"]: int(r["text_seq"]) for r in rows}
-
-
-async def unsynced_sessions(conn: asyncpg.Connection, sids: Sequence[str]) -> set[str]:
-    """The sids of ``sids`` whose segments do not carry their session's current who/where yet
-    (enrichment committed, the segmenter not past it)."""
-    wanted = sorted(set(sids))
-    if not wanted:
-        return set()
-    try:
-        rows = await conn.fetch(
-            "SELECT s.sid FROM sessions s JOIN session_text t ON t.sid = s.sid"
-            " WHERE s.sid = ANY($1::text[]) AND"
-            " (s.user_name, s.login, s.server_id, s.cluster_name, s.kubernetes_cluster)"
-            " IS DISTINCT FROM"
-            " (t.user_name, t.login, t.server_id, t.cluster_name, t.kubernetes_cluster)",
-            wanted,
-        )
-    except Exception as exc:
-        raise translate(exc, "cannot read the segmenter's positions") from exc
-    return {r["sid"] for r in rows}
-
-
 async def run_segmenter(
     settings: Settings,
     *,
@@ -491,7 +364,5 @@ __all__ = [
     "Segmenter",
     "SegmenterStats",
     "SessionStep",
-    "rendered_through",
     "run_segmenter",
-    "unsynced_sessions",
 ]

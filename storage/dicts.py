@@ -28,6 +28,15 @@ async def latest_dictionary(conn: asyncpg.Connection) -> ZstdDict | None:
     return ZstdDict(row["id"], bytes(row["data"])) if row else None
 
 
+async def dictionary(conn: asyncpg.Connection, dict_id: int) -> bytes | None:
+    """The zstd dictionary ``dict_id`` (None: there is none with that id)."""
+    try:
+        data = await conn.fetchval("SELECT data FROM zstd_dicts WHERE id = $1", dict_id)
+    except Exception as exc:
+        raise translate(exc, "cannot read zstd dictionaries") from exc
+    return None if data is None else bytes(data)
+
+
 async def load_dictionaries(conn: asyncpg.Connection) -> dict[int, bytes]:
     try:
         rows = await conn.fetch("SELECT id, data FROM zstd_dicts")
