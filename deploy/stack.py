@@ -509,13 +509,7 @@ class LocalStack:
     async def _create_and_migrate(self, database: str) -> None:
         from storage import pg
 
-        conn = await pg.connect(self.server_dsn("postgres"))
-        try:
-            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
-            if not exists:
-                await conn.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await conn.close()
+        await pg.ensure_database(self.server_dsn("postgres"), database)
         applied = await pg.migrate(self.server_dsn(database))
         if applied:
             self.echo(f"  applied migrations: {', '.join(applied)}")
@@ -963,16 +957,18 @@ class LocalStack:
             error = "broker not reachable"
         return StackStatus(servers, rows, error, sink_status(self.home, rows), backlog or {})
 
-    def wait_for_session(self, sid: str, *, timeout_s: float) -> bool:
-        """Whether session ``sid`` appears in PostgreSQL within ``timeout_s`` (for the demo)."""
+    def wait_for_session(self, tenant: str, sid: str, *, timeout_s: float) -> bool:
+        """Whether session ``sid`` of ``tenant`` appears in PostgreSQL within ``timeout_s``
+        (for the demo)."""
         from storage import pg
+        from storage.reader import session_exists
 
         async def poll() -> bool:
             conn = await pg.connect(self.server_dsn(DATABASE))
             try:
                 deadline = time.monotonic() + timeout_s
                 while time.monotonic() < deadline:
-                    if await conn.fetchval("SELECT 1 FROM sessions WHERE sid = $1", sid):
+                    if await session_exists(conn, tenant, sid):
                         return True
                     await asyncio.sleep(0.2)
                 return False
@@ -989,19 +985,12 @@ class LocalStack:
         queued for the segmenter, output-line batches not yet seen by the detect worker, stored
         batches search has still to index (the search watermark's pending rows)."""
         from storage import pg
+        from storage.backlog import queued_work
 
         async def count() -> dict[str, int]:
             conn = await pg.connect(self.server_dsn(DATABASE))
             try:
-                out: dict[str, int] = {}
-                for key, table in (("segment_queue", "segment_queue"),
-                                   ("detect_feed", "detect_feed"),
-                                   ("index_pending", "sv_index_pending")):  # fmt: skip
-                    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                        out[key] = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
-                return out
-            except Exception as exc:
-                raise pg.translate(exc, "count queued work") from exc
+                return await queued_work(conn)
             finally:
                 await conn.close()
 

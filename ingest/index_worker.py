@@ -62,8 +62,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-import asyncpg
-
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
@@ -199,7 +197,7 @@ class IndexWorker:
         consumer_factory: Callable[[], BatchConsumer] | None = None,
         deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
         store_factory: Callable[[], OpenSearchStore] | None = None,
-        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        connect: Callable[[str], Awaitable[pg.Connection]] = pg.connect,
         max_bulk_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         require(settings, "kafka_bootstrap", "postgres_dsn", "opensearch_url")
@@ -225,7 +223,7 @@ class IndexWorker:
         self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
         self._consumer: BatchConsumer | None = None
         self._deadletters: DeadLetterProducer | None = None
-        self._conn: asyncpg.Connection | None = None
+        self._conn: pg.Connection | None = None
         self._stop = asyncio.Event()
         self._ready = False
         self._ready_checked = float("-inf")
@@ -238,7 +236,7 @@ class IndexWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._kafka_thread, lambda: fn(*args))
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> pg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect(self.settings.postgres_dsn.get())
         return self._conn
@@ -592,7 +590,7 @@ class IndexWorker:
         s.skipped += report.skipped
         return report
 
-    async def _on_conn(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _on_conn(self, op: Callable[[pg.Connection], Awaitable[T]]) -> T:
         return await op(await self._connection())
 
     async def _clear_pending(self, offsets: dict[tuple[str, int], int]) -> None:

@@ -31,8 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import asyncpg
-
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
@@ -146,7 +144,7 @@ class StoreResult:
 
 
 async def store_batch(
-    conn: asyncpg.Connection,
+    conn: pg.Connection,
     batch: PreparedBatch,
     *,
     partitions: set[str],
@@ -256,7 +254,7 @@ class PersistWorker:
         group_id: str = DEFAULT_GROUP,
         consumer_factory: Callable[[], BatchConsumer] | None = None,
         deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
-        connect: Callable[[str], Awaitable[asyncpg.Connection]] = pg.connect,
+        connect: Callable[[str], Awaitable[pg.Connection]] = pg.connect,
         insert_method: str = DEFAULT_METHOD,
     ) -> None:
         require(settings, "kafka_bootstrap", "postgres_dsn")
@@ -278,7 +276,7 @@ class PersistWorker:
         self._consumer: BatchConsumer | None = None
         self._deadletters: DeadLetterProducer | None = None
         self._next_abandon_check = 0.0
-        self._conn: asyncpg.Connection | None = None
+        self._conn: pg.Connection | None = None
         self._partitions: set[str] | None = None
         self._compressor = Compressor(settings.zstd_level)
         self._dict_checked_at = float("-inf")
@@ -293,7 +291,7 @@ class PersistWorker:
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> pg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect(self.settings.postgres_dsn.get())
             self._partitions = None

@@ -20,7 +20,7 @@ later wake-up). Per queued session, ONE transaction:
    enrichment), update the segments (search filters use them);
 4. render with :func:`replay.segments.render_session` (the same deterministic rendering
    the persist worker used to do), insert the segments (``ON CONFLICT DO NOTHING``), append
-   their range to ``detect_feed`` (the detect worker's input, :mod:`siem.output_feed`), store
+   their range to ``detect_feed`` (the detect worker's input, :mod:`storage.detect_feed`), store
    the new position;
 5. if fewer than ``chunk_batch`` chunks were read (caught up), delete the queue row, but only
    if ``gen`` is unchanged: work enqueued meanwhile keeps it.

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 from schemas.links import replay_api, replay_command
 from sessionvault.errors import ValidationError
-from storage.pg import translate
+from storage.kube_timeline import Executor, kube_requests, kube_sessions
 
 __all__ = [
     "GROUP_BY",
@@ -27,8 +27,6 @@ __all__ = [
     "kube_timeline",
     "replay_url",
 ]
-
-Executor: TypeAlias = Any  # asyncpg Pool or Connection
 
 GROUP_BY = ("user", "cluster", "session")
 DEFAULT_LIMIT = 10_000
@@ -121,32 +119,6 @@ class Timeline:
     groups: tuple[Group, ...] = field(default=())
 
 
-_REQUESTS_SQL = (
-    "SELECT uid, time, user_name, body->>'kubernetes_cluster' AS cluster,"
-    # The Kubernetes verb and subresource columns (schemas.kube), not Teleport's HTTP method.
-    " verb, kubernetes_subresource AS subresource,"
-    " COALESCE(body->>'resource_kind', '') AS resource,"
-    " COALESCE(body->>'resource_namespace', '') AS namespace,"
-    " COALESCE(body->>'resource_name', '') AS name,"
-    " CASE WHEN jsonb_typeof(body->'response_code') = 'number'"
-    "      THEN (body->>'response_code')::int END AS response_code,"
-    " COALESCE(body->>'request_path', '') AS request_path"
-    " FROM events WHERE tenant = $1 AND event = 'kube.request'"
-    " AND time >= $2 AND time < $3"
-    " AND ($4::text IS NULL OR user_name = $4)"
-    " AND ($5::text[] IS NULL OR body->>'kubernetes_cluster' = ANY($5))"
-    " ORDER BY time, uid LIMIT $6"
-)
-_SESSIONS_SQL = (
-    "SELECT sid, started_at, ended_at, user_name, kubernetes_cluster, duration_ms, exit_code,"
-    " command FROM sessions WHERE tenant = $1 AND kind = 'kube' AND started_at < $3"
-    " AND COALESCE(ended_at, started_at + duration_ms * interval '1 millisecond') >= $2"
-    " AND ($4::text IS NULL OR user_name = $4)"
-    " AND ($5::text[] IS NULL OR kubernetes_cluster = ANY($5))"
-    " ORDER BY started_at, sid LIMIT $6"
-)
-
-
 def _clusters_filter(cluster: str | None, allowed: Collection[str] | None) -> list[str] | None:
     if cluster is not None and allowed and cluster not in allowed:
         # The caller's token may not see this cluster: an empty filter, not an error that
@@ -181,11 +153,8 @@ async def kube_timeline(
     if group_by is not None and group_by not in GROUP_BY:
         raise ValidationError("wrong_type", f"group_by must be one of {', '.join(GROUP_BY)}")
     clusters = _clusters_filter(cluster, allowed_clusters)
-    try:
-        reqs = await db.fetch(_REQUESTS_SQL, tenant, since, until, user, clusters, limit + 1)
-        sess = await db.fetch(_SESSIONS_SQL, tenant, since, until, user, clusters, limit)
-    except Exception as exc:
-        raise translate(exc, "cannot read the kube timeline") from exc
+    reqs = await kube_requests(db, tenant, since, until, user, clusters, limit + 1)
+    sess = await kube_sessions(db, tenant, since, until, user, clusters, limit)
     truncated = len(reqs) > limit
     entries = [
         TimelineEntry(

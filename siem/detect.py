@@ -23,7 +23,7 @@ so it cannot count twice in a correlation window.
 
 Terminal output: sessions recorded as raw bytes carry no command events, so typed commands
 (``curl ... | sh``) are only visible in the rendered output. Between polls the worker takes the
-segmenter's feed (:mod:`siem.output_feed`, rows appended in the segmenter's own transaction),
+segmenter's feed (:mod:`storage.detect_feed`, rows appended in the segmenter's own transaction),
 evaluates the new output lines (``kind: output``), produces their alerts, waits for the acks
 and only then deletes the feed rows (:meth:`DetectWorker.detect_output`). Same guarantee as
 above: at-least-once with deterministic alert uids and times. A failure there gives the rows
@@ -59,8 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
-
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
@@ -75,9 +73,11 @@ from sessionvault.errors import (
 )
 from sessionvault.settings import Settings, require
 from siem.detect_config import parse_business_hours, rule_paths
-from siem.output_feed import FeedBatch, OutputFeed
 from siem.rules import STARTER_DIR, SigmaEngine, load_rules
+from storage import pg
+from storage.detect_feed import FeedBatch, OutputFeed
 from storage.pg_sync import SyncPostgres
+from storage.reader import session_start_ms
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +241,8 @@ class SessionStarts:
         self.lookups += 1
         tenant = self.tenant
 
-        async def fetch(conn: asyncpg.Connection) -> int | None:
-            value = await conn.fetchval(
-                "SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM sessions"
-                " WHERE tenant = $1 AND sid = $2",
-                tenant,
-                sid,
-            )
-            return None if value is None else int(value)
+        async def fetch(conn: pg.Connection) -> int | None:
+            return await session_start_ms(conn, tenant, sid)
 
         try:
             ms = self._db.run("read session start", fetch)
@@ -479,7 +473,7 @@ class DetectWorker:
         return alerts
 
     def detect_output(self, *, max_batches: int = 5) -> int:
-        """Evaluate terminal output segments from the segmenter's feed (:mod:`siem.output_feed`):
+        """Evaluate terminal output segments from the segmenter's feed (:mod:`storage.detect_feed`):
         take rows, evaluate, produce the alerts and wait for their acks, then delete the rows.
         Returns the feed rows done. Never raises and never blocks on a retry: a PostgreSQL or
         Kafka failure gives the rows back and backs off (the Kafka side goes on meanwhile)."""

@@ -84,6 +84,21 @@ async def connect(dsn: str) -> asyncpg.Connection:
         raise translate(exc, "cannot connect to PostgreSQL") from exc
 
 
+async def ensure_database(server_dsn: str, database: str) -> bool:
+    """Create ``database`` on the server ``server_dsn`` (a DSN of its ``postgres`` database)
+    unless it exists; True when it was created."""
+    conn = await connect(server_dsn)
+    try:
+        with map_pg_errors(f"cannot create database {database}"):
+            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                return False
+            quoted = database.replace('"', '""')
+            await conn.execute(f'CREATE DATABASE "{quoted}"')
+            return True
+    finally:
+        await conn.close()
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)

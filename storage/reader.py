@@ -100,6 +100,30 @@ async def get_session(db: Executor, tenant: str, sid: str) -> SessionRecord:
     return SessionRecord.from_row(row)
 
 
+async def session_exists(db: Executor, tenant: str, sid: str) -> bool:
+    """Whether session ``sid`` of ``tenant`` is stored."""
+    try:
+        return bool(
+            await db.fetchval("SELECT 1 FROM sessions WHERE sid = $1 AND tenant = $2", sid, tenant)
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read session {sid}") from exc
+
+
+async def session_start_ms(db: Executor, tenant: str, sid: str) -> int | None:
+    """When session ``sid`` of ``tenant`` started, in ms since the epoch (None: not stored)."""
+    try:
+        value = await db.fetchval(
+            "SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM sessions"
+            " WHERE tenant = $1 AND sid = $2",
+            tenant,
+            sid,
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read session {sid}") from exc
+    return None if value is None else int(value)
+
+
 MIN_SID_PREFIX_CHARS = 4
 """A session may be named by a unique prefix of its id this long or longer (as git does)."""
 _AMBIGUOUS_SHOWN = 5

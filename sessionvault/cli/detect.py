@@ -118,8 +118,8 @@ def _stored_session(settings: Settings, sid: str) -> list[dict[str, Any]]:
     """The records of a stored session of ``settings.tenant`` (events and output lines)."""
     import asyncio
 
-    from siem.output_feed import session_records
     from storage import pg
+    from storage.detect_feed import session_records
 
     require(settings, "postgres_dsn")
 

@@ -82,7 +82,7 @@ def _run_demo(ctx: click.Context, stack: LocalStack) -> None:
     click.echo(f"demo session recorded: {sid}")
     if stack.is_running("worker-persist"):
         _echo("waiting for the persist worker to store it ...")
-        if not stack.wait_for_session(sid, timeout_s=60):
+        if not stack.wait_for_session(_settings(ctx).tenant, sid, timeout_s=60):
             _echo(f"not stored after 60 s; check {stack.logs}/worker-persist.log")
     click.echo(f"replay it with:  sessionvault play {sid}")
 

@@ -26,8 +26,8 @@ from sessionvault.errors import StorageError
 from sessionvault.settings import Settings
 from siem.config import SinkConfig, parse_siem_config
 from siem.detect import DetectWorker
-from siem.output_feed import OutputFeed
 from storage import pg
+from storage.detect_feed import OutputFeed
 from storage.pg_sync import SyncPostgres
 from storage.reader import iter_frames
 from tests.integration.api_support import make_token, serve

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
 
+from storage.pg import Connection, map_pg_errors
 from storage.pg_sync import SyncPostgres
 from storage.search.model import segment_document
 from storage.search.reindex import load_segment_ranges, load_segments, segment_row
@@ -67,16 +67,17 @@ def segment_record(row: Any) -> dict[str, Any]:
 
 
 async def session_records(
-    conn: asyncpg.Connection, tenant: str, sid: str
+    conn: Connection, tenant: str, sid: str
 ) -> list[tuple[int, dict[str, Any]]]:
     """A stored session as the detect worker sees it, for testing rules after the fact:
     (time in microseconds, record) of its audit events and its rendered output lines, in time
     order; only ``tenant``'s (another tenant's sid gives nothing)."""
-    events = await conn.fetch(
-        "SELECT time_us, body::text AS body FROM events WHERE tenant = $1 AND sid = $2",
-        tenant,
-        sid,
-    )
+    with map_pg_errors(f"cannot read session {sid}"):
+        events = await conn.fetch(
+            "SELECT time_us, body::text AS body FROM events WHERE tenant = $1 AND sid = $2",
+            tenant,
+            sid,
+        )
     out: list[tuple[int, dict[str, Any]]] = [
         (int(e["time_us"] or 0), orjson.loads(e["body"])) for e in events
     ]
@@ -106,7 +107,7 @@ class OutputFeed:
         if self._tx is not None:
             raise RuntimeError("take() twice without done()/abort()")
 
-        async def op(conn: asyncpg.Connection) -> FeedBatch | None:
+        async def op(conn: Connection) -> FeedBatch | None:
             tx = conn.transaction()
             await tx.start()
             try:
@@ -143,7 +144,7 @@ class OutputFeed:
         if tx is None:
             raise RuntimeError("done() without take()")
 
-        async def op(conn: asyncpg.Connection) -> None:
+        async def op(conn: Connection) -> None:
             await conn.execute("DELETE FROM detect_feed WHERE id = ANY($1::bigint[])", list(ids))
             await tx.commit()
 
@@ -155,7 +156,7 @@ class OutputFeed:
         if tx is None:
             return
 
-        async def op(_: asyncpg.Connection) -> None:
+        async def op(_: Connection) -> None:
             await tx.rollback()
 
         try:
@@ -166,7 +167,7 @@ class OutputFeed:
     def backlog(self) -> int:
         """Feed rows not yet detected."""
 
-        async def op(conn: asyncpg.Connection) -> int:
+        async def op(conn: Connection) -> int:
             return int(await conn.fetchval("SELECT count(*) FROM detect_feed"))
 
         return self._db.run("count the terminal output feed", op)
