@@ -65,9 +65,9 @@ from typing import Any, TypeVar
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
-from ingest.persist import backoff_ms
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
+from sessionvault.backoff import backoff_ms
 from sessionvault.errors import (
     SearchBackendError,
     StorageError,

@@ -22,18 +22,16 @@ PostgreSQL calls use asyncpg on the event loop.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import DeadLetter, KafkaRuntime
 from schemas.codec import decode_chunk, decode_event
 from sessionvault.errors import DataRejectedError, StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
@@ -71,14 +69,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_GROUP = "persist"
-BACKOFF_BASE_MS = 100
 DICT_REFRESH_S = 60.0
 ABANDON_CHECK_INTERVAL_S = 60.0
-
-
-def backoff_ms(attempt: int, cap_ms: int, *, base_ms: int = BACKOFF_BASE_MS) -> int:
-    """Delay before retry ``attempt`` (1-based): base * 2^(attempt-1), capped."""
-    return int(min(cap_ms, base_ms * 2 ** min(attempt - 1, 30)))
 
 
 @dataclass
@@ -238,10 +230,6 @@ class WorkerStats:
     abandoned: int = 0
 
 
-class _Stopped(Exception):
-    """The stop event was set while waiting to retry: leave without committing."""
-
-
 class PersistWorker:
     """One member of the persist consumer group. Use :meth:`run` (or
     :func:`run_persist_worker`); :meth:`handle_batch` is the per-batch step (also for benches).
@@ -261,51 +249,42 @@ class PersistWorker:
         self.settings = settings
         self.group_id = group_id
         self.stats = WorkerStats()
-        self.health = Health(settings.worker_stall_after_ms / 1000)
-        self._consumer_factory = consumer_factory or (
-            lambda: BatchConsumer(
-                settings, group_id, [settings.topic_chunks, settings.topic_events]
-            )
+        self.rt = KafkaRuntime(
+            settings,
+            name="persist",
+            group_id=group_id,
+            topics=[settings.topic_chunks, settings.topic_events],
+            consumer_factory=consumer_factory,
+            deadletter_factory=deadletter_factory,
+            health=Health(settings.worker_stall_after_ms / 1000),
+            retried=(StorageError, TransportError),
+            on_failure=self._on_failure,
+            logger=log,
         )
-        self._deadletter_factory = deadletter_factory or (
-            lambda: DeadLetterProducer(settings, worker=group_id)
-        )
-        self._connect = connect
+        self.health = self.rt.health
+        self._db = pg.Reconnecting(settings.postgres_dsn.get(), connector=connect)
         self._insert_method = insert_method
-        self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
-        self._consumer: BatchConsumer | None = None
-        self._deadletters: DeadLetterProducer | None = None
         self._next_abandon_check = 0.0
-        self._conn: pg.Connection | None = None
         self._partitions: set[str] | None = None
         self._compressor = Compressor(settings.zstd_level)
         self._dict_checked_at = float("-inf")
-        self._stop = asyncio.Event()
-        self._last_lag: int | None = None
-
-    # -- Kafka on its own thread -------------------------------------------------------------
-
-    async def _kafka(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._kafka_thread, lambda: fn(*args, **kwargs))
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
     async def _connection(self) -> pg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect(self.settings.postgres_dsn.get())
-            self._partitions = None
+        conn = await self._db.get()
         if self._partitions is None:
-            self._partitions = await known_partitions(self._conn)
-        return self._conn
+            self._partitions = await known_partitions(conn)
+        return conn
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:  # already broken; terminate() frees it regardless
-                conn.terminate()
+        self._partitions = None  # re-read on the next connection
+        await self._db.drop()
+
+    async def _on_failure(self, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            await self._drop_connection()
+            self.stats.db_retries += 1
 
     async def _refresh_dictionary(self) -> None:
         """Switch to the newest trained dictionary (checked at most once a minute). Best
@@ -325,49 +304,10 @@ class PersistWorker:
             self._compressor = Compressor(self.settings.zstd_level, latest)
             log.info("persist: using zstd dictionary %d for small payloads", latest.id)
 
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return
-        raise _Stopped
-
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> tuple[T, int]:
-        """Run ``op`` until it succeeds; retriable failures back off exponentially (capped),
-        with one log line per attempt. Returns (result, attempts). Raises _Stopped when the
-        worker is asked to stop while waiting, and DataRejectedError as is."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await op()
-                self.health.succeeded()
-                return result, attempt
-            except DataRejectedError:
-                raise
-            except (StorageError, TransportError) as exc:
-                if isinstance(exc, CommitRejectedError):
-                    raise
-                self.health.failed(what, exc)
-                if isinstance(exc, StorageError):
-                    await self._drop_connection()
-                    self.stats.db_retries += 1
-                cap_s = self.settings.retry_backoff_max_ms / 1000
-                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                # Jitter spreads the reconnect storm of many workers; the cap still holds.
-                delay = min(cap_s, delay * (1 + random.random() * 0.2))
-                # Not retriable (e.g. the schema is missing): still retried, never crashed on,
-                # but logged as an error so an operator looks.
-                level = logging.WARNING if exc.retriable else logging.ERROR
-                log.log(
-                    level,
-                    "persist: %s failed (attempt %d), retrying in %.1fs: %s",
-                    what,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                await self._sleep_or_stop(delay)
+        """:meth:`ingest.runtime.Runtime.retry`; a value PostgreSQL refuses
+        (:class:`DataRejectedError`) propagates at once: the caller isolates the record."""
+        return await self.rt.retry(what, op, passthrough=(DataRejectedError,))
 
     async def _store(self, batch: PreparedBatch) -> StoreResult:
         conn = await self._connection()
@@ -414,7 +354,8 @@ class PersistWorker:
     async def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> BatchReport:
         """Process one polled batch through steps 2-5 of the module invariant.
 
-        Raises _Stopped (internal) if asked to stop while PostgreSQL or Kafka is unreachable;
+        Raises :class:`ingest.runtime.Stopped` if asked to stop while PostgreSQL or Kafka is
+        unreachable;
         the batch is then left uncommitted and will be redelivered.
         """
         t0 = time.monotonic()
@@ -423,24 +364,12 @@ class PersistWorker:
         # Step 3: durable write (returns only once committed in PostgreSQL).
         result, attempts = await self._store_with_retry(batch)
         rejects = sorted(batch.rejects + result.chunks.rejects, key=lambda r: r.ref)
-        # Step 4: dead letters, confirmed.
-        if rejects:
-            await self._retry(
-                "dead-letter delivery", lambda: self._send_deadletters(records, rejects)
-            )
-        # Step 5: offsets, only now.
-        offsets = next_offsets(records)
-        committed = False
-        if commit and offsets:
-            consumer = self._consumer
-            assert consumer is not None
-            try:
-                await self._retry("offset commit", lambda: self._kafka(consumer.commit, offsets))
-                committed = True
-                self.stats.commits += 1
-            except CommitRejectedError as exc:
-                # The writes are durable and idempotent: the partitions' new owner redoes them.
-                log.warning("persist: %s; the batch will be redelivered", exc)
+        # Steps 4 and 5: dead letters, confirmed; then the offsets, only now.
+        done = await self.rt.finish(
+            records, [DeadLetter(r.ref, r.reason, r.message) for r in rejects], commit=commit
+        )
+        offsets, committed = done.offsets, done.committed
+        self.stats.commits += int(committed)
         report = BatchReport(
             records=len(records),
             bytes=sum(r.size for r in records),
@@ -491,37 +420,11 @@ class PersistWorker:
             )
         self.stats.abandoned += len(closed)
 
-    async def _send_deadletters(self, records: Sequence[Record], rejects: Sequence[Reject]) -> None:
-        if self._deadletters is None:
-            self._deadletters = await self._kafka(self._deadletter_factory)
-        dl = self._deadletters
-
-        def send_all() -> int:
-            for r in rejects:
-                rec = records[r.ref]
-                log.warning(
-                    "persist: dead letter %s key=%r reason=%s: %s",
-                    rec.where,
-                    (rec.key or b"")[:64],
-                    r.reason,
-                    r.message,
-                )
-                dl.send(rec, r.reason, r.message)
-            return dl.flush()
-
-        await self._kafka(send_all)
-
     # -- the loop ----------------------------------------------------------------------------
 
     async def lag(self) -> int | None:
         """Records behind the high watermark on this member's partitions (None: unknown)."""
-        if self._consumer is None:
-            return None
-        try:
-            self._last_lag = await self._kafka(self._consumer.lag)
-        except TransportError as exc:
-            log.debug("persist: lag unavailable: %s", exc)
-        return self._last_lag
+        return await self.rt.lag()
 
     async def run(
         self,
@@ -531,61 +434,16 @@ class PersistWorker:
         """Consume until ``stop`` is set. The batch in hand is finished and committed before
         returning (unless PostgreSQL or Kafka is unreachable at that moment: then it is left
         uncommitted, to be redelivered)."""
-        s = self.settings
-        watcher: asyncio.Task[None] | None = None
-        if stop is not None:
-
-            async def relay() -> None:
-                await stop.wait()
-                self._stop.set()
-
-            watcher = asyncio.create_task(relay())
         try:
-            self._consumer = await self._retry_kafka_open()
-            while not self._stop.is_set():
-                try:
-                    records = await self._kafka(
-                        self._consumer.poll_batch,
-                        max_records=s.persist_batch_max_records,
-                        max_bytes=s.persist_batch_max_bytes,
-                        linger_ms=s.persist_linger_ms,
-                        wait_ms=self.settings.worker_poll_wait_ms,
-                    )
-                except TransportError as exc:
-                    log.warning("persist: poll failed: %s", exc)
-                    self.health.failed("polling Kafka", exc)
-                    await self._sleep_or_stop(1.0)
-                    continue
-                if not records:
-                    self.health.progressed()
-                    await self._close_abandoned()
-                    continue
-                report = await self.handle_batch(records)
-                self.health.progressed()
-                if on_batch is not None:
-                    res = on_batch(report)
-                    if inspect.isawaitable(res):
-                        await res
-        except _Stopped:
-            log.info("persist: stopping with an uncommitted batch; it will be redelivered")
+            await self.rt.run(
+                self.handle_batch, stop=stop, on_batch=on_batch, on_idle=self._close_abandoned
+            )
         finally:
-            if watcher is not None:
-                watcher.cancel()
             await self._close()
 
-    async def _retry_kafka_open(self) -> BatchConsumer:
-        consumer, _ = await self._retry(
-            "joining the consumer group", lambda: self._kafka(self._consumer_factory)
-        )
-        return consumer
-
     async def _close(self) -> None:
-        if self._consumer is not None:
-            await self._kafka(self._consumer.close)
-        if self._deadletters is not None:
-            await self._kafka(self._deadletters.close)
+        await self.rt.close()
         await self._drop_connection()
-        self._kafka_thread.shutdown(wait=True)
 
 
 async def run_persist_worker(
@@ -605,7 +463,6 @@ __all__ = [
     "PreparedBatch",
     "StoreResult",
     "WorkerStats",
-    "backoff_ms",
     "prepare_batch",
     "run_persist_worker",
     "store_batch",

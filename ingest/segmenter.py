@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.health import Health
-from ingest.persist import backoff_ms
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk
+from sessionvault.backoff import backoff_ms
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings, require
 from storage import pg

@@ -62,8 +62,8 @@ from typing import Any, Protocol, TypeVar
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
-from ingest.persist import backoff_ms
 from schemas.codec import decode_event, encode_event, validate_event
+from sessionvault.backoff import backoff_ms
 from sessionvault.errors import (
     ConfigError,
     SessionVaultError,

@@ -43,6 +43,7 @@ from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_off
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
 from schemas.codec import decode_event
+from sessionvault.backoff import backoff_ms
 from sessionvault.errors import SessionVaultError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
 from siem.config import HecOptions, RetryPolicy, SinkConfig, SinkFilter
@@ -103,7 +104,7 @@ def split_batches(sizes: Sequence[int], max_events: int, max_bytes: int) -> list
 
 def retry_delay_ms(attempt: int, policy: RetryPolicy) -> int:
     """Delay after failed try ``attempt`` (1-based): base * 2^(attempt-1), capped (pure)."""
-    return int(min(policy.backoff_max_ms, policy.backoff_base_ms * 2 ** min(attempt - 1, 30)))
+    return backoff_ms(attempt, policy.backoff_max_ms, base_ms=policy.backoff_base_ms)
 
 
 def exhausted(attempt: int, policy: RetryPolicy) -> bool:

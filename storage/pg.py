@@ -4,10 +4,11 @@ and in the other storage modules; nothing above storage/ sees a driver exception
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
 from typing import TypeAlias
 
@@ -82,6 +83,49 @@ async def connect(dsn: str) -> asyncpg.Connection:
         return await asyncpg.connect(dsn, timeout=10)
     except Exception as exc:
         raise translate(exc, "cannot connect to PostgreSQL") from exc
+
+
+class Reconnecting:
+    """A worker's one connection: opened on first use, and again after :meth:`drop` (which a
+    worker calls when a statement failed, since the connection may be broken).
+
+    ``on_connect(conn)`` runs on every new connection (LISTEN, caches to rebuild); if it
+    fails, the connection is terminated and the error raised (translated).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connector: Callable[[str], Awaitable[Connection]] = connect,
+        on_connect: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._connect = connector
+        self._on_connect = on_connect
+        self._conn: Connection | None = None
+
+    async def get(self) -> Connection:
+        """The open connection (a new one when there is none or it closed)."""
+        if self._conn is None or self._conn.is_closed():
+            conn = await self._connect(self._dsn)
+            if self._on_connect is not None:
+                try:
+                    await self._on_connect(conn)
+                except Exception as exc:
+                    conn.terminate()
+                    raise translate(exc, "cannot prepare the connection") from exc
+            self._conn = conn
+        return self._conn
+
+    async def drop(self) -> None:
+        """Close the connection (terminate it when a close does not finish in 2 s)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:  # already broken; terminate() frees it regardless
+                conn.terminate()
 
 
 async def ensure_database(server_dsn: str, database: str) -> bool:

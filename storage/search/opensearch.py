@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import orjson
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as oserr
 
+from sessionvault.backoff import jittered_s
 from sessionvault.errors import SearchBackendError, SessionVaultError
 from sessionvault.settings import Settings
 from storage.search import model
@@ -571,14 +571,7 @@ class OpenSearchBackend:
 
 # -- bulk with retry -------------------------------------------------------------------------
 
-BACKOFF_BASE_MS = 100
-
-
-def backoff_s(attempt: int, cap_ms: int) -> float:
-    """Delay before retry ``attempt`` (1-based): 100 ms * 2^(attempt-1), capped, with up to
-    20 % jitter below the cap (spreads the reconnect storm of many workers)."""
-    base = min(cap_ms, BACKOFF_BASE_MS * 2 ** min(attempt - 1, 30)) / 1000
-    return float(min(cap_ms / 1000, base * (1 + random.random() * 0.2)))
+backoff_s = jittered_s  # the one formula (sessionvault.backoff)
 
 
 @dataclass

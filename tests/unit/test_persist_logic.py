@@ -10,7 +10,7 @@ import pytest
 
 from ingest.consumer import Record, next_offsets
 from ingest.deadletter import deadletter_headers, parse_deadletter
-from ingest.persist import backoff_ms, prepare_batch
+from ingest.persist import prepare_batch
 from schemas import (
     GENESIS_HASH,
     AuditEvent,
@@ -21,6 +21,7 @@ from schemas import (
     chain_hash,
     encode_chunk,
 )
+from sessionvault.backoff import backoff_ms
 from sessionvault.errors import ValidationError
 from sessionvault.settings import Settings
 from storage.codec import Compressor, Decompressor

@@ -1,0 +1,369 @@
+"""The worker runtime: what every pipeline stage shares, written once.
+
+A stage is a handler: a function from a polled batch of records to a report, which writes
+durably and returns the dead letters it wants sent. The runtime does the rest, in this order:
+
+1. **poll** a batch (records in offset order per partition) on the runtime's Kafka thread
+   (kafka-python's consumer is not thread-safe; everything else runs on the event loop);
+2. **handle** it (the stage's durable write; its retries go through :meth:`Runtime.retry`);
+3. **dead-letter** the records the stage refused and wait until the broker confirms them
+   (:class:`ingest.deadletter.DeadLetterProducer` bounds every dead letter, so one can always
+   be sent);
+4. **commit** the offsets (last handled + 1 per partition), only now. A commit the group
+   refuses after a rebalance is harmless: writes are idempotent and the new owner redoes
+   them.
+
+Invariant: a record's offset is committed only after its stage's write and its dead letter (if
+any) are durable, so a crash anywhere redelivers, never loses.
+
+Cross-cutting behaviour lives here and only here:
+
+- **retry policy** (:meth:`Runtime.retry`): capped exponential backoff with jitter
+  (:mod:`sessionvault.backoff`, the one formula), one log line per attempt (a warning when the
+  error is retriable, an error when it is not: an operator should look), every attempt reported
+  to the
+  worker's :class:`~ingest.health.Health`, so a worker that cannot progress shows
+  ``STALLED`` in ``status`` instead of looking alive;
+- **graceful stop**: the stop event interrupts every wait; a batch in hand is then left
+  uncommitted (:class:`Stopped`) and redelivered to the next member;
+- **lag reporting** (:meth:`KafkaRuntime.lag`) and the health reports of the loop.
+
+Workers driven by PostgreSQL alone (the segmenter) use :class:`Runtime` for retry, backoff,
+health and stop; Kafka consumers use :class:`KafkaRuntime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.deadletter import DeadLetterProducer
+from ingest.health import Health
+from sessionvault.backoff import jittered_s
+from sessionvault.errors import SessionVaultError, TransportError
+from sessionvault.settings import Settings
+
+T = TypeVar("T")
+
+#: Seconds between polls after a failed poll (the consumer reconnects meanwhile).
+POLL_RETRY_S = 1.0
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting: leave now, without committing the batch in hand."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record a stage refused: ``ref`` indexes the polled batch."""
+
+    ref: int
+    reason: str
+    message: str
+
+
+class Runtime:
+    """Stop, retry, backoff and health of one worker (see the module docstring).
+
+    ``on_failure(exc)`` runs after each failed attempt of :meth:`retry` (drop a broken
+    connection, mark a backend for a readiness check); ``retried`` are the error types retried
+    (others propagate at once).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        health: Health | None = None,
+        retried: tuple[type[SessionVaultError], ...] = (SessionVaultError,),
+        on_failure: Callable[[SessionVaultError], Awaitable[None]] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.health = health or Health(settings.worker_stall_after_ms / 1000)
+        self.retried = retried
+        self.on_failure = on_failure
+        self.log = logger or logging.getLogger(f"ingest.runtime.{name}")
+        self.stop = asyncio.Event()
+        self.retries = 0
+
+    @contextlib.asynccontextmanager
+    async def watching(self, stop: asyncio.Event | None) -> AsyncIterator[None]:
+        """Relay an outside stop event into :attr:`stop` for the duration of the block."""
+        if stop is None:
+            yield
+            return
+
+        async def relay() -> None:
+            await stop.wait()
+            self.stop.set()
+
+        watcher = asyncio.create_task(relay())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    async def sleep_or_stop(self, seconds: float) -> None:
+        """Sleep ``seconds``; raise :class:`Stopped` as soon as the worker is asked to stop."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise Stopped
+
+    async def retry(
+        self,
+        what: str,
+        op: Callable[[], Awaitable[T]],
+        *,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ) -> tuple[T, int]:
+        """Run ``op`` until it succeeds; returns (result, attempts).
+
+        Every failure of a :attr:`retried` type backs off (:func:`jittered_s`) and is reported
+        to :attr:`health`, which turns a failure that lasts into ``STALLED``; a non-retriable
+        one is retried too (the worker must not die on, say, a missing table an operator can
+        create) but logged as an error. ``passthrough`` types, and :class:`CommitRejectedError`,
+        propagate at once. Raises :class:`Stopped` when asked to stop while waiting.
+        """
+        propagate: tuple[type[BaseException], ...] = (*passthrough, CommitRejectedError)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await op()
+                self.health.succeeded()
+                return result, attempt
+            except propagate:
+                raise
+            except self.retried as exc:
+                self.health.failed(what, exc)
+                self.retries += 1
+                if self.on_failure is not None:
+                    await self.on_failure(exc)
+                delay = jittered_s(attempt, self.settings.retry_backoff_max_ms)
+                self.log.log(
+                    logging.WARNING if exc.retriable else logging.ERROR,
+                    "%s: %s failed (attempt %d), retrying in %.1fs: %s",
+                    self.name,
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await self.sleep_or_stop(delay)
+
+
+#: A stage's handler: the polled batch -> (its report, the dead letters it wants sent).
+Handler = Callable[[Sequence[Record]], Awaitable[tuple[T, Sequence[DeadLetter]]]]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What the runtime did after a handler: dead letters sent, offsets, whether committed."""
+
+    dead_letters: int
+    offsets: dict[tuple[str, int], int]
+    committed: bool
+
+
+class KafkaRuntime(Runtime):
+    """:class:`Runtime` plus one consumer-group membership: poll, dead-letter, commit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        group_id: str,
+        topics: Sequence[str],
+        consumer_factory: Callable[[], BatchConsumer] | None = None,
+        deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
+        health: Health | None = None,
+        retried: tuple[type[SessionVaultError], ...] = (SessionVaultError,),
+        on_failure: Callable[[SessionVaultError], Awaitable[None]] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            name=name,
+            health=health,
+            retried=retried,
+            on_failure=on_failure,
+            logger=logger,
+        )
+        self.group_id = group_id
+        self._consumer_factory = consumer_factory or (
+            lambda: BatchConsumer(settings, group_id, list(topics))
+        )
+        self._deadletter_factory = deadletter_factory or (
+            lambda: DeadLetterProducer(settings, worker=group_id)
+        )
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
+        self.consumer: BatchConsumer | None = None
+        self._deadletters: DeadLetterProducer | None = None
+        self.commits = 0
+        self._last_lag: int | None = None
+
+    async def kafka(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a Kafka client call on the runtime's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
+
+    async def open(self) -> BatchConsumer:
+        """Join the consumer group (retried until it works or the worker stops)."""
+        if self.consumer is not None:
+            return self.consumer
+        opened, _ = await self.retry(
+            "joining the consumer group", lambda: self.kafka(self._consumer_factory)
+        )
+        self.consumer = opened
+        return opened
+
+    async def poll(self) -> list[Record]:
+        """One bounded batch (the settings' batch limits); [] when none came or the poll failed
+        (reported to health, then a pause)."""
+        consumer = await self.open()
+        s = self.settings
+        try:
+            return await self.kafka(
+                consumer.poll_batch,
+                max_records=s.persist_batch_max_records,
+                max_bytes=s.persist_batch_max_bytes,
+                linger_ms=s.persist_linger_ms,
+                wait_ms=s.worker_poll_wait_ms,
+            )
+        except TransportError as exc:
+            self.log.warning("%s: poll failed: %s", self.name, exc)
+            self.health.failed("polling Kafka", exc)
+            await self.sleep_or_stop(POLL_RETRY_S)
+            return []
+
+    async def send_deadletters(
+        self, records: Sequence[Record], letters: Sequence[DeadLetter]
+    ) -> None:
+        """Send ``letters`` and wait for the broker's confirmation (retried)."""
+        if not letters:
+            return
+
+        async def send() -> None:
+            if self._deadletters is None:
+                self._deadletters = await self.kafka(self._deadletter_factory)
+            dl = self._deadletters
+
+            def send_all() -> int:
+                for letter in letters:
+                    rec = records[letter.ref]
+                    self.log.warning(
+                        "%s: dead letter %s key=%r reason=%s: %s",
+                        self.name,
+                        rec.where,
+                        (rec.key or b"")[:64],
+                        letter.reason,
+                        letter.message[:300],
+                    )
+                    dl.send(rec, letter.reason, letter.message)
+                return dl.flush()
+
+            await self.kafka(send_all)
+
+        await self.retry("dead-letter delivery", send)
+
+    async def commit(self, records: Sequence[Record]) -> tuple[dict[tuple[str, int], int], bool]:
+        """Commit the offsets after ``records`` (retried); (offsets, whether committed: False
+        when the group refused it after a rebalance, and the batch will be redelivered)."""
+        offsets = next_offsets(records)
+        if not offsets:
+            return offsets, False
+        consumer = await self.open()
+        try:
+            await self.retry("offset commit", lambda: self.kafka(consumer.commit, offsets))
+        except CommitRejectedError as exc:
+            self.log.warning("%s: %s; the batch will be redelivered", self.name, exc)
+            return offsets, False
+        self.commits += 1
+        return offsets, True
+
+    async def finish(
+        self, records: Sequence[Record], letters: Sequence[DeadLetter], *, commit: bool = True
+    ) -> Committed:
+        """Steps 3 and 4 of the module docstring for a handled batch."""
+        await self.send_deadletters(records, letters)
+        if not commit:
+            return Committed(len(letters), next_offsets(records), False)
+        offsets, committed = await self.commit(records)
+        return Committed(len(letters), offsets, committed)
+
+    async def lag(self) -> int | None:
+        """Records behind the high watermark on this member's partitions (None: unknown)."""
+        if self.consumer is None:
+            return None
+        try:
+            self._last_lag = await self.kafka(self.consumer.lag)
+        except TransportError as exc:
+            self.log.debug("%s: lag unavailable: %s", self.name, exc)
+        return self._last_lag
+
+    async def run(
+        self,
+        handle: Callable[[Sequence[Record]], Awaitable[T]],
+        *,
+        stop: asyncio.Event | None = None,
+        on_batch: Callable[[T], object] | None = None,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
+        on_start: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Poll and handle until stopped. ``handle`` is the stage's whole batch step (it calls
+        :meth:`finish`); ``on_idle`` runs after a poll that found nothing. A stop while a batch
+        is in hand leaves it uncommitted (redelivered)."""
+        async with self.watching(stop):
+            try:
+                await self.open()
+                if on_start is not None:
+                    await on_start()
+                while not self.stop.is_set():
+                    records = await self.poll()
+                    if not records:
+                        self.health.progressed()
+                        if on_idle is not None:
+                            await on_idle()
+                        continue
+                    report = await handle(records)
+                    self.health.progressed()
+                    if on_batch is not None:
+                        res = on_batch(report)
+                        if inspect.isawaitable(res):
+                            await res
+            except Stopped:
+                self.log.info("%s: stopping with an uncommitted batch; it will be redelivered",
+                              self.name)  # fmt: skip
+
+    async def close(self) -> None:
+        """Leave the group and close the dead-letter producer and the Kafka thread."""
+        if self.consumer is not None:
+            await self.kafka(self.consumer.close)
+            self.consumer = None
+        if self._deadletters is not None:
+            await self.kafka(self._deadletters.close)
+            self._deadletters = None
+        self._thread.shutdown(wait=True)
+
+
+__all__ = [
+    "Committed",
+    "DeadLetter",
+    "Handler",
+    "KafkaRuntime",
+    "Runtime",
+    "Stopped",
+]
