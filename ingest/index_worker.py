@@ -52,19 +52,18 @@ PostgreSQL uses asyncpg on the event loop; OpenSearch calls run in worker thread
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import DeadLetter, KafkaRuntime
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.backoff import backoff_ms
@@ -145,10 +144,6 @@ class _Look:
     unrendered: list[int]
 
 
-class _Stopped(Exception):
-    """The stop event was set while waiting: leave without committing."""
-
-
 @dataclass
 class _Parsed:
     events: dict[tuple[str, str, datetime], int] = field(default_factory=dict)  # key -> ref
@@ -206,25 +201,24 @@ class IndexWorker:
         self.persist_group = persist_group
         self.prefix = prefix = prefix or settings.opensearch_index_prefix
         self.stats = IndexStats()
-        self.health = Health(settings.worker_stall_after_ms / 1000)
         self.max_bulk_bytes = max_bulk_bytes
-        self._consumer_factory = consumer_factory or (
-            lambda: BatchConsumer(
-                settings, group_id, [settings.topic_chunks, settings.topic_events]
-            )
+        self.rt = KafkaRuntime(
+            settings,
+            name="index",
+            group_id=group_id,
+            topics=[settings.topic_chunks, settings.topic_events],
+            consumer_factory=consumer_factory,
+            deadletter_factory=deadletter_factory,
+            health=Health(settings.worker_stall_after_ms / 1000),
+            retried=(StorageError, TransportError, SearchBackendError),
+            on_failure=self._on_failure,
+            logger=log,
         )
-        self._deadletter_factory = deadletter_factory or (
-            lambda: DeadLetterProducer(settings, worker=group_id)
-        )
+        self.health = self.rt.health
         self.store = (
             store_factory or (lambda: OpenSearchStore(settings.opensearch_url, prefix=prefix))
         )()
-        self._connect = connect
-        self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
-        self._consumer: BatchConsumer | None = None
-        self._deadletters: DeadLetterProducer | None = None
-        self._conn: pg.Connection | None = None
-        self._stop = asyncio.Event()
+        self._db = pg.Reconnecting(settings.postgres_dsn.get(), connector=connect)
         self._ready = False
         self._ready_checked = float("-inf")
         self._known_indices: set[str] = set()
@@ -232,60 +226,28 @@ class IndexWorker:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _kafka(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._kafka_thread, lambda: fn(*args))
-
     async def _connection(self) -> pg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect(self.settings.postgres_dsn.get())
-        return self._conn
+        return await self._db.get()
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:  # already broken; terminate() frees it regardless
-                conn.terminate()
+        await self._db.drop()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return
-        raise _Stopped
+        await self.rt.sleep_or_stop(seconds)
+
+    async def _on_failure(self, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            await self._drop_connection()
+        if isinstance(exc, SearchBackendError):
+            self.stats.os_retries += 1
+            self._ready = False  # check templates and completeness again before the next bulk
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` until it succeeds (PostgreSQL, Kafka or OpenSearch unreachable: back
-        off, capped); raises _Stopped when asked to stop while waiting."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await op()
-                self.health.succeeded()
-                return result
-            except (StorageError, TransportError, SearchBackendError) as exc:
-                if isinstance(exc, CommitRejectedError):
-                    raise
-                self.health.failed(what, exc)
-                if isinstance(exc, StorageError):
-                    await self._drop_connection()
-                if isinstance(exc, SearchBackendError):
-                    self.stats.os_retries += 1
-                    self._ready = False
-                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                level = logging.WARNING if exc.retriable else logging.ERROR
-                log.log(
-                    level,
-                    "index: %s failed (attempt %d), retrying in %.1fs: %s",
-                    what,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                await self._sleep_or_stop(delay)
+        """:meth:`ingest.runtime.Runtime.retry` (PostgreSQL, Kafka or OpenSearch unreachable:
+        back off, capped); raises :class:`~ingest.runtime.Stopped` when asked to stop while
+        waiting."""
+        result, _ = await self.rt.retry(what, op)
+        return result
 
     # -- OpenSearch readiness ----------------------------------------------------------------
 
@@ -381,7 +343,7 @@ class IndexWorker:
             look = await self._look(parsed)
             committed: dict[tuple[str, int], int] = {}
             if look.missing:
-                committed = await self._kafka(self._persist_committed)
+                committed = await self.rt.kafka(self._persist_committed)
                 look = await self._look(parsed)
             behind = [
                 ref
@@ -551,23 +513,15 @@ class IndexWorker:
                     lambda: asyncio.to_thread(self.store.note_indices, written),
                 )
                 self._known_indices |= written
-        if rejects:
-            await self._retry(
-                "dead-letter delivery", lambda: self._send_deadletters(records, rejects)
-            )
+        letters = [
+            DeadLetter(ref, "index_rejected", "OpenSearch refused: " + "; ".join(reasons))
+            for ref, reasons in sorted(rejects.items())
+        ]
         for (tenant, sid), nxt in cursors.items():
             self._remember(tenant, sid, nxt)
-        offsets = next_offsets(records)
-        committed = False
-        if commit and offsets:
-            consumer = self._consumer
-            assert consumer is not None
-            try:
-                await self._retry("offset commit", lambda: self._kafka(consumer.commit, offsets))
-                committed = True
-                self.stats.commits += 1
-            except CommitRejectedError as exc:
-                log.warning("index: %s; the batch will be redelivered", exc)
+        done_batch = await self.rt.finish(records, letters, commit=commit)
+        offsets, committed = done_batch.offsets, done_batch.committed
+        self.stats.commits += int(committed)
         if committed:
             await self._clear_pending(offsets)
         report = IndexBatchReport(
@@ -603,25 +557,6 @@ class IndexWorker:
             log.warning("index: search watermark not moved yet: %s", exc)
             await self._drop_connection()
 
-    async def _send_deadletters(
-        self, records: Sequence[Record], rejects: dict[int, list[str]]
-    ) -> None:
-        if self._deadletters is None:
-            self._deadletters = await self._kafka(self._deadletter_factory)
-        dl = self._deadletters
-
-        def send_all() -> int:
-            for ref, reasons in sorted(rejects.items()):
-                rec = records[ref]
-                message = "OpenSearch refused: " + "; ".join(reasons)
-                log.warning(
-                    "index: dead letter %s reason=index_rejected: %s", rec.where, message[:300]
-                )
-                dl.send(rec, "index_rejected", message)
-            return dl.flush()
-
-        await self._kafka(send_all)
-
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(
@@ -630,58 +565,16 @@ class IndexWorker:
         on_batch: Callable[[IndexBatchReport], object] | None = None,
     ) -> None:
         """Consume until ``stop`` is set (see the module docstring for guarantees)."""
-        s = self.settings
-        watcher: asyncio.Task[None] | None = None
-        if stop is not None:
-
-            async def relay() -> None:
-                await stop.wait()
-                self._stop.set()
-
-            watcher = asyncio.create_task(relay())
         try:
-            self._consumer = await self._retry(
-                "joining the consumer group", lambda: self._kafka(self._consumer_factory)
+            await self.rt.run(
+                self.handle_batch, stop=stop, on_batch=on_batch, on_start=self._ensure_ready
             )
-            await self._ensure_ready()
-            while not self._stop.is_set():
-                try:
-                    records = await self._kafka(
-                        lambda: self._consumer.poll_batch(  # type: ignore[union-attr]
-                            max_records=s.persist_batch_max_records,
-                            max_bytes=s.persist_batch_max_bytes,
-                            linger_ms=s.persist_linger_ms,
-                            wait_ms=self.settings.worker_poll_wait_ms,
-                        )
-                    )
-                except TransportError as exc:
-                    log.warning("index: poll failed: %s", exc)
-                    self.health.failed("polling Kafka", exc)
-                    await self._sleep_or_stop(1.0)
-                    continue
-                if not records:
-                    self.health.progressed()
-                    continue
-                report = await self.handle_batch(records)
-                self.health.progressed()
-                if on_batch is not None:
-                    res = on_batch(report)
-                    if inspect.isawaitable(res):
-                        await res
-        except _Stopped:
-            log.info("index: stopping with an uncommitted batch; it will be redelivered")
         finally:
-            if watcher is not None:
-                watcher.cancel()
             await self._close()
 
     async def _close(self) -> None:
-        if self._consumer is not None:
-            await self._kafka(self._consumer.close)
-        if self._deadletters is not None:
-            await self._kafka(self._deadletters.close)
+        await self.rt.close()
         await self._drop_connection()
-        self._kafka_thread.shutdown(wait=True)
         self.store.close()
 
 
