@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.health import Health
+from ingest.runtime import Runtime, Stopped
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk
-from sessionvault.backoff import backoff_ms
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings, require
 from storage import pg
@@ -95,10 +95,6 @@ class SessionStep:
     locked: bool = False
 
 
-class _Stopped(Exception):
-    """The stop event was set while waiting to retry."""
-
-
 class Segmenter:
     """Renders queued sessions' chunks into ``text_segments``; see the module docstring.
 
@@ -121,38 +117,40 @@ class Segmenter:
         self.sessions_per_round = sessions_per_round
         self.poll_s = poll_s
         self.stats = SegmenterStats()
-        self.health = Health(settings.worker_stall_after_ms / 1000)
-        self._connect = connect
-        self._conn: pg.Connection | None = None
+        self.rt = Runtime(
+            settings,
+            name="segmenter",
+            health=Health(settings.worker_stall_after_ms / 1000),
+            retried=(StorageError,),
+            on_failure=self._on_failure,
+            logger=log,
+        )
+        self.health = self.rt.health
+        self._db = pg.Reconnecting(
+            settings.postgres_dsn.get(), connector=connect, on_connect=self._listen
+        )
         self._decompressor = Decompressor()
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
     def _notified(self, *_: Any) -> None:
         self._wake.set()
 
+    async def _listen(self, conn: pg.Connection) -> None:
+        await conn.add_listener(SEGMENT_CHANNEL, self._notified)
+        # Work may have been enqueued while we were not listening.
+        self._wake.set()
+
     async def _connection(self) -> pg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            conn = await self._connect(self.settings.postgres_dsn.get())
-            try:
-                await conn.add_listener(SEGMENT_CHANNEL, self._notified)
-            except Exception as exc:
-                conn.terminate()
-                raise translate(exc, f"cannot LISTEN {SEGMENT_CHANNEL}") from exc
-            self._conn = conn
-            # Work may have been enqueued while we were not listening.
-            self._wake.set()
-        return self._conn
+        return await self._db.get()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:  # already broken; terminate() frees it regardless
-                conn.terminate()
+        await self._db.drop()
+
+    async def _on_failure(self, exc: Exception) -> None:
+        self.stats.db_retries += 1
+        await self.close()
 
     async def _payload(self, conn: pg.Connection, chunk: store.StoredChunk) -> bytes:
         dict_id = chunk.dict_id
@@ -280,16 +278,9 @@ class Segmenter:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return
-        raise _Stopped
-
     async def _wait_for_work(self) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())
-        stopper = asyncio.ensure_future(self._stop.wait())
+        stopper = asyncio.ensure_future(self.rt.stop.wait())
         try:
             await asyncio.wait(
                 {waiter, stopper}, timeout=self.poll_s, return_when="FIRST_COMPLETED"
@@ -304,48 +295,20 @@ class Segmenter:
         on_round: Callable[[SegmenterStats], object] | None = None,
     ) -> None:
         """Render queued sessions until ``stop`` is set. PostgreSQL unreachable: retry with
-        capped exponential backoff, never crash."""
-        watcher: asyncio.Task[None] | None = None
-        if stop is not None:
-
-            async def relay() -> None:
-                await stop.wait()
-                self._stop.set()
-
-            watcher = asyncio.create_task(relay())
-        attempt = 0
+        capped exponential backoff (:meth:`ingest.runtime.Runtime.retry`), never crash."""
         try:
-            while not self._stop.is_set():
-                self._wake.clear()
-                try:
-                    _, remaining = await self.step()
-                    attempt = 0
+            async with self.rt.watching(stop):
+                while not self.rt.stop.is_set():
+                    self._wake.clear()
+                    (_, remaining), _ = await self.rt.retry("rendering queued sessions", self.step)
                     self.health.progressed()
-                except StorageError as exc:
-                    attempt += 1
-                    self.health.failed("rendering queued sessions", exc)
-                    self.stats.db_retries += 1
-                    await self.close()
-                    delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                    level = logging.WARNING if exc.retriable else logging.ERROR
-                    log.log(
-                        level,
-                        "segmenter: round failed (attempt %d), retrying in %.1fs: %s",
-                        attempt,
-                        delay,
-                        exc,
-                    )
-                    await self._sleep_or_stop(delay)
-                    continue
-                if on_round is not None:
-                    on_round(self.stats)
-                if not remaining:
-                    await self._wait_for_work()
-        except _Stopped:
+                    if on_round is not None:
+                        on_round(self.stats)
+                    if not remaining:
+                        await self._wait_for_work()
+        except Stopped:
             pass
         finally:
-            if watcher is not None:
-                watcher.cancel()
             await self.close()
 
 
