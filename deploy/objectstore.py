@@ -246,12 +246,13 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         head = method == "HEAD"
         try:
-            getattr(self, "_do_" + method.lower())()
-        except S3Error as err:
-            if method in ("PUT", "POST"):
-                self.close_connection = True  # the body may be unread
-            self._error(err, head=head)
-        except (BrokenPipeError, ConnectionResetError):
+            try:
+                getattr(self, "_do_" + method.lower())()
+            except S3Error as err:
+                if method in ("PUT", "POST"):
+                    self.close_connection = True  # the body may be unread
+                self._error(err, head=head)
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone: nobody to answer
             self.close_connection = True
 
     def do_GET(self) -> None:
