@@ -27,7 +27,7 @@ from bench._common import MIB, Figure, bench_main, best_of
 from bench.compression import MB, zstd_speed
 from bench.corpus import Corpus, build_corpus, session_frames
 from bench.servers import BatchLog, BenchStack, WorkerProcess, bench_stack, group_lag
-from ingest.batching import BatchLimits, ChunkBuilder
+from ingest.batching import ChunkBuilder, ChunkLimits
 from ingest.consumer import Record
 from ingest.kafka import make_producer
 from ingest.persist import prepare_batch
@@ -70,7 +70,7 @@ def session_chunks(
             command="bash",
             term="xterm-256color",
         ),
-        BatchLimits(max_bytes, 10**9 if linger_ms is None else linger_ms),
+        ChunkLimits(max_bytes, 10**9 if linger_ms is None else linger_ms),
         clock=lambda: start,
     )
     yield builder.open()

@@ -31,6 +31,7 @@ from bench.servers import bench_stack
 from deploy.stack import free_port
 from ingest.consumer import Record
 from ingest.kafka import make_producer
+from ingest.runtime import run_blocking
 from ingest.topics import ensure_topics
 from schemas import encode_event
 from sessionvault.settings import Settings
@@ -270,7 +271,10 @@ def measure(
                 stop.set()
 
         stop = threading.Event()
-        t = threading.Thread(target=worker.run, kwargs={"stop": stop, "on_batch": on_batch})
+        t = threading.Thread(
+            target=run_blocking,
+            args=(lambda ev: worker.run(stop=ev, on_batch=on_batch), stop),
+        )
         t.start()
         t.join(timeout=600)
         if len(marks) >= 2 and worker.stats.delivered == n:
@@ -311,7 +315,7 @@ def measure(
             s, cfg2, state_home=Path(tempfile.mkdtemp()), on_delivered=on_delivered
         )
         stop2 = threading.Event()
-        t2_ = threading.Thread(target=worker2.run, kwargs={"stop": stop2})
+        t2_ = threading.Thread(target=run_blocking, args=(lambda ev: worker2.run(stop=ev), stop2))
         t2_.start()
         # Catch up on the throughput events first; measure only the paced ones.
         deadline = time.monotonic() + 300

@@ -32,7 +32,7 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
-class BatchLimits:
+class ChunkLimits:
     """When to cut a chunk: ``max_bytes`` of cost, or ``linger_ms`` after the first frame."""
 
     max_bytes: int
@@ -57,7 +57,7 @@ class ChunkBuilder:
         tenant: str,
         sid: str,
         info: SessionInfo,
-        limits: BatchLimits,
+        limits: ChunkLimits,
         *,
         clock: Clock = time.monotonic,
     ) -> None:

@@ -191,6 +191,34 @@ class BatchConsumer:
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, "read lag") from exc
 
+    def hold(self) -> None:
+        """Pause every assigned partition and poll (fetching nothing), which keeps this member
+        in its group while the worker waits to retry (``max_poll_interval_ms``). A record
+        fetched anyway (new partitions after a rebalance) is put back by seeking to it, so
+        nothing is skipped. Best effort: a failure here shows up at the commit."""
+        c = self._consumer
+        try:
+            assigned = c.assignment()
+            if assigned:
+                c.pause(*assigned)
+            got = c.poll(timeout_ms=0, max_records=1)
+            for tp, msgs in got.items():
+                if msgs:
+                    c.seek(tp, msgs[0].offset)
+                c.pause(tp)
+        except Exception as exc:  # kafka-python errors: the commit will tell; keep retrying
+            log.debug("keepalive poll of %s failed: %s", self.group_id, exc)
+
+    def release(self) -> None:
+        """Resume the partitions :meth:`hold` paused."""
+        c = self._consumer
+        try:
+            paused = c.paused()
+            if paused:
+                c.resume(*paused)
+        except Exception as exc:
+            log.debug("resume of %s failed: %s", self.group_id, exc)
+
     def assignment(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 

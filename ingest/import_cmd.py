@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from ingest.batching import BatchLimits, ChunkBuilder
+from ingest.batching import ChunkBuilder, ChunkLimits
 from ingest.importers import SESSION_FORMATS, Recording, load_recording
 from schemas.codec import encode_chunk, encode_event, validate_event
 from schemas.models import Chunk
@@ -75,7 +75,7 @@ class ImportResult:
 def recording_chunks(rec: Recording, *, tenant: str, max_bytes: int) -> Iterator[Chunk]:
     """The hash-chained chunks of ``rec``: chunk 0 with its info, frames at their own offsets,
     a final chunk with the exit code. Pure and deterministic."""
-    builder = ChunkBuilder(tenant, rec.sid, rec.info, BatchLimits(max_bytes, 0), clock=lambda: 0.0)
+    builder = ChunkBuilder(tenant, rec.sid, rec.info, ChunkLimits(max_bytes, 0), clock=lambda: 0.0)
     yield builder.open()
     for frame in rec.frames:
         # linger is irrelevant here (now is fixed): chunks are cut by size only.

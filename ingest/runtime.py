@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,10 +55,33 @@ T = TypeVar("T")
 
 #: Seconds between polls after a failed poll (the consumer reconnects meanwhile).
 POLL_RETRY_S = 1.0
+#: Longest single sleep while waiting to retry: the consumer is polled (kept in its group)
+#: at least this often.
+KEEPALIVE_S = 1.0
 
 
 class Stopped(Exception):
     """The stop event was set while waiting: leave now, without committing the batch in hand."""
+
+
+@dataclass(frozen=True, slots=True)
+class PollLimits:
+    """How a poll gathers a batch: up to ``max_records`` / ``max_bytes``, lingering
+    ``linger_ms`` after the first record, waiting ``wait_ms`` for one."""
+
+    max_records: int
+    max_bytes: int
+    linger_ms: int
+    wait_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollLimits:
+        return cls(
+            settings.persist_batch_max_records,
+            settings.persist_batch_max_bytes,
+            settings.persist_linger_ms,
+            settings.worker_poll_wait_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +217,9 @@ class KafkaRuntime(Runtime):
         retried: tuple[type[SessionVaultError], ...] = (SessionVaultError,),
         on_failure: Callable[[SessionVaultError], Awaitable[None]] | None = None,
         logger: logging.Logger | None = None,
+        limits: PollLimits | None = None,
     ) -> None:
+        self.limits = limits or PollLimits.from_settings(settings)
         super().__init__(
             settings,
             name=name,
@@ -215,6 +241,21 @@ class KafkaRuntime(Runtime):
         self.commits = 0
         self._last_lag: int | None = None
 
+    async def sleep_or_stop(self, seconds: float) -> None:
+        """:meth:`Runtime.sleep_or_stop`, keeping the consumer in its group meanwhile (its
+        partitions paused, so nothing is fetched ahead): a long retry does not cost the
+        member its partitions."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            if self.consumer is not None:
+                await self.kafka(self.consumer.hold)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await super().sleep_or_stop(min(left, KEEPALIVE_S))
+        if self.stop.is_set():
+            raise Stopped
+
     async def kafka(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a Kafka client call on the runtime's own thread."""
         loop = asyncio.get_running_loop()
@@ -234,15 +275,19 @@ class KafkaRuntime(Runtime):
         """One bounded batch (the settings' batch limits); [] when none came or the poll failed
         (reported to health, then a pause)."""
         consumer = await self.open()
-        s = self.settings
-        try:
-            return await self.kafka(
-                consumer.poll_batch,
-                max_records=s.persist_batch_max_records,
-                max_bytes=s.persist_batch_max_bytes,
-                linger_ms=s.persist_linger_ms,
-                wait_ms=s.worker_poll_wait_ms,
+        lim = self.limits
+
+        def poll() -> list[Record]:
+            consumer.release()  # a wait to retry paused the partitions
+            return consumer.poll_batch(
+                max_records=lim.max_records,
+                max_bytes=lim.max_bytes,
+                linger_ms=lim.linger_ms,
+                wait_ms=lim.wait_ms,
             )
+
+        try:
+            return await self.kafka(poll)
         except TransportError as exc:
             self.log.warning("%s: poll failed: %s", self.name, exc)
             self.health.failed("polling Kafka", exc)
@@ -359,11 +404,39 @@ class KafkaRuntime(Runtime):
         self._thread.shutdown(wait=True)
 
 
+def run_blocking(main: Callable[[asyncio.Event], Awaitable[None]], stop: threading.Event) -> None:
+    """Run an async worker, ``main(stop_event)``, in this thread until ``stop`` (a
+    :class:`threading.Event`) is set: for callers that run workers in threads (tests,
+    benches). The worker shell of the CLI stops workers on SIGTERM/SIGINT instead."""
+
+    async def bridge() -> None:
+        astop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                if stop.wait(0.5):
+                    loop.call_soon_threadsafe(astop.set)
+                    return
+
+        threading.Thread(target=watch, name="sv-stop-bridge", daemon=True).start()
+        try:
+            await main(astop)
+        finally:
+            done.set()
+
+    asyncio.run(bridge())
+
+
 __all__ = [
+    "KEEPALIVE_S",
     "Committed",
     "DeadLetter",
     "Handler",
     "KafkaRuntime",
+    "PollLimits",
     "Runtime",
     "Stopped",
+    "run_blocking",
 ]

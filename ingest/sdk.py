@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ingest.batching import BatchLimits, ChunkBuilder, Clock
+from ingest.batching import ChunkBuilder, ChunkLimits, Clock
 from ingest.spool import (
     Spool,
     SpoolRecord,
@@ -450,7 +450,7 @@ class SessionRecorder:
             settings.tenant,
             self.sid,
             info,
-            BatchLimits(settings.chunk_max_bytes, settings.chunk_linger_ms),
+            ChunkLimits(settings.chunk_max_bytes, settings.chunk_linger_ms),
             clock=clock,
         )
         with self._lock:

@@ -78,7 +78,7 @@ class SinkFilter:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchLimits:
+class DeliveryLimits:
     """A delivery holds at most ``max_events`` events and ``max_bytes`` encoded bytes; the
     worker waits up to ``linger_ms`` after the first event for more."""
 
@@ -165,7 +165,7 @@ class SinkConfig:
     format: str
     options: SinkOptions
     filter: SinkFilter = field(default_factory=SinkFilter)
-    batch: BatchLimits = field(default_factory=BatchLimits)
+    batch: DeliveryLimits = field(default_factory=DeliveryLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
@@ -470,7 +470,7 @@ def _parse_sink(
             exclude_types=f.strs("exclude_types"),
             include_output=f.bool_("include_output", False),
         ),
-        batch=BatchLimits(
+        batch=DeliveryLimits(
             max_events=b.int_("max_events", 500, minimum=1),
             max_bytes=b.int_("max_bytes", 1024 * 1024, minimum=1024),
             linger_ms=b.int_("linger_ms", 200),
@@ -481,7 +481,7 @@ def _parse_sink(
 
 __all__ = [
     "GROUP_PREFIX",
-    "BatchLimits",
+    "DeliveryLimits",
     "HecOptions",
     "JsonlOptions",
     "RetryPolicy",

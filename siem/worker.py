@@ -23,28 +23,30 @@ While a sub-batch waits to be retried, the consumer's partitions are paused and 
 polling, so the group does not evict it (``max_poll_interval_ms``) and nothing is fetched
 ahead.
 
-The worker is synchronous and runs in one thread (kafka-python's consumer is not
-thread-safe); :meth:`SinkWorker.run` returns when its ``stop`` event is set. It never logs
-event bodies.
+The worker runs on the worker runtime (:mod:`ingest.runtime`: Kafka calls on its own
+thread, the sink's blocking calls in a worker thread, one at a time, everything else on the
+event loop); :meth:`SinkWorker.run` returns when its ``stop`` event is set. It never logs event
+bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import DeadLetter, KafkaRuntime, PollLimits
 from schemas.codec import decode_event
 from sessionvault.backoff import backoff_ms
-from sessionvault.errors import SessionVaultError, TransportError, ValidationError
+from sessionvault.errors import TransportError, ValidationError
 from sessionvault.settings import Settings, require
 from siem.config import HecOptions, RetryPolicy, SinkConfig, SinkFilter
 from siem.sinks.base import FormatError, Sink, SinkError, SinkRejectedError
@@ -56,9 +58,6 @@ T = TypeVar("T")
 
 FETCH_MAX_WAIT_MS = 50
 STATE_EVERY_S = 1.0
-#: Longest single sleep while waiting to retry: the consumer is polled (kept in its group)
-#: at least this often.
-KEEPALIVE_S = 1.0
 
 R_SINK_UNAVAILABLE = "sink_unavailable"
 R_SINK_REJECTED = "sink_rejected"
@@ -162,40 +161,6 @@ class _Reject:
     message: str
 
 
-class _Stopped(Exception):
-    """Stop was requested while waiting to retry: leave without committing."""
-
-
-class SinkConsumer(BatchConsumer):
-    """A :class:`BatchConsumer` that can hold its place while a batch is being retried."""
-
-    def hold(self) -> None:
-        """Pause every assigned partition and poll (fetching nothing), which keeps this member
-        in its group. A record fetched anyway (new partitions after a rebalance) is put back
-        by seeking to it, so nothing is skipped."""
-        c = self._consumer
-        try:
-            assigned = c.assignment()
-            if assigned:
-                c.pause(*assigned)
-            got = c.poll(timeout_ms=0, max_records=1)
-            for tp, msgs in got.items():
-                if msgs:
-                    c.seek(tp, msgs[0].offset)
-                c.pause(tp)
-        except Exception as exc:  # kafka-python errors: the commit will tell; keep retrying
-            log.debug("siem: keepalive poll of %s failed: %s", self.group_id, exc)
-
-    def release(self) -> None:
-        c = self._consumer
-        try:
-            paused = c.paused()
-            if paused:
-                c.resume(*paused)
-        except Exception as exc:
-            log.debug("siem: resume of %s failed: %s", self.group_id, exc)
-
-
 # --- the worker -----------------------------------------------------------------------------
 
 
@@ -208,7 +173,7 @@ class SinkWorker:
         config: SinkConfig,
         *,
         sink: Sink | None = None,
-        consumer_factory: Callable[[], SinkConsumer] | None = None,
+        consumer_factory: Callable[[], BatchConsumer] | None = None,
         deadletter_factory: Callable[[], DeadLetterProducer] | None = None,
         topics: Sequence[str] | None = None,
         state_home: Path | None = None,
@@ -223,7 +188,7 @@ class SinkWorker:
         self._sink = sink
         topics = list(topics or [settings.topic_events])
         self._consumer_factory = consumer_factory or (
-            lambda: SinkConsumer(
+            lambda: BatchConsumer(
                 settings,
                 config.group_id,
                 topics,
@@ -233,15 +198,22 @@ class SinkWorker:
                 max_poll_interval_ms=max_poll_interval_ms(config, settings),
             )
         )
-        self._deadletter_factory = deadletter_factory or (
-            lambda: DeadLetterProducer(settings, worker=config.group_id)
+        b = config.batch
+        self.rt = KafkaRuntime(
+            settings,
+            name=f"siem[{config.name}]",
+            group_id=config.group_id,
+            topics=topics,
+            consumer_factory=self._consumer_factory,
+            deadletter_factory=deadletter_factory,
+            health=self.health,
+            retried=(TransportError,),
+            logger=log,
+            limits=PollLimits(b.max_events, b.max_bytes, b.linger_ms, settings.worker_poll_wait_ms),
         )
-        self._consumer: SinkConsumer | None = None
-        self._deadletters: DeadLetterProducer | None = None
         self._state_home = state_home if state_home is not None else settings.home
         self._state_written = 0.0
         self._on_delivered = on_delivered
-        self._stop = threading.Event()
 
     @property
     def sink(self) -> Sink:
@@ -253,19 +225,9 @@ class SinkWorker:
 
     # -- waiting and retrying ----------------------------------------------------------------
 
-    def _wait(self, seconds: float) -> None:
-        """Sleep ``seconds`` while keeping the consumer in its group; _Stopped on stop."""
-        deadline = time.monotonic() + seconds
-        while True:
-            if self._consumer is not None:
-                self._consumer.hold()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if self._stop.wait(min(left, KEEPALIVE_S)):
-                raise _Stopped
-        if self._stop.is_set():
-            raise _Stopped
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` while keeping the consumer in its group; Stopped on stop."""
+        await self.rt.sleep_or_stop(seconds)
 
     def _note_failure(self, message: str) -> None:
         self.health.failed("delivering to the sink", message)
@@ -273,28 +235,6 @@ class SinkWorker:
         self.stats.last_error = message
         self.stats.last_error_at = time.time()
         self._write_state(force=True)
-
-    def _retry_kafka(self, what: str, op: Callable[[], T]) -> T:
-        """Kafka-side steps (dead letters, commits) retry until they succeed or stop."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return op()
-            except CommitRejectedError:
-                raise
-            except TransportError as exc:
-                self.health.failed(what, exc)
-                delay = retry_delay_ms(attempt, self.config.retry) / 1000
-                log.warning(
-                    "siem[%s]: %s failed (attempt %d), retrying in %.1fs: %s",
-                    self.config.name,
-                    what,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                self._wait(delay)
 
     # -- the batch step ----------------------------------------------------------------------
 
@@ -336,7 +276,7 @@ class SinkWorker:
             items.append((rec, unit))
         return items, rejects
 
-    def _deliver_run(self, items: Sequence[tuple[Record, bytes]]) -> list[_Reject]:
+    async def _deliver_run(self, items: Sequence[tuple[Record, bytes]]) -> list[_Reject]:
         """Deliver ``items`` in order (step 3); returns the ones dead-lettered."""
         if not items:
             return []
@@ -345,7 +285,7 @@ class SinkWorker:
         while True:
             attempt += 1
             try:
-                self.sink.deliver([u for _, u in items])
+                await asyncio.to_thread(self.sink.deliver, [u for _, u in items])
             except SinkRejectedError as exc:
                 self._note_failure(str(exc))
                 if len(items) == 1:
@@ -362,7 +302,7 @@ class SinkWorker:
                     parts = [items[:half], items[half:]]
                 out: list[_Reject] = []
                 for part in parts:
-                    out += self._deliver_run(part)
+                    out += await self._deliver_run(part)
                 return out
             except SinkError as exc:
                 self._note_failure(str(exc))
@@ -389,7 +329,7 @@ class SinkWorker:
                     delay,
                     exc,
                 )
-                self._wait(delay)
+                await self._wait(delay)
                 continue
             self.stats.delivered += len(items)
             self.stats.last_delivery_at = time.time()
@@ -397,31 +337,11 @@ class SinkWorker:
                 self._on_delivered([r for r, _ in items])
             return []
 
-    def _send_deadletters(self, rejects: Sequence[_Reject]) -> None:
-        if self._deadletters is None:
-            self._deadletters = self._retry_kafka(
-                "opening the dead-letter producer", self._deadletter_factory
-            )
-        dl = self._deadletters
-
-        def send_all() -> int:
-            for r in rejects:
-                log.warning(
-                    "siem[%s]: dead letter %s reason=%s",
-                    self.config.name,
-                    r.record.where,
-                    r.reason,
-                )
-                dl.send(r.record, r.reason, r.message)
-            return dl.flush()
-
-        self._retry_kafka("dead-letter delivery", send_all)
-
-    def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> BatchOutcome:
+    async def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> BatchOutcome:
         """Steps 2-6 of the module invariant for one polled batch.
 
-        Raises _Stopped (internal) when asked to stop while waiting to retry; the batch is
-        then left uncommitted and will be redelivered.
+        Raises :class:`ingest.runtime.Stopped` when asked to stop while waiting to retry; the
+        batch is then left uncommitted and will be redelivered.
         """
         t0 = time.monotonic()
         failures0 = self.stats.failures
@@ -430,14 +350,14 @@ class SinkWorker:
         delivered = 0
         attempt = 0
         while True:
-            dead = self._deliver_all(items)
+            dead = await self._deliver_all(items)
             delivered = len(items) - len(dead)
             rejects += dead
             if dead:
                 gone = {id(r.record) for r in dead}
                 items = [it for it in items if id(it[0]) not in gone]
             try:
-                self.sink.sync()
+                await asyncio.to_thread(self.sink.sync)
                 break
             except SinkError as exc:
                 # What was written may not be durable: write it all again (at-least-once).
@@ -450,19 +370,12 @@ class SinkWorker:
                     delay,
                     exc,
                 )
-                self._wait(delay)
-        if rejects:
-            self._send_deadletters(rejects)
-        committed = False
-        offsets = next_offsets(records)
-        if commit and offsets and self._consumer is not None:
-            consumer = self._consumer
-            try:
-                self._retry_kafka("offset commit", lambda: consumer.commit(offsets))
-                committed = True
-                self.stats.commits += 1
-            except CommitRejectedError as exc:
-                log.warning("siem[%s]: %s; the batch will be redelivered", self.config.name, exc)
+                await self._wait(delay)
+        index = {id(r): i for i, r in enumerate(records)}
+        letters = [DeadLetter(index[id(r.record)], r.reason, r.message) for r in rejects]
+        done = await self.rt.finish(records, letters, commit=commit)
+        committed = done.committed
+        self.stats.commits += int(committed)
         s = self.stats
         s.batches += 1
         s.records += len(records)
@@ -478,16 +391,12 @@ class SinkWorker:
             seconds=time.monotonic() - t0,
         )
 
-    def _deliver_all(self, items: Sequence[tuple[Record, bytes]]) -> list[_Reject]:
+    async def _deliver_all(self, items: Sequence[tuple[Record, bytes]]) -> list[_Reject]:
         """Step 3 over the whole batch: sub-batches in order; returns the dead-lettered."""
         b = self.config.batch
         dead: list[_Reject] = []
-        try:
-            for part in split_batches([len(u) for _, u in items], b.max_events, b.max_bytes):
-                dead += self._deliver_run(items[part.start : part.stop])
-        finally:
-            if self._consumer is not None:
-                self._consumer.release()
+        for part in split_batches([len(u) for _, u in items], b.max_events, b.max_bytes):
+            dead += await self._deliver_run(items[part.start : part.stop])
         return dead
 
     # -- state for `sessionvault status` -----------------------------------------------------
@@ -509,92 +418,40 @@ class SinkWorker:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def lag(self) -> int | None:
-        if self._consumer is None:
-            return None
-        try:
-            return self._consumer.lag()
-        except TransportError:
-            return None
+    async def lag(self) -> int | None:
+        """Records behind the high watermark on this member's partitions (None: unknown)."""
+        return await self.rt.lag()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(
+    async def run(
         self,
-        stop: threading.Event | None = None,
+        stop: asyncio.Event | None = None,
         on_batch: Callable[[BatchOutcome], object] | None = None,
     ) -> None:
-        """Consume until ``stop`` (or :meth:`stop`) is set; see the module docstring."""
-        if stop is not None:
-            self._stop = stop
-        name = self.config.name
+        """Consume until ``stop`` is set; see the module docstring."""
+
+        async def idle() -> None:
+            self._write_state()
+
         try:
-            self._consumer = self._open_consumer()
-            while not self._stop.is_set():
-                # Any wait (a retried delivery, dead letters, a commit) paused the partitions.
-                self._consumer.release()
-                try:
-                    records = self._consumer.poll_batch(
-                        max_records=self.config.batch.max_events,
-                        max_bytes=self.config.batch.max_bytes,
-                        linger_ms=self.config.batch.linger_ms,
-                        wait_ms=self.settings.worker_poll_wait_ms,
-                    )
-                except TransportError as exc:
-                    log.warning("siem[%s]: poll failed: %s", name, exc)
-                    self.health.failed("polling Kafka", exc)
-                    self._wait(1.0)
-                    continue
-                if not records:
-                    self.health.progressed()
-                    self._write_state()
-                    continue
-                outcome = self.handle_batch(records)
-                self.health.progressed()
-                if on_batch is not None:
-                    on_batch(outcome)
-        except _Stopped:
-            log.info("siem[%s]: stopping with an uncommitted batch; it will be redelivered", name)
+            await self.rt.run(self.handle_batch, stop=stop, on_batch=on_batch, on_idle=idle)
         finally:
-            self._close()
+            await self._close()
 
-    def _open_consumer(self) -> SinkConsumer:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._consumer_factory()
-            except SessionVaultError as exc:
-                if not exc.retriable:
-                    raise
-                delay = retry_delay_ms(attempt, self.config.retry) / 1000
-                log.warning(
-                    "siem[%s]: joining the group failed, retrying in %.1fs: %s",
-                    self.config.name,
-                    delay,
-                    exc,
-                )
-                if self._stop.wait(delay):
-                    raise _Stopped from exc
-
-    def _close(self) -> None:
+    async def _close(self) -> None:
         self._write_state(force=True)
-        for closer in (
-            self._consumer.close if self._consumer is not None else None,
-            self._deadletters.close if self._deadletters is not None else None,
-            self._sink.close if self._sink is not None else None,
-        ):
-            if closer is not None:
-                try:
-                    closer()
-                except Exception as exc:  # best effort at shutdown
-                    log.debug("siem[%s]: close: %s", self.config.name, exc)
+        try:
+            await self.rt.close()
+        except Exception as exc:  # best effort at shutdown
+            log.debug("siem[%s]: close: %s", self.config.name, exc)
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except Exception as exc:  # best effort at shutdown
+                log.debug("siem[%s]: close: %s", self.config.name, exc)
 
 
 __all__ = [
     "BatchOutcome",
-    "SinkConsumer",
     "SinkStats",
     "SinkWorker",
     "exhausted",

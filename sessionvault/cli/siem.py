@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-import time
-from typing import Any
-
 import click
 
-from sessionvault.cli.common import get_settings, status_every_option, subgroup
+from sessionvault.cli.common import get_settings, run_async_worker, status_every_option, subgroup
 
 
 def register(main: click.Group) -> None:
@@ -31,50 +25,36 @@ def register(main: click.Group) -> None:
         ctx: click.Context, sink_name: str, config_path: str | None, status_every: float
     ) -> None:
         """Forward events to one SIEM sink (consumer group siem-NAME) until SIGTERM/SIGINT."""
-        from ingest.health import Reporter, status_suffix
         from siem.config import load_siem_config
         from siem.worker import SinkWorker
 
         settings = get_settings(ctx)
         config = load_siem_config(settings, config_path).sink(sink_name)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("siem").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("ingest").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
-
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        worker = SinkWorker(settings, config)
         tag = f"siem[{config.name}]"
-        last: dict[str, Any] = {"t": time.monotonic(), "delivered": 0}
+        last = {"delivered": 0}
 
-        def status_line(_: object = None) -> None:
-            now = time.monotonic()
-            if status_every <= 0 or now - last["t"] < status_every:
-                return
+        async def status_line(worker: SinkWorker, seconds: float) -> str:
             s = worker.stats
-            rate = (s.delivered - last["delivered"]) / max(now - last["t"], 1e-9)
-            click.echo(
+            rate = (s.delivered - last["delivered"]) / seconds
+            last["delivered"] = s.delivered
+            return (
                 f"{tag}: {rate:,.0f} events/s | total {s.delivered} delivered, {s.skipped} "
                 f"skipped, {s.failures} failed tries, {s.dead_letters} dead letters"
-                + status_suffix(worker),
-                err=True,
             )
-            last.update(t=now, delivered=s.delivered)
 
-        click.echo(
-            f"{tag}: {config.type} ({config.format}) consuming {settings.topic_events} as group "
-            f"{config.group_id} (Ctrl-C or SIGTERM to stop)",
-            err=True,
+        run_async_worker(
+            make=lambda: SinkWorker(settings, config),
+            run=lambda worker, stop: worker.run(stop=stop),
+            banner=f"{tag}: {config.type} ({config.format}) consuming {settings.topic_events}"
+            f" as group {config.group_id} (Ctrl-C or SIGTERM to stop)",
+            stopped=lambda worker: (
+                f"{tag}: stopped after {worker.stats.delivered} delivered events"
+            ),
+            status_line=status_line,
+            status_every=status_every,
+            home=settings.home,
+            name=f"worker-siem-{config.name}",
         )
-        reporter = Reporter(settings.home, f"worker-siem-{config.name}", worker)
-        try:
-            worker.run(stop=stop, on_batch=status_line)
-        finally:
-            reporter.close()
-        click.echo(f"{tag}: stopped after {worker.stats.delivered} delivered events", err=True)
 
     siem_group = subgroup(main, "siem", "SIEM sinks.")
 

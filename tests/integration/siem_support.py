@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.kafka import make_producer
+from ingest.runtime import run_blocking
 from schemas import encode_event
 from sessionvault.settings import Settings
 from siem.config import SinkConfig
@@ -162,7 +163,7 @@ def running_sink(
 
     def target() -> None:
         try:
-            worker.run(stop=stop, on_batch=outcomes.append)
+            run_blocking(lambda ev: worker.run(stop=ev, on_batch=outcomes.append), stop)
         except BaseException as exc:
             errors.append(exc)
 

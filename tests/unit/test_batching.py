@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.batching import FRAME_OVERHEAD, BatchLimits, ChunkBuilder
+from ingest.batching import FRAME_OVERHEAD, ChunkBuilder, ChunkLimits
 from schemas import Chunk, SessionInfo, Stream, decode_chunk, encode_chunk, verify_chain
 
 INFO = SessionInfo("2026-11-21T10:00:00.000Z", 80, 24, user="alice")
@@ -20,7 +20,7 @@ class FakeClock:
 
 def builder(max_bytes: int = 1000, linger_ms: int = 50) -> tuple[ChunkBuilder, FakeClock]:
     clock = FakeClock()
-    b = ChunkBuilder("acme", "s-1", INFO, BatchLimits(max_bytes, linger_ms), clock=clock)
+    b = ChunkBuilder("acme", "s-1", INFO, ChunkLimits(max_bytes, linger_ms), clock=clock)
     return b, clock
 
 

@@ -4,6 +4,7 @@ by a scripted sink (no Kafka: the worker's consumer is never opened)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -286,7 +287,7 @@ def test_worker_isolates_refused_event_and_delivers_the_rest_in_order(
     evs = [event(i, user="bad" if i in (2, 5) else "ok") for i in range(8)]
     items, rejects = w.prepare(records(evs))
     assert rejects == []
-    dead = w._deliver_all(items)
+    dead = asyncio.run(w._deliver_all(items))
     assert [d.record.offset for d in dead] == [2, 5]
     assert {d.reason for d in dead} == {"sink_rejected"}
     delivered = [u for b in sink.batches for u in b]
@@ -297,7 +298,7 @@ def test_worker_retries_the_same_batch_then_succeeds(offline_settings: Settings)
     sink = ScriptedSink(fail=3)
     w = worker(sink, offline_settings, max_attempts=5)
     items, _ = w.prepare(records([event(i) for i in range(3)]))
-    assert w._deliver_all(items) == []
+    assert asyncio.run(w._deliver_all(items)) == []
     assert sink.tries == 4
     assert sink.batches == [[b"u0", b"u1", b"u2"]]
     assert w.stats.failures == 3
@@ -307,7 +308,7 @@ def test_worker_dead_letters_after_max_attempts(offline_settings: Settings) -> N
     sink = ScriptedSink(fail=100)
     w = worker(sink, offline_settings, max_attempts=3)
     items, _ = w.prepare(records([event(i) for i in range(3)]))
-    dead = w._deliver_all(items)
+    dead = asyncio.run(w._deliver_all(items))
     assert sink.tries == 3
     assert [d.reason for d in dead] == ["sink_unavailable"] * 3
     assert [d.record.value for d in dead] == [encode_event(event(i)) for i in range(3)]
