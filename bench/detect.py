@@ -215,13 +215,17 @@ def _throughput(bs: BenchStack, sessions: int, lines: int) -> list[Figure]:
     while asyncio.run(_count(bs.dsn, "SELECT count(*) FROM segment_queue")):
         time.sleep(0.2)
     worker = DetectWorker(bs.settings)
-    try:
-        t0 = time.perf_counter()
-        while worker.detect_output(max_batches=50):
-            pass
-        seconds = time.perf_counter() - t0
-    finally:
-        worker._close()
+
+    async def drain_feed() -> float:
+        try:
+            t0 = time.perf_counter()
+            while await worker.detect_output(max_batches=50):
+                pass
+            return time.perf_counter() - t0
+        finally:
+            await worker._close()
+
+    seconds = asyncio.run(drain_feed())
     n = worker.stats.output_segments
     return [
         Figure(

@@ -367,10 +367,11 @@ class KafkaRuntime(Runtime):
         on_batch: Callable[[T], object] | None = None,
         on_idle: Callable[[], Awaitable[None]] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
+        after_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Poll and handle until stopped. ``handle`` is the stage's whole batch step (it calls
-        :meth:`finish`); ``on_idle`` runs after a poll that found nothing. A stop while a batch
-        is in hand leaves it uncommitted (redelivered)."""
+        :meth:`finish`); ``on_idle`` runs after a poll that found nothing, ``after_poll`` after
+        every poll. A stop while a batch is in hand leaves it uncommitted (redelivered)."""
         async with self.watching(stop):
             try:
                 await self.open()
@@ -382,13 +383,15 @@ class KafkaRuntime(Runtime):
                         self.health.progressed()
                         if on_idle is not None:
                             await on_idle()
-                        continue
-                    report = await handle(records)
-                    self.health.progressed()
-                    if on_batch is not None:
-                        res = on_batch(report)
-                        if inspect.isawaitable(res):
-                            await res
+                    else:
+                        report = await handle(records)
+                        self.health.progressed()
+                        if on_batch is not None:
+                            res = on_batch(report)
+                            if inspect.isawaitable(res):
+                                await res
+                    if after_poll is not None:
+                        await after_poll()
             except Stopped:
                 self.log.info("%s: stopping with an uncommitted batch; it will be redelivered",
                               self.name)  # fmt: skip

@@ -44,14 +44,15 @@ saw, else from PostgreSQL (``sessions.started_at`` by tenant and sid, cached; se
 the alert goes out without ``offset_ms``/``replay``; PostgreSQL being down has the same effect
 and never blocks detection.
 
-Kafka calls and the engine run on the calling thread (kafka-python is not thread-safe);
+The worker runs on the worker runtime (:mod:`ingest.runtime`: Kafka calls on its own thread,
+the feed's PostgreSQL calls in a worker thread, the engine on the event loop);
 :meth:`DetectWorker.run` returns when ``stop`` is set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -59,9 +60,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
+from ingest.consumer import BatchConsumer, Record
 from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
+from ingest.runtime import KafkaRuntime, PollLimits
 from schemas.codec import decode_event, encode_event, validate_event
 from sessionvault.backoff import backoff_ms
 from sessionvault.errors import (
@@ -290,10 +292,6 @@ class DetectBatchReport:
     seconds: float
 
 
-class _Stopped(Exception):
-    """Stop was requested while waiting to retry: leave without committing."""
-
-
 class DetectWorker:
     """One member of the ``detect`` consumer group; see the module docstring."""
 
@@ -328,49 +326,38 @@ class DetectWorker:
         # retry of the same rows reuses them instead of counting the segments twice.
         self._feed_alerts: dict[int, list[dict[str, Any]]] = {}
         self.engine = engine or build_engine(settings, session_start_ms=session_starts)
-        self._consumer_factory = consumer_factory or (
-            lambda: BatchConsumer(
-                settings, group_id, [settings.topic_events], max_poll_records=BATCH_MAX_RECORDS
-            )
+        self.rt = KafkaRuntime(
+            settings,
+            name="detect",
+            group_id=group_id,
+            topics=[settings.topic_events],
+            consumer_factory=consumer_factory
+            or (
+                lambda: BatchConsumer(
+                    settings, group_id, [settings.topic_events], max_poll_records=BATCH_MAX_RECORDS
+                )
+            ),
+            health=self.health,
+            retried=(TransportError,),
+            logger=log,
+            limits=PollLimits(
+                BATCH_MAX_RECORDS, BATCH_MAX_BYTES, LINGER_MS, settings.worker_poll_wait_ms
+            ),
         )
         self._producer_factory: Callable[[], Producer] = producer_factory or (
             lambda: make_producer(settings, client_id=f"sessionvault-{group_id}")
         )
-        self._consumer: BatchConsumer | None = None
         self._producer: Producer | None = None
         self._evaluated: dict[tuple[str, int], int] = {}
-        self._stop = threading.Event()
-
-    # -- retrying ----------------------------------------------------------------------------
-
-    def _retry(self, what: str, op: Callable[[], T]) -> T:
-        """Run ``op`` until it succeeds; TransportError backs off (capped); _Stopped on stop."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = op()
-                self.health.succeeded()
-                return result
-            except CommitRejectedError:
-                raise
-            except TransportError as exc:
-                self.health.failed(what, exc)
-                delay = backoff_ms(attempt, self.settings.retry_backoff_max_ms) / 1000
-                log.warning(
-                    "detect: %s failed (attempt %d), retrying in %.1fs: %s",
-                    what,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                if self._stop.wait(delay):
-                    raise _Stopped from exc
 
     # -- producing ---------------------------------------------------------------------------
 
-    def _produce(self, alerts: Sequence[Mapping[str, Any]]) -> None:
-        """Send every alert and wait for every acknowledgement (raises TransportError)."""
+    async def _produce(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+        """Send every alert and wait for every acknowledgement (raises TransportError); on the
+        runtime's Kafka thread."""
+        await self.rt.kafka(self._produce_now, alerts)
+
+    def _produce_now(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         if self._producer is None:
             self._producer = self._producer_factory()
         producer = self._producer
@@ -397,10 +384,15 @@ class DetectWorker:
 
     # -- the batch step ----------------------------------------------------------------------
 
-    def handle_batch(self, records: Sequence[Record], *, commit: bool = True) -> DetectBatchReport:
+    async def handle_batch(
+        self, records: Sequence[Record], *, commit: bool = True
+    ) -> DetectBatchReport:
         """Steps 1-4 of the module docstring for one polled batch."""
         t0 = time.monotonic()
-        found = detect(
+        # In a worker thread: the engine may look up a session's start in PostgreSQL
+        # (SessionStarts, a blocking client), which must not run on the event loop.
+        found = await asyncio.to_thread(
+            detect,
             records,
             self.engine,
             max_record_bytes=self.settings.max_record_bytes,
@@ -408,7 +400,7 @@ class DetectWorker:
             on_tenant=self._starts.set_tenant if self._starts is not None else None,
         )
         if found.alerts:
-            self._retry("producing alerts", lambda: self._produce(found.alerts))
+            await self.rt.retry("producing alerts", lambda: self._produce(found.alerts))
             for a in found.alerts:
                 log.info(
                     "detect: alert %s rule=%s level=%s tenant=%s sid=%s",
@@ -418,16 +410,9 @@ class DetectWorker:
                     a["tenant"],
                     a.get("sid", "-"),
                 )
-        committed = False
-        offsets = next_offsets(records)
-        if commit and offsets and self._consumer is not None:
-            consumer = self._consumer
-            try:
-                self._retry("offset commit", lambda: consumer.commit(offsets))
-                committed = True
-                self.stats.commits += 1
-            except CommitRejectedError as exc:
-                log.warning("detect: %s; the batch will be redelivered", exc)
+        done = await self.rt.finish(records, (), commit=commit)
+        committed = done.committed
+        self.stats.commits += int(committed)
         s = self.stats
         s.batches += 1
         s.records += len(records)
@@ -472,7 +457,7 @@ class DetectWorker:
             alerts.extend(self._feed_alerts[row.id])
         return alerts
 
-    def detect_output(self, *, max_batches: int = 5) -> int:
+    async def detect_output(self, *, max_batches: int = 5) -> int:
         """Evaluate terminal output segments from the segmenter's feed (:mod:`storage.detect_feed`):
         take rows, evaluate, produce the alerts and wait for their acks, then delete the rows.
         Returns the feed rows done. Never raises and never blocks on a retry: a PostgreSQL or
@@ -483,7 +468,7 @@ class DetectWorker:
         done = 0
         for _ in range(max_batches):
             try:
-                batch = feed.take()
+                batch = await asyncio.to_thread(feed.take)
             except StorageError as exc:
                 self._feed_failed(exc)
                 return done
@@ -496,12 +481,12 @@ class DetectWorker:
                     self._feed_retry_at = time.monotonic() + FEED_IDLE_S
                 return done
             try:
-                alerts = self._evaluate_output(batch)
+                alerts = await asyncio.to_thread(self._evaluate_output, batch)
                 if alerts:
-                    self._produce(alerts)
-                feed.done(batch.ids)
+                    await self._produce(alerts)
+                await asyncio.to_thread(feed.done, batch.ids)
             except (StorageError, TransportError) as exc:
-                feed.abort()
+                await asyncio.to_thread(feed.abort)
                 self._feed_failed(exc)
                 return done
             for i in batch.ids:
@@ -523,90 +508,64 @@ class DetectWorker:
                 )
         return done
 
-    def output_backlog(self) -> int | None:
+    async def output_backlog(self) -> int | None:
         """Feed rows waiting for detection (None: no feed, or PostgreSQL unreachable)."""
         if self._feed is None or self._feed.open:
             return None
         try:
-            return self._feed.backlog()
+            return await asyncio.to_thread(self._feed.backlog)
         except StorageError:
             return None
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def lag(self) -> int | None:
-        if self._consumer is None:
-            return None
-        try:
-            return self._consumer.lag()
-        except TransportError:
-            return None
+    async def lag(self) -> int | None:
+        """Records behind the high watermark on this member's partitions (None: unknown)."""
+        return await self.rt.lag()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(
+    async def run(
         self,
-        stop: threading.Event | None = None,
+        stop: asyncio.Event | None = None,
         on_batch: Callable[[DetectBatchReport], object] | None = None,
     ) -> None:
-        """Consume until ``stop`` (or :meth:`stop`) is set; see the module docstring."""
-        if stop is not None:
-            self._stop = stop
-        try:
-            self._consumer = self._retry("joining the consumer group", self._consumer_factory)
-            while not self._stop.is_set():
-                try:
-                    records = self._consumer.poll_batch(
-                        max_records=BATCH_MAX_RECORDS,
-                        max_bytes=BATCH_MAX_BYTES,
-                        linger_ms=LINGER_MS,
-                        wait_ms=self.settings.worker_poll_wait_ms,
-                    )
-                except TransportError as exc:
-                    log.warning("detect: poll failed: %s", exc)
-                    self.health.failed("polling Kafka", exc)
-                    if self._stop.wait(1.0):
-                        break
-                    continue
-                if records:
-                    report = self.handle_batch(records)
-                    if on_batch is not None:
-                        on_batch(report)
-                self.health.progressed()
-                # At most one poll wait (worker_poll_wait_ms) after the segmenter committed a line.
-                self.detect_output()
-        except _Stopped:
-            log.info("detect: stopping with an uncommitted batch; it will be redelivered")
-        finally:
-            self._close()
+        """Consume until ``stop`` is set; see the module docstring. After every poll (records
+        or none), the segmenter's feed: an output line waits at most one poll wait."""
 
-    def _close(self) -> None:
-        producer = self._producer
+        async def output() -> None:
+            await self.detect_output()
+
+        try:
+            await self.rt.run(self.handle_batch, stop=stop, on_batch=on_batch, after_poll=output)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        try:
+            await self.rt.close()
+        except Exception as exc:  # best effort at shutdown
+            log.debug("detect: close: %s", exc)
         for closer in (
-            self._consumer.close if self._consumer is not None else None,
             (lambda: producer.close(timeout=5)) if producer is not None else None,
             self._feed.abort if self._feed is not None else None,
             self._db.close if self._db is not None else None,
         ):
             if closer is not None:
                 try:
-                    closer()
+                    await asyncio.to_thread(closer)
                 except Exception as exc:  # best effort at shutdown
                     log.debug("detect: close: %s", exc)
-        self._consumer = None
-        self._producer = None
 
 
-def run_detect_worker(
+async def run_detect_worker(
     settings: Settings,
     *,
-    stop: threading.Event | None = None,
+    stop: asyncio.Event | None = None,
     on_batch: Callable[[DetectBatchReport], object] | None = None,
     group_id: str = DEFAULT_GROUP,
 ) -> None:
     """Run one detect worker until ``stop`` is set (see the module docstring)."""
-    DetectWorker(settings, group_id=group_id).run(stop=stop, on_batch=on_batch)
+    await DetectWorker(settings, group_id=group_id).run(stop=stop, on_batch=on_batch)
 
 
 __all__ = [

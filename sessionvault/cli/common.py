@@ -122,7 +122,7 @@ def run_async_worker(
     *,
     make: Callable[[], W],
     run: Callable[[W, asyncio.Event], Awaitable[None]],
-    banner: str,
+    banner: str | Callable[[W], str],
     stopped: Callable[[W], str],
     status_line: Callable[[W, float], Awaitable[str]] | None = None,
     status_every: float = 5.0,
@@ -137,8 +137,9 @@ def run_async_worker(
     for ``status`` about once a second (:class:`ingest.health.Reporter`), and a stalled worker's
     status lines say ``STALLED`` and why.
 
-    Prints ``banner`` on stderr, then every ``status_every`` seconds the line
-    ``status_line(worker, seconds since the last line)`` returns (0: no status lines), and
+    Prints ``banner`` (or ``banner(worker)``) on stderr, then every ``status_every`` seconds
+    the line ``status_line(worker, seconds since the last line)`` returns (0: no status lines),
+    and
     ``stopped(worker)`` at the end. sessionvault's own loggers are raised to INFO (retries and
     dead letters are operator information); ``quiet_loggers`` (drivers' reconnect chatter) are
     lowered to ERROR.
@@ -170,7 +171,7 @@ def run_async_worker(
                 click.echo(line + status_suffix(worker), err=True)
                 last = now
 
-        click.echo(banner, err=True)
+        click.echo(banner(worker) if callable(banner) else banner, err=True)
         task = (
             asyncio.create_task(ticker()) if status_line is not None and status_every > 0 else None
         )

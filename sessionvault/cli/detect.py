@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +13,7 @@ from sessionvault.cli.common import (
     get_settings,
     group_option,
     resolve_session_id,
+    run_async_worker,
     status_every_option,
     subgroup,
 )
@@ -41,47 +38,36 @@ def _register_worker(main: click.Group) -> None:
         """Run the Sigma rules over the events topic and the segmenter's terminal output and
         produce alert events, until SIGTERM/SIGINT (rules: starter set +
         SESSIONVAULT_SIGMA_RULES)."""
-        from ingest.health import Reporter, status_suffix
-        from siem.detect import DetectBatchReport, DetectWorker
+        from siem.detect import DetectWorker
 
         settings = get_settings(ctx)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("siem").setLevel(min(logging.getLogger().level, logging.INFO))
-        logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        worker = DetectWorker(settings, group_id=group_id)
-        last = {"t": time.monotonic()}
+        tag = f"detect[{group_id}]"
 
-        def status_line(_: DetectBatchReport) -> None:
-            now = time.monotonic()
-            if status_every <= 0 or now - last["t"] < status_every:
-                return
-            last["t"] = now
+        async def status_line(worker: DetectWorker, _seconds: float) -> str:
             s = worker.stats
-            click.echo(
-                f"detect[{group_id}]: {s.records} records, {s.evaluated} evaluated, "
-                f"{s.output_segments} output lines, {s.alerts} alerts, lag {worker.lag()}"
-                + status_suffix(worker),
-                err=True,
+            return (
+                f"{tag}: {s.records} records, {s.evaluated} evaluated, "
+                f"{s.output_segments} output lines, {s.alerts} alerts, lag {await worker.lag()}"
             )
 
-        click.echo(
-            f"detect[{group_id}]: {len(worker.engine.rule_ids)} rules over "
-            f"{settings.topic_events} and terminal output (Ctrl-C or SIGTERM to stop)",
-            err=True,
-        )
-        reporter = Reporter(settings.home, "worker-detect", worker)
-        try:
-            worker.run(stop=stop, on_batch=status_line)
-        finally:
-            reporter.close()
-        click.echo(
-            f"detect[{group_id}]: stopped after {worker.stats.records} records, "
-            f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)",
-            err=True,
+        def banner(worker: DetectWorker) -> str:
+            return (
+                f"{tag}: {len(worker.engine.rule_ids)} rules over {settings.topic_events} and"
+                " terminal output (Ctrl-C or SIGTERM to stop)"
+            )
+
+        run_async_worker(
+            make=lambda: DetectWorker(settings, group_id=group_id),
+            run=lambda worker, stop: worker.run(stop=stop),
+            banner=banner,
+            stopped=lambda worker: (
+                f"{tag}: stopped after {worker.stats.records} records, "
+                f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)"
+            ),
+            status_line=status_line,
+            status_every=status_every,
+            home=settings.home,
+            name="worker-detect",
         )
 
 

@@ -27,6 +27,7 @@ from ingest.health import RUNNING
 from ingest.index_worker import IndexWorker
 from ingest.kafka import make_producer
 from ingest.persist import PersistWorker
+from ingest.runtime import run_blocking
 from ingest.segmenter import Segmenter
 from schemas import encode_chunk
 from schemas.codec import CHUNK_MAGIC
@@ -191,7 +192,8 @@ def test_hostile_records_on_every_topic_end_dead_lettered_and_no_consumer_stalls
         target=guard(lambda: asyncio.run(run_async(asyncio.Event(), done))), daemon=True
     )
     detect_thread = threading.Thread(
-        target=guard(lambda: detect.run(stop=stop_detect)), daemon=True
+        target=guard(lambda: run_blocking(lambda ev: detect.run(stop=ev), stop_detect)),
+        daemon=True,
     )
     verdicts: dict[str, Any] = {}
     try:

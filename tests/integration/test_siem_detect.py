@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from ingest.runtime import run_blocking
 from schemas import encode_chunk
 from sessionvault.errors import StorageError
 from sessionvault.settings import Settings
@@ -64,7 +65,7 @@ def run_detect_until_drained(
 
     def target() -> None:
         try:
-            worker.run(stop=stop)
+            run_blocking(lambda ev: worker.run(stop=ev), stop)
         except BaseException as exc:
             errors.append(exc)
 
