@@ -63,7 +63,7 @@ from typing import Any, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
-from ingest.runtime import DeadLetter, KafkaRuntime
+from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
 from sessionvault.backoff import backoff_ms
@@ -121,17 +121,13 @@ class IndexBatchReport:
 
 
 @dataclass
-class IndexStats:
+class IndexStats(StageStats):
     """Running totals since the worker started."""
 
-    batches: int = 0
-    records: int = 0
     indexed: int = 0
-    dead_letters: int = 0
     skipped: int = 0
     reindexes: int = 0
     os_retries: int = 0
-    commits: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +209,7 @@ class IndexWorker:
             retried=(StorageError, TransportError, SearchBackendError),
             on_failure=self._on_failure,
             logger=log,
+            stats=self.stats,
         )
         self.health = self.rt.health
         self.store = (
@@ -521,7 +518,6 @@ class IndexWorker:
             self._remember(tenant, sid, nxt)
         done_batch = await self.rt.finish(records, letters, commit=commit)
         offsets, committed = done_batch.offsets, done_batch.committed
-        self.stats.commits += int(committed)
         if committed:
             await self._clear_pending(offsets)
         report = IndexBatchReport(
@@ -536,12 +532,8 @@ class IndexWorker:
             committed=committed,
             seconds=time.monotonic() - t0,
         )
-        s = self.stats
-        s.batches += 1
-        s.records += report.records
-        s.indexed += report.indexed
-        s.dead_letters += report.dead_letters
-        s.skipped += report.skipped
+        self.stats.indexed += report.indexed
+        self.stats.skipped += report.skipped
         return report
 
     async def _on_conn(self, op: Callable[[pg.Connection], Awaitable[T]]) -> T:

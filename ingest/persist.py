@@ -31,7 +31,7 @@ from typing import TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
-from ingest.runtime import DeadLetter, KafkaRuntime
+from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from schemas.codec import decode_chunk, decode_event
 from sessionvault.errors import DataRejectedError, StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
@@ -216,17 +216,13 @@ class BatchReport:
 
 
 @dataclass
-class WorkerStats:
+class WorkerStats(StageStats):
     """Running totals since the worker started."""
 
-    batches: int = 0
-    records: int = 0
     bytes: int = 0
     chunks_inserted: int = 0
     events_inserted: int = 0
-    dead_letters: int = 0
     db_retries: int = 0
-    commits: int = 0
     abandoned: int = 0
 
 
@@ -260,6 +256,7 @@ class PersistWorker:
             retried=(StorageError, TransportError),
             on_failure=self._on_failure,
             logger=log,
+            stats=self.stats,
         )
         self.health = self.rt.health
         self._db = pg.Reconnecting(settings.postgres_dsn.get(), connector=connect)
@@ -369,7 +366,6 @@ class PersistWorker:
             records, [DeadLetter(r.ref, r.reason, r.message) for r in rejects], commit=commit
         )
         offsets, committed = done.offsets, done.committed
-        self.stats.commits += int(committed)
         report = BatchReport(
             records=len(records),
             bytes=sum(r.size for r in records),
@@ -386,12 +382,9 @@ class PersistWorker:
             seconds=time.monotonic() - t0,
         )
         s = self.stats
-        s.batches += 1
-        s.records += report.records
         s.bytes += report.bytes
         s.chunks_inserted += report.chunks_inserted
         s.events_inserted += report.events_inserted
-        s.dead_letters += report.dead_letters
         return report
 
     async def _close_abandoned(self) -> None:

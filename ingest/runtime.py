@@ -64,6 +64,17 @@ class Stopped(Exception):
     """The stop event was set while waiting: leave now, without committing the batch in hand."""
 
 
+@dataclass
+class StageStats:
+    """The running totals every Kafka stage keeps (its own stats class adds its fields);
+    :meth:`KafkaRuntime.finish` counts them, once for every stage."""
+
+    batches: int = 0
+    records: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class PollLimits:
     """How a poll gathers a batch: up to ``max_records`` / ``max_bytes``, lingering
@@ -218,8 +229,10 @@ class KafkaRuntime(Runtime):
         on_failure: Callable[[SessionVaultError], Awaitable[None]] | None = None,
         logger: logging.Logger | None = None,
         limits: PollLimits | None = None,
+        stats: StageStats | None = None,
     ) -> None:
         self.limits = limits or PollLimits.from_settings(settings)
+        self.stats = stats if stats is not None else StageStats()
         super().__init__(
             settings,
             name=name,
@@ -238,7 +251,6 @@ class KafkaRuntime(Runtime):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
         self.consumer: BatchConsumer | None = None
         self._deadletters: DeadLetterProducer | None = None
-        self.commits = 0
         self._last_lag: int | None = None
 
     async def sleep_or_stop(self, seconds: float) -> None:
@@ -336,17 +348,22 @@ class KafkaRuntime(Runtime):
         except CommitRejectedError as exc:
             self.log.warning("%s: %s; the batch will be redelivered", self.name, exc)
             return offsets, False
-        self.commits += 1
+        self.stats.commits += 1
         return offsets, True
 
     async def finish(
         self, records: Sequence[Record], letters: Sequence[DeadLetter], *, commit: bool = True
     ) -> Committed:
-        """Steps 3 and 4 of the module docstring for a handled batch."""
+        """Steps 3 and 4 of the module docstring for a handled batch (counted in
+        :attr:`stats`)."""
         await self.send_deadletters(records, letters)
-        if not commit:
-            return Committed(len(letters), next_offsets(records), False)
-        offsets, committed = await self.commit(records)
+        if commit:
+            offsets, committed = await self.commit(records)
+        else:
+            offsets, committed = next_offsets(records), False
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        self.stats.dead_letters += len(letters)
         return Committed(len(letters), offsets, committed)
 
     async def lag(self) -> int | None:

@@ -63,7 +63,7 @@ from typing import Any, Protocol, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
-from ingest.runtime import KafkaRuntime, PollLimits
+from ingest.runtime import KafkaRuntime, PollLimits, StageStats
 from schemas.codec import decode_event, encode_event, validate_event
 from sessionvault.backoff import backoff_ms
 from sessionvault.errors import (
@@ -263,18 +263,15 @@ class SessionStarts:
 
 
 @dataclass
-class DetectStats:
+class DetectStats(StageStats):
     """Running totals since the worker started."""
 
-    batches: int = 0
-    records: int = 0
     evaluated: int = 0
     alerts: int = 0
     undecodable: int = 0
     own_alerts: int = 0
     repeated: int = 0
     produce_retries: int = 0
-    commits: int = 0
     output_batches: int = 0
     output_segments: int = 0
     output_alerts: int = 0
@@ -340,6 +337,7 @@ class DetectWorker:
             health=self.health,
             retried=(TransportError,),
             logger=log,
+            stats=self.stats,
             limits=PollLimits(
                 BATCH_MAX_RECORDS, BATCH_MAX_BYTES, LINGER_MS, settings.worker_poll_wait_ms
             ),
@@ -412,10 +410,7 @@ class DetectWorker:
                 )
         done = await self.rt.finish(records, (), commit=commit)
         committed = done.committed
-        self.stats.commits += int(committed)
         s = self.stats
-        s.batches += 1
-        s.records += len(records)
         s.evaluated += found.evaluated
         s.alerts += len(found.alerts)
         s.undecodable += found.undecodable

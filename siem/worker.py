@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
-from ingest.runtime import DeadLetter, KafkaRuntime, PollLimits
+from ingest.runtime import DeadLetter, KafkaRuntime, PollLimits, StageStats
 from schemas.codec import decode_event
 from sessionvault.backoff import backoff_ms
 from sessionvault.errors import TransportError, ValidationError
@@ -125,16 +125,12 @@ def max_poll_interval_ms(config: SinkConfig, settings: Settings) -> int:
 
 
 @dataclass
-class SinkStats:
+class SinkStats(StageStats):
     """Running totals since the worker started (written to the state file for ``status``)."""
 
-    records: int = 0
     skipped: int = 0
     delivered: int = 0
-    batches: int = 0
     failures: int = 0
-    dead_letters: int = 0
-    commits: int = 0
     last_error: str = ""
     last_error_at: float = 0.0
     last_delivery_at: float = 0.0
@@ -209,6 +205,7 @@ class SinkWorker:
             health=self.health,
             retried=(TransportError,),
             logger=log,
+            stats=self.stats,
             limits=PollLimits(b.max_events, b.max_bytes, b.linger_ms, settings.worker_poll_wait_ms),
         )
         self._state_home = state_home if state_home is not None else settings.home
@@ -375,11 +372,7 @@ class SinkWorker:
         letters = [DeadLetter(index[id(r.record)], r.reason, r.message) for r in rejects]
         done = await self.rt.finish(records, letters, commit=commit)
         committed = done.committed
-        self.stats.commits += int(committed)
         s = self.stats
-        s.batches += 1
-        s.records += len(records)
-        s.dead_letters += len(rejects)
         self._write_state(force=bool(rejects))
         return BatchOutcome(
             records=len(records),
