@@ -199,8 +199,12 @@ class BatchConsumer:
         c = self._consumer
         try:
             assigned = c.assignment()
-            if assigned:
-                c.pause(*assigned)
+            if not assigned:
+                # Not a member yet (no poll joined the group): nothing to keep. A poll here
+                # would start a join it never finishes, which kept the next member of the group
+                # from getting partitions (seen with tansu).
+                return
+            c.pause(*assigned)
             got = c.poll(timeout_ms=0, max_records=1)
             for tp, msgs in got.items():
                 if msgs:
