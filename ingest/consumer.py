@@ -40,6 +40,19 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int = -1
 
+    @classmethod
+    def of(cls, topic: str, partition: int, message: Any) -> Record:
+        """The record of a kafka-python ``ConsumerRecord`` (headers with None values as b"")."""
+        return cls(
+            topic,
+            partition,
+            message.offset,
+            message.key,
+            message.value,
+            tuple((k, v or b"") for k, v in (message.headers or ())),
+            message.timestamp,
+        )
+
     @property
     def size(self) -> int:
         return len(self.value or b"") + len(self.key or b"")
@@ -133,15 +146,7 @@ class BatchConsumer:
                 raise to_transport_error(exc, "poll") from exc
             for tp, batch in got.items():
                 for m in batch:
-                    rec = Record(
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        tuple((k, v or b"") for k, v in (m.headers or ())),
-                        m.timestamp,
-                    )
+                    rec = Record.of(tp.topic, tp.partition, m)
                     records.append(rec)
                     size += rec.size
             now = time.monotonic()

@@ -254,17 +254,7 @@ def iter_deadletters(
             for tp, batch in consumer.poll(timeout_ms=200).items():
                 for m in batch:
                     if m.offset < ends[tp]:
-                        got[tp].append(
-                            Record(
-                                tp.topic,
-                                tp.partition,
-                                m.offset,
-                                m.key,
-                                m.value,
-                                tuple((k, v or b"") for k, v in (m.headers or ())),
-                                m.timestamp,
-                            )
-                        )
+                        got[tp].append(Record.of(tp.topic, tp.partition, m))
                 if batch and batch[-1].offset + 1 >= ends[tp]:
                     done.add(tp)
                     consumer.pause(tp)

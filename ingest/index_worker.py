@@ -63,6 +63,7 @@ from typing import Any, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from ingest.topics import admin_client, group_offsets
 from schemas.codec import decode_chunk_header, decode_event
@@ -105,19 +106,14 @@ COMPLETENESS_CHECK_S = 5.0
 
 
 @dataclass(frozen=True)
-class IndexBatchReport:
+class IndexBatchReport(StageReport):
     """What one batch did (passed to ``on_batch``)."""
 
-    records: int
     events: int
     segments: int
     indexed: int
     skipped: int
-    dead_letters: int
     durable_waits: int
-    offsets: dict[tuple[str, int], int]
-    committed: bool
-    seconds: float
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from schemas.codec import decode_chunk, decode_event
 from sessionvault.errors import DataRejectedError, StorageError, TransportError, ValidationError
@@ -197,10 +198,9 @@ def pending_records(batch: PreparedBatch) -> list[PendingRecord]:
 
 
 @dataclass(frozen=True)
-class BatchReport:
+class BatchReport(StageReport):
     """What one batch did (passed to ``on_batch``)."""
 
-    records: int
     bytes: int
     chunks_inserted: int
     chunks_duplicate: int
@@ -208,11 +208,7 @@ class BatchReport:
     stored_bytes: int
     events_inserted: int
     events_duplicate: int
-    dead_letters: int
-    offsets: dict[tuple[str, int], int]
-    committed: bool
     db_attempts: int
-    seconds: float
 
 
 @dataclass

@@ -204,6 +204,18 @@ Handler = Callable[[Sequence[Record]], Awaitable[tuple[T, Sequence[DeadLetter]]]
 
 
 @dataclass(frozen=True)
+class BatchReport:
+    """What one batch did, as every stage reports it (passed to ``on_batch``); a stage's own
+    report adds its figures."""
+
+    records: int
+    dead_letters: int
+    offsets: dict[tuple[str, int], int]
+    committed: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Committed:
     """What the runtime did after a handler: dead letters sent, offsets, whether committed."""
 

@@ -63,6 +63,7 @@ from typing import Any, Protocol, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.health import Health
 from ingest.kafka import make_producer, translate_errors
+from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import KafkaRuntime, PollLimits, StageStats
 from schemas.codec import decode_event, encode_event, validate_event
 from sessionvault.backoff import backoff_ms
@@ -279,14 +280,11 @@ class DetectStats(StageStats):
 
 
 @dataclass(frozen=True)
-class DetectBatchReport:
+class DetectBatchReport(StageReport):
     """What one batch did (passed to ``on_batch``)."""
 
-    records: int
     evaluated: int
     alerts: int
-    committed: bool
-    seconds: float
 
 
 class DetectWorker:
@@ -420,6 +418,8 @@ class DetectWorker:
             records=len(records),
             evaluated=found.evaluated,
             alerts=len(found.alerts),
+            dead_letters=0,
+            offsets=done.offsets,
             committed=committed,
             seconds=time.monotonic() - t0,
         )

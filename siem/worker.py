@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
+from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, PollLimits, StageStats
 from schemas.codec import decode_event
 from sessionvault.backoff import backoff_ms
@@ -138,16 +139,12 @@ class SinkStats(StageStats):
 
 
 @dataclass(frozen=True)
-class BatchOutcome:
+class BatchOutcome(StageReport):
     """What one polled batch did (passed to ``on_batch``)."""
 
-    records: int
     delivered: int
     skipped: int
-    dead_letters: int
     failures: int
-    committed: bool
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -380,6 +377,7 @@ class SinkWorker:
             skipped=s.skipped - skipped0,
             dead_letters=len(rejects),
             failures=s.failures - failures0,
+            offsets=done.offsets,
             committed=committed,
             seconds=time.monotonic() - t0,
         )
