@@ -17,10 +17,10 @@ JSON, which the protocol defines as JSON, is parsed).
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
 
 import orjson
 
+from replay.kube import exit_code_from_status
 from schemas.models import Frame, Stream
 from sessionvault.errors import ValidationError
 
@@ -109,38 +109,4 @@ def frame_from_message(message: bytes, offset_ms: int) -> Frame | None:
     channel, payload = split_message(message)
     return frame_from_channel(channel, payload, offset_ms)
 
-
-def exit_code_from_status(status: bytes | dict[str, Any]) -> int | None:
-    """The exit code a Status object from the error channel reports.
-
-    ``status: Success`` means 0. ``status: Failure`` with ``reason: NonZeroExitCode`` carries
-    the code in ``details.causes[{reason: ExitCode, message: "N"}]``. Any other failure (the
-    command could not be started, the container is gone) has no process exit code: ``None``.
-    Payloads that are not a JSON object (the pre-v4 protocols send plain text) give ``None``.
-    """
-    if isinstance(status, bytes | bytearray | memoryview):
-        try:
-            parsed: object = orjson.loads(bytes(status))
-        except orjson.JSONDecodeError:
-            return None
-    else:
-        parsed = status
-    if not isinstance(parsed, dict):
-        return None
-    state = parsed.get("status")
-    if state == "Success":
-        return 0
-    if state != "Failure" or parsed.get("reason") != "NonZeroExitCode":
-        return None
-    details = parsed.get("details")
-    causes = details.get("causes") if isinstance(details, dict) else None
-    if not isinstance(causes, list):
-        return None
-    for cause in causes:
-        if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
-            message = cause.get("message")
-            try:
-                return int(str(message).strip())
-            except ValueError:
-                return None
     return None

@@ -9,28 +9,44 @@ A failure with no ExitCode cause (the exec itself failed) has no exit code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
 from schemas.models import Frame, Stream
 
 
-def exit_code_from_status(data: bytes) -> int | None:
-    """The exit code a Status JSON reports, or None when it reports none (or is not JSON)."""
-    try:
-        status = orjson.loads(data)
-    except orjson.JSONDecodeError:
+def exit_code_from_status(status: bytes | dict[str, Any]) -> int | None:
+    """The exit code a Status object from the error channel reports.
+
+    ``status: Success`` means 0. ``status: Failure`` with ``reason: NonZeroExitCode`` carries
+    the code in ``details.causes[{reason: ExitCode, message: "N"}]``. Any other failure (the
+    command could not be started, the container is gone) has no process exit code: ``None``.
+    Payloads that are not a JSON object (the pre-v4 protocols send plain text) give ``None``.
+    """
+    if isinstance(status, bytes | bytearray | memoryview):
+        try:
+            parsed: object = orjson.loads(bytes(status))
+        except orjson.JSONDecodeError:
+            return None
+    else:
+        parsed = status
+    if not isinstance(parsed, dict):
         return None
-    if not isinstance(status, dict):
-        return None
-    if status.get("status") == "Success":
+    state = parsed.get("status")
+    if state == "Success":
         return 0
-    details = status.get("details")
+    if state != "Failure" or parsed.get("reason") != "NonZeroExitCode":
+        return None
+    details = parsed.get("details")
     causes = details.get("causes") if isinstance(details, dict) else None
-    for cause in causes if isinstance(causes, list) else []:
+    if not isinstance(causes, list):
+        return None
+    for cause in causes:
         if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+            message = cause.get("message")
             try:
-                return int(str(cause.get("message", "")).strip())
+                return int(str(message).strip())
             except ValueError:
                 return None
     return None
