@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ingest.kafka import SharedProducer
 from ingest.view_audit import ViewAuditor
 from sessionvault import __version__
 from sessionvault.errors import (
@@ -39,31 +39,6 @@ def _default_producer(settings: Settings) -> Any:
     from ingest.kafka import make_producer
 
     return make_producer(settings)
-
-
-class ProducerHolder:
-    """One shared, lazily created Kafka producer (kafka-python's producer is thread-safe)."""
-
-    def __init__(self, settings: Settings, factory: ProducerFactory) -> None:
-        self._settings = settings
-        self._factory = factory
-        self._producer: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        with self._lock:
-            if self._producer is None:
-                self._producer = self._factory(self._settings)
-            return self._producer
-
-    def close(self) -> None:
-        with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                producer.close(timeout=5)
-            except Exception as exc:  # shutting down: report, do not raise
-                log.warning("closing the Kafka producer: %s", type(exc).__name__)
 
 
 def _status_of(exc: SessionVaultError) -> int:
@@ -88,7 +63,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await pg.create_pool(settings.postgres_dsn.get(), max_size=pool_max_size)
-        app.state.producer = ProducerHolder(settings, producer_factory)
+        app.state.producer = SharedProducer(lambda: producer_factory(settings))
         app.state.view_auditor = ViewAuditor(settings)
         try:
             yield

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
+from ingest.kafka import send_confirmed
 from ingest.kube_audit import events_from_webhook, fit_event
 from ingest.timeline import GROUP_BY, kube_timeline
 from schemas.codec import encode_event
-from sessionvault.errors import TransportError, ValidationError
+from sessionvault.errors import ValidationError
 from sessionvault.timespec import SPAN_HELP, window
 from storage.tokens import Principal, check_cluster_name
 
@@ -34,21 +35,6 @@ router = APIRouter()
 # RequestResponse level. Anything beyond this is refused before it is read.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 ACK_TIMEOUT_S = 15.0
-
-
-def produce_acked(producer: Any, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    """Send (key, value) records and wait for every acknowledgement (TransportError if not)."""
-    from ingest.kafka import to_transport_error
-
-    try:
-        futures = [producer.send(topic, value=value, key=key) for key, value in records]
-        producer.flush(timeout=ACK_TIMEOUT_S)
-        for fut in futures:
-            fut.get(timeout=ACK_TIMEOUT_S)
-    except TransportError:
-        raise
-    except Exception as exc:
-        raise to_transport_error(exc, "audit webhook delivery") from exc
 
 
 def event_records(
@@ -106,7 +92,14 @@ async def audit_webhook(
     settings = request.app.state.settings
     producer = await run_in_threadpool(request.app.state.producer.get)
     records = await run_in_threadpool(event_records, events, settings.max_record_bytes, cluster)
-    await run_in_threadpool(produce_acked, producer, settings.topic_events, records)
+    await run_in_threadpool(
+        lambda: send_confirmed(
+            producer,
+            [(settings.topic_events, key, value) for key, value in records],
+            timeout_s=ACK_TIMEOUT_S,
+            what="audit webhook delivery",
+        )
+    )
     log.debug(
         "audit webhook: %d kube.request events for tenant %s cluster %s",
         len(events),

@@ -20,13 +20,14 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from ingest.batching import ChunkBuilder, ChunkLimits
 from ingest.importers import SESSION_FORMATS, Recording, load_recording
+from ingest.kafka import Producer, send_confirmed
 from schemas.codec import encode_chunk, encode_event, validate_event
 from schemas.models import Chunk
-from sessionvault.errors import SessionVaultError, TransportError, ValidationError
+from sessionvault.errors import SessionVaultError, ValidationError
 from sessionvault.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ Progress = Callable[[int], None]
 # Wait for acknowledgements every this many records: bounds the producer's buffer for large
 # recordings without a round trip per record.
 _ACK_WINDOW = 256
-
-
-class Producer(Protocol):
-    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
-
-    def flush(self, timeout: float | None = None) -> None: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,35 +82,22 @@ class _Sender:
     def __init__(self, producer: Producer, progress: Progress | None) -> None:
         self.producer = producer
         self.progress = progress
-        self._pending: list[tuple[Any, int]] = []
+        self._pending: list[tuple[str, bytes | None, bytes | None]] = []
+        self._weight = 0
 
     def send(self, topic: str, key: bytes, value: bytes, weight: int) -> None:
-        try:
-            fut = self.producer.send(topic, value=value, key=key)
-        except Exception as exc:
-            raise _transport(exc, "import: send") from exc
-        self._pending.append((fut, weight))
+        self._pending.append((topic, key, value))
+        self._weight += weight
         if len(self._pending) >= _ACK_WINDOW:
             self.wait()
 
     def wait(self) -> None:
+        """Send the window and wait for every acknowledgement (TransportError if not)."""
         pending, self._pending = self._pending, []
-        try:
-            self.producer.flush(timeout=30)
-            for fut, weight in pending:
-                fut.get(timeout=30)
-                if self.progress is not None and weight:
-                    self.progress(weight)
-        except Exception as exc:
-            raise _transport(exc, "import: delivery") from exc
-
-
-def _transport(exc: Exception, what: str) -> TransportError:
-    if isinstance(exc, TransportError):
-        return exc
-    from ingest.kafka import to_transport_error
-
-    return to_transport_error(exc, what)
+        weight, self._weight = self._weight, 0
+        send_confirmed(self.producer, pending, timeout_s=30, what="import: delivery")
+        if self.progress is not None and weight:
+            self.progress(weight)
 
 
 def _event_key(ev: dict[str, Any]) -> bytes:

@@ -20,9 +20,11 @@ Settings chosen for session recording:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import kafka.errors as kerr
 from kafka import KafkaProducer
@@ -31,6 +33,8 @@ from sessionvault.errors import TransportError
 from sessionvault.settings import Settings, require
 
 API_VERSION = (2, 8)
+
+log = logging.getLogger(__name__)
 
 
 def max_request_bytes(settings: Settings) -> int:
@@ -97,3 +101,62 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (kerr.KafkaError, OSError) as exc:
         raise to_transport_error(exc, what) from exc
+
+
+class Producer(Protocol):
+    """The part of kafka-python's :class:`KafkaProducer` the project uses (the one producer
+    type every sender is written against; tests pass their own)."""
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+def send_confirmed(
+    producer: Producer,
+    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    *,
+    timeout_s: float,
+    what: str,
+) -> int:
+    """Send ``(topic, key, value)`` records in order and wait until the broker acknowledged
+    every one; returns how many. Any failure is a :class:`TransportError` (nothing is known
+    to be delivered then: the caller sends them all again, as every write downstream is
+    idempotent)."""
+    try:
+        futures = [producer.send(topic, value=value, key=key) for topic, key, value in records]
+        producer.flush(timeout=timeout_s)
+        for fut in futures:
+            fut.get(timeout=timeout_s)
+    except TransportError:
+        raise
+    except Exception as exc:  # kafka-python raises many types; all mean "not delivered"
+        raise to_transport_error(exc, what) from exc
+    return len(futures)
+
+
+class SharedProducer:
+    """One producer shared by threads, created on first use (so a server starts while Kafka is
+    down) and closed once; kafka-python's producer is thread-safe."""
+
+    def __init__(self, factory: Callable[[], Producer]) -> None:
+        self._factory = factory
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._factory()
+            return self._producer
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout_s)
+            except Exception as exc:  # shutting down: report, do not raise
+                log.warning("closing the Kafka producer: %s", type(exc).__name__)

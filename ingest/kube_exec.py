@@ -108,5 +108,3 @@ def frame_from_message(message: bytes, offset_ms: int) -> Frame | None:
     """:func:`frame_from_channel` for a whole message that still starts with its channel byte."""
     channel, payload = split_message(message)
     return frame_from_channel(channel, payload, offset_ms)
-
-    return None

@@ -34,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ingest.batching import ChunkBuilder, ChunkLimits, Clock
+from ingest.kafka import Producer, send_confirmed
 from ingest.spool import (
     Spool,
     SpoolRecord,
@@ -51,16 +52,6 @@ from sessionvault.errors import SessionVaultError, SpoolError, TransportError
 from sessionvault.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class Producer(Protocol):
-    """The part of :class:`kafka.KafkaProducer` the transport uses."""
-
-    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
-
-    def flush(self, timeout: float | None = None) -> None: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
 
 
 ProducerFactory = Callable[[Settings], Producer]
@@ -645,14 +636,5 @@ def drain_spool(
 
 
 def _send_confirmed(producer: Producer, records: list[SpoolRecord], timeout_s: float) -> None:
-    try:
-        futures = [producer.send(r.topic, value=r.value, key=r.key or None) for r in records]
-        producer.flush(timeout=timeout_s)
-        for fut in futures:
-            fut.get(timeout=timeout_s)
-    except TransportError:
-        raise
-    except Exception as exc:
-        from ingest.kafka import to_transport_error
-
-        raise to_transport_error(exc, "spool drain") from exc
+    items = [(r.topic, r.key or None, r.value) for r in records]
+    send_confirmed(producer, items, timeout_s=timeout_s, what="spool drain")

@@ -58,11 +58,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ingest.consumer import BatchConsumer, Record
 from ingest.health import Health
-from ingest.kafka import make_producer, translate_errors
+from ingest.kafka import Producer, make_producer, send_confirmed
 from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import KafkaRuntime, PollLimits, StageStats
 from schemas.codec import decode_event, encode_event, validate_event
@@ -93,14 +93,6 @@ BATCH_MAX_RECORDS = 500
 BATCH_MAX_BYTES = 16 * 1024 * 1024
 LINGER_MS = 20
 PRODUCE_TIMEOUT_S = 30.0
-
-
-class Producer(Protocol):
-    """The part of kafka-python's ``KafkaProducer`` the worker uses."""
-
-    def send(self, topic: str, *, key: bytes, value: bytes) -> Any: ...
-    def flush(self, timeout: float | None = None) -> None: ...
-    def close(self, timeout: float | None = None) -> None: ...
 
 
 # --- building the engine --------------------------------------------------------------------
@@ -357,17 +349,14 @@ class DetectWorker:
         if self._producer is None:
             self._producer = self._producer_factory()
         producer = self._producer
+        topic = self.settings.topic_events
         try:
-            with translate_errors("produce alerts"):
-                futures = [
-                    producer.send(
-                        self.settings.topic_events, key=alert_key(a), value=encode_event(dict(a))
-                    )
-                    for a in alerts
-                ]
-                producer.flush(timeout=PRODUCE_TIMEOUT_S)
-                for f in futures:
-                    f.get(timeout=PRODUCE_TIMEOUT_S)
+            send_confirmed(
+                producer,
+                [(topic, alert_key(a), encode_event(dict(a))) for a in alerts],
+                timeout_s=PRODUCE_TIMEOUT_S,
+                what="produce alerts",
+            )
         except TransportError:
             # A fresh producer for the retry: the failed one may hold half-sent batches.
             self.stats.produce_retries += 1
