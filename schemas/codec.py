@@ -28,10 +28,10 @@ from schemas.models import (
 )
 from schemas.validate import event_errors
 from sessionvault.errors import UnknownVersionError, ValidationError
+from sessionvault.names import is_tenant_name
 
 CHUNK_MAGIC = b"SVCK"
 _HLEN = struct.Struct(">I")
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _SID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 _STREAMS = {s.value: s for s in Stream}
@@ -107,7 +107,7 @@ def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool
         if name not in header:
             raise _bad("missing_field", f"chunk header: required field {name!r} is missing")
     tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+    if not is_tenant_name(tenant):
         raise _bad(
             "wrong_type",
             f"chunk header: 'tenant' must match [A-Za-z0-9_.-]{{1,63}}, got {tenant!r}",

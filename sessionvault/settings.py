@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from sessionvault.errors import ConfigError
+from sessionvault.names import TENANT_RULE, is_tenant_name
 
 ENV_PREFIX = "SESSIONVAULT_"
 STACK_FILE = "stack.json"
@@ -205,8 +206,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 
 
 def _check(s: Settings) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", s.tenant):
-        raise ConfigError(f"SESSIONVAULT_TENANT={s.tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+    if not is_tenant_name(s.tenant):
+        raise ConfigError(f"SESSIONVAULT_TENANT={s.tenant!r}: use {TENANT_RULE}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", s.opensearch_index_prefix):
         raise ConfigError(
             f"SESSIONVAULT_OPENSEARCH_INDEX_PREFIX={s.opensearch_index_prefix!r}: use 1-41 of"

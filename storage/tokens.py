@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from sessionvault.errors import ValidationError
+from sessionvault.names import TENANT_RULE, is_tenant_name
 from storage.pg import translate
 
 __all__ = [
@@ -44,7 +45,6 @@ Executor: TypeAlias = Any  # asyncpg Pool or Connection
 
 TOKEN_PREFIX = "svt_"
 SCOPES = frozenset({"webhook", "read", "import"})
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 
 
@@ -98,8 +98,8 @@ async def create_token(
 ) -> tuple[str, Principal]:
     """Store a new token; return ``(token text, principal)``. The text is not kept anywhere.
     ``expires_at`` (aware): the token authenticates nothing from then on."""
-    if not _TENANT_RE.fullmatch(tenant):
-        raise ValidationError("wrong_type", f"tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+    if not is_tenant_name(tenant):
+        raise ValidationError("wrong_type", f"tenant {tenant!r}: use {TENANT_RULE}")
     scope_set = frozenset(scopes)
     unknown = scope_set - SCOPES
     if not scope_set or unknown:

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from sessionvault.errors import SessionVaultError
+from sessionvault.errors import ConfigError, SessionVaultError
+from sessionvault.names import TENANT_RULE, is_tenant_name
 from sessionvault.settings import Settings, load_settings, read_stack_file, require
 
 STACK_DOWN = "the local stack is not running: run `sessionvault up`"
@@ -231,8 +232,15 @@ def index_store(settings: Settings) -> Any:
     return OpenSearchStore(settings.opensearch_url, prefix=settings.opensearch_index_prefix)
 
 
+def check_tenant(name: str) -> str:
+    """``name`` when it is a valid tenant name; a one-line ConfigError otherwise."""
+    if not is_tenant_name(name):
+        raise ConfigError(f"--tenant {name!r}: use {TENANT_RULE}")
+    return name
+
+
 def _default_tenant(ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
-    return value or get_settings(ctx).tenant
+    return get_settings(ctx).tenant if value is None else check_tenant(value)
 
 
 #: ``--tenant``: the tenant a command acts in; the command receives the resolved name

@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import sys
 from typing import Any
 
 import click
 
 from sessionvault.cli.common import (
+    check_tenant,
     get_settings,
     group_option,
     run_async_worker,
@@ -22,11 +22,9 @@ from sessionvault.cli.common import (
     subgroup,
     tenant_option,
 )
-from sessionvault.errors import ConfigError, SessionVaultError
+from sessionvault.errors import SessionVaultError
 from sessionvault.settings import Settings
 from sessionvault.timespec import SPAN_HELP, parse_when, window
-
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def register(main: click.Group) -> None:
@@ -101,10 +99,7 @@ def _register_record(main: click.Group) -> None:
         from ingest.pty_record import RecordOptions, record, stderr_notice
 
         settings = get_settings(ctx)
-        if tenant:
-            if not _TENANT_RE.fullmatch(tenant):
-                raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
-            settings = dataclasses.replace(settings, tenant=tenant)
+        settings = dataclasses.replace(settings, tenant=tenant)
         _log_to_file(settings, verbose)
         options = RecordOptions(
             command=command,
@@ -305,8 +300,8 @@ def _register_import(main: click.Group) -> None:
         from ingest.import_cmd import Loaded, import_path
 
         settings = get_settings(ctx)
-        if tenant is not None and not _TENANT_RE.fullmatch(tenant):
-            raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+        if tenant is not None:
+            check_tenant(tenant)
         bar: list[Any] = []
 
         def on_loaded(loaded: Loaded) -> None:
@@ -475,8 +470,8 @@ def _register_index(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         require(settings, "postgres_dsn", "opensearch_url")
-        if tenant is not None and not _TENANT_RE.fullmatch(tenant):
-            raise ConfigError(f"--tenant {tenant!r}: use 1-63 of [A-Za-z0-9_.-]")
+        if tenant is not None:
+            check_tenant(tenant)
         since_dt = parse_when("--since", since)
 
         async def run() -> None:
