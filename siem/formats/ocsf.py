@@ -26,7 +26,7 @@ event types map to None.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from schemas.kube import kube_verb
@@ -181,21 +181,133 @@ def _detection_finding(ev: Mapping[str, Any], metadata: dict[str, Any]) -> dict[
     return out
 
 
-def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The OCSF event for ``event`` (secrets stripped), or None if its type has no class."""
-    ev = strip_secrets(event)
-    etype = _text(ev.get("event"))
-    if etype.startswith("alert."):
-        return _detection_finding(ev, _metadata(ev, etype))
-    entry = OCSF_CLASSES.get(etype)
-    if entry is None:
-        return None
-    class_uid, activity_id = entry
-    if class_uid == API_ACTIVITY:
-        activity_id = _API_ACTIVITY.get(kube_verb(ev).verb) or _HTTP_TO_ACTIVITY.get(
-            _text(ev.get("verb")).upper(), 0
-        )
-    metadata = _metadata(ev, etype)
+def _ssh_activity(ev: Mapping[str, Any], out: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """SSH Activity (4007): the session's endpoints and who."""
+    server, server_uid = _text(ev.get("server_hostname")), _text(ev.get("server_id"))
+    src = _endpoint(ev.get("addr.remote"))
+    if src:
+        out["src_endpoint"] = src
+    out["dst_endpoint"] = _endpoint(
+        ev.get("addr.local"), hostname=server or None, uid=server_uid or None
+    ) or {"uid": server_uid or "unknown"}
+    out["actor"] = _actor(ev)
+    if ev.get("login"):
+        out["actor"]["user"]["account"] = {"name": _text(ev.get("login"))}
+    # actor (who, and the session) exists on Network Activity classes only through the OCSF
+    # "host" profile, declared in metadata.profiles as OCSF requires.
+    metadata["profiles"] = ["host"]
+
+
+def _authentication(ev: Mapping[str, Any], out: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Authentication (3002): the user, the cluster as the service, where from, how."""
+    out["user"] = _user(ev)
+    out["service"] = {"name": _text(ev.get("cluster_name")) or PRODUCT_NAME}
+    src = _endpoint(ev.get("addr.remote"))
+    if src:
+        out["src_endpoint"] = src
+    if ev.get("method"):
+        out["auth_protocol"] = _text(ev.get("method"))
+    out["is_remote"] = True
+
+
+def _kube_resource(ev: Mapping[str, Any]) -> list[dict[str, Any]]:
+    resource = {
+        "type": _text(ev.get("resource_kind")),
+        "name": _text(ev.get("resource_name")),
+        "namespace": _text(ev.get("resource_namespace")),
+    }
+    if resource["type"] and not resource["name"]:
+        # OCSF needs a name or uid; a collection request (list, create with generateName)
+        # names no object, so the request path identifies it.
+        resource["uid"] = _text(ev.get("request_path")) or resource["type"]
+    if not (resource["type"] or resource["name"]):
+        return []
+    namespace = {"group": {"name": resource["namespace"]}} if resource["namespace"] else {}
+    return [{k: v for k, v in resource.items() if v and k != "namespace"} | namespace]
+
+
+def _api_activity(ev: Mapping[str, Any], out: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """API Activity (6003): a Kubernetes API request (verb, resource, response)."""
+    code = ev.get("response_code")
+    api: dict[str, Any] = {
+        "operation": kube_verb(ev).verb or "unknown",
+        "service": {"name": "kubernetes"},
+    }
+    audit = ev.get("kube_audit")
+    if isinstance(audit, dict) and audit.get("auditID"):
+        api["request"] = {"uid": _text(audit.get("auditID"))}
+    if isinstance(code, int):
+        api["response"] = {"code": code}
+    out["api"] = api
+    out["actor"] = _actor(ev)
+    if ev.get("user_agent"):
+        out["actor"]["app_name"] = _text(ev.get("user_agent"))
+    out["src_endpoint"] = _endpoint(ev.get("addr.remote")) or {"name": "unknown"}
+    out["http_request"] = {
+        "http_method": _text(ev.get("verb")) or "GET",
+        "url": {"path": _text(ev.get("request_path"))},
+    }
+    resources = _kube_resource(ev)
+    if resources:
+        out["resources"] = resources
+    if ev.get("kubernetes_cluster"):
+        out["dst_endpoint"] = {"name": _text(ev.get("kubernetes_cluster"))}
+    if isinstance(code, int):
+        out["status_id"] = 1 if code < 400 else 2
+
+
+def _process(ev: Mapping[str, Any]) -> dict[str, Any]:
+    process: dict[str, Any] = {"cmd_line": _command(ev)}
+    exe = _text(ev.get("path"))
+    if exe:
+        process["file"] = {"path": exe, "name": exe.rsplit("/", 1)[-1], "type_id": 1}
+        process["name"] = exe.rsplit("/", 1)[-1]
+    elif ev.get("program"):
+        process["name"] = _text(ev.get("program"))
+    else:
+        process["name"] = _command(ev).split(" ", 1)[0] or "unknown"
+    if isinstance(ev.get("pid"), int):
+        process["pid"] = ev["pid"]
+    else:
+        # OCSF needs pid, uid or cpid; an exec event has no pid, so the process is identified
+        # by the event that started it.
+        process["uid"] = _text(ev.get("uid")) or "unknown"
+    if isinstance(ev.get("ppid"), int):
+        process["parent_process"] = {"pid": ev["ppid"]}
+    if ev.get("login"):
+        process["user"] = {"name": _text(ev.get("login"))}
+    return process
+
+
+def _process_activity(ev: Mapping[str, Any], out: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Process Activity (1007): a command run in a session, on which device, its exit code."""
+    server, server_uid = _text(ev.get("server_hostname")), _text(ev.get("server_id"))
+    out["actor"] = _actor(ev)
+    device: dict[str, Any] = {"type_id": 0, "hostname": server or None, "uid": server_uid or None}
+    out["device"] = {k: v for k, v in device.items() if v is not None}
+    if "hostname" not in out["device"] and "uid" not in out["device"]:
+        out["device"]["name"] = "unknown"
+    out["process"] = _process(ev)
+    rc = ev.get("return_code", ev.get("exitCode"))
+    if isinstance(rc, int):
+        out["exit_code"] = rc
+
+
+_ClassMapping = Callable[[Mapping[str, Any], dict[str, Any], dict[str, Any]], None]
+
+#: One mapping per OCSF class: fills the class's own attributes into the base event.
+_CLASS_MAPPINGS: dict[int, _ClassMapping] = {
+    SSH_ACTIVITY: _ssh_activity,
+    AUTHENTICATION: _authentication,
+    API_ACTIVITY: _api_activity,
+    PROCESS_ACTIVITY: _process_activity,
+}
+
+
+def _base_event(
+    ev: Mapping[str, Any], etype: str, class_uid: int, activity_id: int, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The attributes every class has (base event), status included."""
     out: dict[str, Any] = {
         "class_uid": class_uid,
         "category_uid": _CATEGORY[class_uid],
@@ -213,102 +325,28 @@ def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
         out["status_id"] = 1 if success else 2
     if ev.get("error"):
         out["status_detail"] = _text(ev.get("error"))
-    server = _text(ev.get("server_hostname"))
-    server_uid = _text(ev.get("server_id"))
+    return out
 
-    if class_uid == SSH_ACTIVITY:
-        src = _endpoint(ev.get("addr.remote"))
-        if src:
-            out["src_endpoint"] = src
-        out["dst_endpoint"] = _endpoint(
-            ev.get("addr.local"), hostname=server or None, uid=server_uid or None
-        ) or {"uid": server_uid or "unknown"}
-        out["actor"] = _actor(ev)
-        if ev.get("login"):
-            out["actor"]["user"]["account"] = {"name": _text(ev.get("login"))}
-        # actor (who, and the session) exists on Network Activity classes only through the
-        # OCSF "host" profile, declared in metadata.profiles as OCSF requires.
-        metadata["profiles"] = ["host"]
-    elif class_uid == AUTHENTICATION:
-        out["user"] = _user(ev)
-        out["service"] = {"name": _text(ev.get("cluster_name")) or PRODUCT_NAME}
-        src = _endpoint(ev.get("addr.remote"))
-        if src:
-            out["src_endpoint"] = src
-        if ev.get("method"):
-            out["auth_protocol"] = _text(ev.get("method"))
-        out["is_remote"] = True
-    elif class_uid == API_ACTIVITY:
-        code = ev.get("response_code")
-        api: dict[str, Any] = {
-            "operation": kube_verb(ev).verb or "unknown",
-            "service": {"name": "kubernetes"},
-        }
-        audit = ev.get("kube_audit")
-        if isinstance(audit, dict) and audit.get("auditID"):
-            api["request"] = {"uid": _text(audit.get("auditID"))}
-        if isinstance(code, int):
-            api["response"] = {"code": code}
-        out["api"] = api
-        out["actor"] = _actor(ev)
-        if ev.get("user_agent"):
-            out["actor"]["app_name"] = _text(ev.get("user_agent"))
-        out["src_endpoint"] = _endpoint(ev.get("addr.remote")) or {"name": "unknown"}
-        out["http_request"] = {
-            "http_method": _text(ev.get("verb")) or "GET",
-            "url": {"path": _text(ev.get("request_path"))},
-        }
-        resource = {
-            "type": _text(ev.get("resource_kind")),
-            "name": _text(ev.get("resource_name")),
-            "namespace": _text(ev.get("resource_namespace")),
-        }
-        if resource["type"] and not resource["name"]:
-            # OCSF needs a name or uid; a collection request (list, create with
-            # generateName) names no object, so the request path identifies it.
-            resource["uid"] = _text(ev.get("request_path")) or resource["type"]
-        if resource["type"] or resource["name"]:
-            out["resources"] = [
-                {k: v for k, v in resource.items() if v and k != "namespace"}
-                | ({"group": {"name": resource["namespace"]}} if resource["namespace"] else {})
-            ]
-        if ev.get("kubernetes_cluster"):
-            out["dst_endpoint"] = {"name": _text(ev.get("kubernetes_cluster"))}
-        if isinstance(code, int):
-            out["status_id"] = 1 if code < 400 else 2
-    elif class_uid == PROCESS_ACTIVITY:
-        out["actor"] = _actor(ev)
-        out["device"] = {
-            "type_id": 0,
-            "hostname": server or None,
-            "uid": server_uid or None,
-        }
-        out["device"] = {k: v for k, v in out["device"].items() if v is not None}
-        if "hostname" not in out["device"] and "uid" not in out["device"]:
-            out["device"]["name"] = "unknown"
-        process: dict[str, Any] = {"cmd_line": _command(ev)}
-        exe = _text(ev.get("path"))
-        if exe:
-            process["file"] = {"path": exe, "name": exe.rsplit("/", 1)[-1], "type_id": 1}
-            process["name"] = exe.rsplit("/", 1)[-1]
-        elif ev.get("program"):
-            process["name"] = _text(ev.get("program"))
-        else:
-            process["name"] = _command(ev).split(" ", 1)[0] or "unknown"
-        if isinstance(ev.get("pid"), int):
-            process["pid"] = ev["pid"]
-        else:
-            # OCSF needs pid, uid or cpid; an exec event has no pid, so the process is
-            # identified by the event that started it.
-            process["uid"] = _text(ev.get("uid")) or "unknown"
-        if isinstance(ev.get("ppid"), int):
-            process["parent_process"] = {"pid": ev["ppid"]}
-        if ev.get("login"):
-            process["user"] = {"name": _text(ev.get("login"))}
-        out["process"] = process
-        rc = ev.get("return_code", ev.get("exitCode"))
-        if isinstance(rc, int):
-            out["exit_code"] = rc
+
+def to_ocsf(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The OCSF event for ``event`` (secrets stripped), or None if its type has no class."""
+    ev = strip_secrets(event)
+    etype = _text(ev.get("event"))
+    if etype.startswith("alert."):
+        return _detection_finding(ev, _metadata(ev, etype))
+    entry = OCSF_CLASSES.get(etype)
+    if entry is None:
+        return None
+    class_uid, activity_id = entry
+    if class_uid == API_ACTIVITY:
+        activity_id = _API_ACTIVITY.get(kube_verb(ev).verb) or _HTTP_TO_ACTIVITY.get(
+            _text(ev.get("verb")).upper(), 0
+        )
+    metadata = _metadata(ev, etype)
+    out = _base_event(ev, etype, class_uid, activity_id, metadata)
+    mapping = _CLASS_MAPPINGS.get(class_uid)
+    if mapping is not None:
+        mapping(ev, out, metadata)
     unmapped = _unmapped(ev)
     if unmapped:
         out["unmapped"] = unmapped
