@@ -270,7 +270,7 @@ def _run_in_pty(
     previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
         with raw_mode(stdin_fd) as is_raw:
-            return _pump(
+            return _Pump(
                 pid,
                 master,
                 recorder,
@@ -281,7 +281,7 @@ def _run_in_pty(
                 pending_signals,
                 is_raw,
                 info,
-            )
+            ).run()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -301,116 +301,138 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _pump(
-    pid: int,
-    master: int,
-    recorder: SessionRecorder | None,
-    guard: _Guard,
-    stdin_fd: int,
-    stdout_fd: int,
-    wake_r: int,
-    pending_signals: list[int],
-    is_raw: bool,
-    info: SessionInfo,
-) -> int:
-    to_child = bytearray()
-    stdin_open = True
-    stdout_ok = True
-    master_open = True
-    wait_status: int | None = None
-    size = (info.cols, info.rows)
-    child_gone_at: float | None = None
+class _Pump:
+    """The copy loop between the user's terminal and the child's pty, recording both ways: a
+    select loop (:meth:`run`) plus one handler per ready descriptor."""
 
-    while master_open:
-        rlist = [master, wake_r]
-        if stdin_open and len(to_child) < 1 << 20:
-            rlist.append(stdin_fd)
-        wlist = [master] if to_child else []
-        timeout = None
-        if wait_status is not None:
-            # The child is gone but something (a background job) may hold the pty open: take
-            # what output is left, then stop like `script` does.
-            child_gone_at = child_gone_at or time.monotonic()
-            timeout = max(0.0, 0.2 - (time.monotonic() - child_gone_at))
-            if timeout == 0.0:
-                break
+    def __init__(
+        self,
+        pid: int,
+        master: int,
+        recorder: SessionRecorder | None,
+        guard: _Guard,
+        stdin_fd: int,
+        stdout_fd: int,
+        wake_r: int,
+        pending_signals: list[int],
+        is_raw: bool,
+        info: SessionInfo,
+    ) -> None:
+        self.pid, self.master, self.recorder, self.guard = pid, master, recorder, guard
+        self.stdin_fd, self.stdout_fd, self.wake_r = stdin_fd, stdout_fd, wake_r
+        self.pending_signals, self.is_raw = pending_signals, is_raw
+        self.to_child = bytearray()
+        self.stdin_open = True
+        self.stdout_ok = True
+        self.master_open = True
+        self.wait_status: int | None = None
+        self.size = (info.cols, info.rows)
+        self.child_gone_at: float | None = None
+
+    def run(self) -> int:
+        """Copy until the pty closes (or the child is gone and its leftovers are read);
+        returns the child's exit status."""
+        while self.master_open:
+            rlist = [self.master, self.wake_r]
+            if self.stdin_open and len(self.to_child) < 1 << 20:
+                rlist.append(self.stdin_fd)
+            wlist = [self.master] if self.to_child else []
+            timeout = None
+            if self.wait_status is not None:
+                # The child is gone but something (a background job) may hold the pty open:
+                # take what output is left, then stop like `script` does.
+                self.child_gone_at = self.child_gone_at or time.monotonic()
+                timeout = max(0.0, 0.2 - (time.monotonic() - self.child_gone_at))
+                if timeout == 0.0:
+                    break
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                self._on_signals()
+            if self.master in readable:
+                self._on_output()
+            if self.stdin_open and self.stdin_fd in readable:
+                self._on_input()
+            if self.to_child and self.master in writable:
+                self._write_to_child()
+        if self.wait_status is None:
+            _, self.wait_status = os.waitpid(self.pid, 0)
+        return exit_status(self.wait_status)
+
+    def _on_signals(self) -> None:
+        """Signals queued by the handlers: forward a resize to the pty (and record it), pass
+        SIGHUP/SIGTERM to the child, notice the child's exit."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            if signum == signal.SIGWINCH:
+                new = get_winsize(self.stdin_fd) or get_winsize(self.stdout_fd)
+                if new and new != self.size:
+                    self.size = new
+                    with contextlib.suppress(OSError):
+                        set_winsize(self.master, *new)
+                    if self.recorder is not None:
+                        self.guard(self.recorder.resize, *new)
+            elif signum in (signal.SIGHUP, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signum)
+        if self.wait_status is None:
+            done, st = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.wait_status = st
+
+    def _on_output(self) -> None:
+        """The child wrote: pass it to the user's terminal and record it."""
         try:
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
-        except InterruptedError:
-            continue
-
-        if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 4096)
-            while pending_signals:
-                signum = pending_signals.pop(0)
-                if signum == signal.SIGWINCH:
-                    new = get_winsize(stdin_fd) or get_winsize(stdout_fd)
-                    if new and new != size:
-                        size = new
-                        with contextlib.suppress(OSError):
-                            set_winsize(master, *new)
-                        if recorder is not None:
-                            guard(recorder.resize, *new)
-                elif signum in (signal.SIGHUP, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signum)
-            if wait_status is None:
-                done, st = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    wait_status = st
-
-        if master in readable:
+            data = os.read(self.master, 65536)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self.master_open = False
+            return
+        if self.stdout_ok:
             try:
-                data = os.read(master, 65536)
-            except OSError as exc:
-                if exc.errno != errno.EIO:
-                    raise
-                data = b""
-            if not data:
-                master_open = False
-            else:
-                if stdout_ok:
-                    try:
-                        _write_all(stdout_fd, data)
-                    except OSError:
-                        # The user's side is gone (ssh disconnect): hang up the child, keep
-                        # recording what it prints until it exits.
-                        stdout_ok = False
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGHUP)
-                if recorder is not None:
-                    guard(recorder.output, data)
-
-        if stdin_open and stdin_fd in readable:
-            try:
-                data = os.read(stdin_fd, 65536)
+                _write_all(self.stdout_fd, data)
             except OSError:
-                data = b""
-            if not data:
-                stdin_open = False
-                if not is_raw:
-                    # Piped stdin ended: give the child the terminal's EOF (like a user's ^D).
-                    with contextlib.suppress(termios.error):
-                        to_child += termios.tcgetattr(master)[6][termios.VEOF]
-            else:
-                if recorder is not None and not is_password_prompt(master):
-                    guard(recorder.input, data)
-                to_child += data
+                # The user's side is gone (ssh disconnect): hang up the child, keep recording
+                # what it prints until it exits.
+                self.stdout_ok = False
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGHUP)
+        if self.recorder is not None:
+            self.guard(self.recorder.output, data)
 
-        if to_child and master in writable:
-            try:
-                n = os.write(master, to_child)
-                del to_child[:n]
-            except BlockingIOError:
-                pass
-            except OSError:
-                to_child.clear()
-                stdin_open = False
+    def _on_input(self) -> None:
+        """The user typed: queue it for the child and record it (not at a password prompt)."""
+        try:
+            data = os.read(self.stdin_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.stdin_open = False
+            if not self.is_raw:
+                # Piped stdin ended: give the child the terminal's EOF (like a user's ^D).
+                with contextlib.suppress(termios.error):
+                    self.to_child += termios.tcgetattr(self.master)[6][termios.VEOF]
+            return
+        if self.recorder is not None and not is_password_prompt(self.master):
+            self.guard(self.recorder.input, data)
+        self.to_child += data
 
-    if wait_status is None:
-        _, wait_status = os.waitpid(pid, 0)
-    return exit_status(wait_status)
+    def _write_to_child(self) -> None:
+        try:
+            n = os.write(self.master, self.to_child)
+            del self.to_child[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.to_child.clear()
+            self.stdin_open = False
 
 
 def stderr_notice(sid: str) -> None:
