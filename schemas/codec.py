@@ -92,12 +92,8 @@ def decode_chunk_header(value: bytes, max_bytes: int) -> tuple[dict[str, Any], i
     return header, 8 + hlen
 
 
-def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True) -> Chunk:
-    """Decode and validate a chunk record. Raises :class:`ValidationError` with a reason code.
-
-    With ``verify`` the chunk's own hash is recomputed; a mismatch is ``bad_hash``.
-    """
-    header, start = decode_chunk_header(value, max_bytes)
+def _check_identity(header: dict[str, Any]) -> None:
+    """Version, required fields, tenant, sid, seq and the two hashes of a chunk header."""
     version = header.get("sv_version")
     if version is None:
         raise _bad("missing_field", "chunk header: required field 'sv_version' is missing")
@@ -119,36 +115,52 @@ def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool
     for name in ("prev_hash", "hash"):
         if not isinstance(header[name], str) or not _HASH_RE.fullmatch(header[name]):
             raise _bad("wrong_type", f"chunk header: {name!r} must be 64 lowercase hex digits")
-    raw_frames = header["frames"]
+
+
+def _frame_spec(i: int, rf: object) -> tuple[int, Stream, int]:
+    """``(offset_ms, stream, length)`` of ``frames[i]`` in a chunk header."""
+    if not (isinstance(rf, list) and len(rf) == 3):
+        raise _bad("wrong_type", f"chunk header: frames[{i}] must be [offset_ms, stream, length]")
+    off, st, ln = rf
+    if not _is_int(off) or off < 0:
+        raise _bad("wrong_type", f"chunk header: frames[{i}][0] offset_ms must be an integer >= 0")
+    stream = _STREAMS.get(st) if isinstance(st, str) else None
+    if stream is None:
+        raise _bad(
+            "wrong_type", f"chunk header: frames[{i}][1] stream {st!r} is not one of o,i,r,m,e,x"
+        )
+    if not _is_int(ln) or ln < 0:
+        raise _bad("wrong_type", f"chunk header: frames[{i}][2] length must be an integer >= 0")
+    return off, stream, ln
+
+
+def _frames(raw_frames: object, value: bytes, start: int) -> list[Frame]:
+    """The frames a header lists, cut from the payload that follows it; the lengths must
+    account for every payload byte."""
     if not isinstance(raw_frames, list):
         raise _bad("wrong_type", "chunk header: 'frames' must be an array")
     frames: list[Frame] = []
-    pos = start
-    end = len(value)
+    pos, end = start, len(value)
     for i, rf in enumerate(raw_frames):
-        if not (isinstance(rf, list) and len(rf) == 3):
-            raise _bad(
-                "wrong_type", f"chunk header: frames[{i}] must be [offset_ms, stream, length]"
-            )
-        off, st, ln = rf
-        if not _is_int(off) or off < 0:
-            raise _bad(
-                "wrong_type", f"chunk header: frames[{i}][0] offset_ms must be an integer >= 0"
-            )
-        stream = _STREAMS.get(st) if isinstance(st, str) else None
-        if stream is None:
-            raise _bad(
-                "wrong_type",
-                f"chunk header: frames[{i}][1] stream {st!r} is not one of o,i,r,m,e,x",
-            )
-        if not _is_int(ln) or ln < 0:
-            raise _bad("wrong_type", f"chunk header: frames[{i}][2] length must be an integer >= 0")
+        off, stream, ln = _frame_spec(i, rf)
         if pos + ln > end:
             raise _bad("bad_framing", f"frames[{i}] needs {ln} bytes but the payload ends first")
         frames.append(Frame(off, stream, value[pos : pos + ln]))
         pos += ln
     if pos != end:
         raise _bad("bad_framing", f"payload has {end - pos} bytes beyond the last frame")
+    return frames
+
+
+def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True) -> Chunk:
+    """Decode and validate a chunk record. Raises :class:`ValidationError` with a reason code.
+
+    With ``verify`` the chunk's own hash is recomputed; a mismatch is ``bad_hash``.
+    """
+    header, start = decode_chunk_header(value, max_bytes)
+    _check_identity(header)
+    tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
+    frames = _frames(header["frames"], value, start)
     session = None
     if "session" in header:
         session = _decode_session(header["session"])
