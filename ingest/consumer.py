@@ -117,8 +117,14 @@ class BatchConsumer:
         require(settings, "kafka_bootstrap")
         self.group_id = group_id
         self.topics = list(topics)
+        config = consumer_config(settings, group_id, **overrides)
+        self.busy_fetch_wait_ms = int(config["fetch_max_wait_ms"])
+        self.idle_fetch_wait_ms = max(
+            self.busy_fetch_wait_ms, settings.consumer_idle_fetch_max_wait_ms
+        )
+        self.fetch_wait_ms = self.busy_fetch_wait_ms
         try:
-            self._consumer = factory(**consumer_config(settings, group_id, **overrides))
+            self._consumer = factory(**config)
             self._consumer.subscribe(self.topics)
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, f"join consumer group {group_id}") from exc
@@ -195,6 +201,21 @@ class BatchConsumer:
             return total
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, "read lag") from exc
+
+    def set_idle(self, idle: bool) -> bool:
+        """Use the idle (long) or the busy fetch wait from the next fetch on; True when it
+        changed. kafka-python has no public setter: its fetcher's config is changed, and where
+        a kafka-python keeps it elsewhere nothing changes (the busy wait stays: more idle CPU,
+        never more latency; ``tests/integration/test_consumer_fetch_wait.py`` notices)."""
+        wanted = self.idle_fetch_wait_ms if idle else self.busy_fetch_wait_ms
+        if wanted == self.fetch_wait_ms:
+            return False
+        config = getattr(getattr(self._consumer, "_fetcher", None), "config", None)
+        if not isinstance(config, dict) or "fetch_max_wait_ms" not in config:
+            return False
+        config["fetch_max_wait_ms"] = wanted
+        self.fetch_wait_ms = wanted
+        return True
 
     def hold(self) -> None:
         """Pause every assigned partition and poll (fetching nothing), which keeps this member

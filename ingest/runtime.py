@@ -263,6 +263,7 @@ class KafkaRuntime(Runtime):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-kafka")
         self.consumer: BatchConsumer | None = None
         self._deadletters: DeadLetterProducer | None = None
+        self._idle_since: float | None = None
         self._last_lag: int | None = None
 
     async def sleep_or_stop(self, seconds: float) -> None:
@@ -311,12 +312,32 @@ class KafkaRuntime(Runtime):
             )
 
         try:
-            return await self.kafka(poll)
+            records = await self.kafka(poll)
         except TransportError as exc:
             self.log.warning("%s: poll failed: %s", self.name, exc)
             self.health.failed("polling Kafka", exc)
             await self.sleep_or_stop(POLL_RETRY_S)
             return []
+        await self._adapt_fetch_wait(consumer, bool(records))
+        return records
+
+    async def _adapt_fetch_wait(self, consumer: BatchConsumer, got: bool) -> None:
+        """Short fetch waits while records flow (latency), long ones once the worker has seen
+        none for ``consumer_idle_after_ms`` (idle CPU); see the settings."""
+        now = asyncio.get_running_loop().time()
+        if got:
+            self._idle_since = None
+            if consumer.fetch_wait_ms != consumer.busy_fetch_wait_ms:
+                await self.kafka(consumer.set_idle, False)
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+        idle_for_ms = (now - self._idle_since) * 1000
+        if (
+            idle_for_ms >= self.settings.consumer_idle_after_ms
+            and consumer.fetch_wait_ms != consumer.idle_fetch_wait_ms
+        ):
+            await self.kafka(consumer.set_idle, True)
 
     async def send_deadletters(
         self, records: Sequence[Record], letters: Sequence[DeadLetter]

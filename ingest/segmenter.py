@@ -64,7 +64,7 @@ CHUNK_BATCH = 64
 #: Queued sessions taken per round.
 SESSIONS_PER_ROUND = 64
 #: Seconds between looks at the queue when no notification arrives.
-POLL_S = 1.0
+POLL_S = 5.0
 
 _WHO = ("user_name", "login", "server_id", "cluster_name", "kubernetes_cluster")
 

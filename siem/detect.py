@@ -88,7 +88,7 @@ T = TypeVar("T")
 
 DEFAULT_GROUP = "detect"
 #: How long an empty output feed is left alone before it is looked at again.
-FEED_IDLE_S = 1.0
+FEED_IDLE_S = 2.0
 BATCH_MAX_RECORDS = 500
 BATCH_MAX_BYTES = 16 * 1024 * 1024
 PRODUCE_TIMEOUT_S = 30.0
