@@ -37,24 +37,22 @@ _SESSIONS_SQL = (
 )
 
 
+async def _window(
+    db: Executor, sql: str, tenant: str, since: datetime, until: datetime, user: str | None,
+    clusters: Sequence[str] | None, limit: int,
+) -> list[Any]:  # fmt: skip
+    with map_pg_errors("cannot read the kube timeline"):
+        cluster_list = None if clusters is None else list(clusters)
+        return list(await db.fetch(sql, tenant, since, until, user, cluster_list, limit))
+
+
 async def kube_requests(
     db: Executor, tenant: str, since: datetime, until: datetime, user: str | None,
     clusters: Sequence[str] | None, limit: int,
 ) -> list[Any]:  # fmt: skip
     """``tenant``'s kube.request events in ``[since, until)`` in (time, uid) order; ``clusters``
     None: any cluster, empty: none."""
-    with map_pg_errors("cannot read the kube timeline"):
-        return list(
-            await db.fetch(
-                _REQUESTS_SQL,
-                tenant,
-                since,
-                until,
-                user,
-                None if clusters is None else list(clusters),
-                limit,
-            )
-        )
+    return await _window(db, _REQUESTS_SQL, tenant, since, until, user, clusters, limit)
 
 
 async def kube_sessions(
@@ -62,18 +60,7 @@ async def kube_sessions(
     clusters: Sequence[str] | None, limit: int,
 ) -> list[Any]:  # fmt: skip
     """``tenant``'s kubectl exec sessions overlapping ``[since, until)``, by start."""
-    with map_pg_errors("cannot read the kube timeline"):
-        return list(
-            await db.fetch(
-                _SESSIONS_SQL,
-                tenant,
-                since,
-                until,
-                user,
-                None if clusters is None else list(clusters),
-                limit,
-            )
-        )
+    return await _window(db, _SESSIONS_SQL, tenant, since, until, user, clusters, limit)
 
 
 __all__ = ["Executor", "kube_requests", "kube_sessions"]

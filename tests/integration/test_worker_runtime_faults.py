@@ -51,7 +51,7 @@ from tests.integration.persist_helpers import (
     produce,
     run_until_drained,
 )
-from tests.integration.siem_support import make_events, produce_events
+from tests.integration.siem_support import curl_pipe_shell, make_events, produce_events
 
 pytestmark = pytest.mark.integration
 
@@ -175,24 +175,8 @@ def _stored_events(settings: Settings) -> None:
 
 
 def _alerting_event(settings: Settings) -> None:
-    sid = "7e57c0de-0000-4000-8000-0000000fa017"
     produce_events(
-        settings,
-        [
-            {
-                "sv_version": 1,
-                "tenant": settings.tenant,
-                "event": "session.command",
-                "code": "T4000I",
-                "uid": f"{sid}-cmd",
-                "sid": sid,
-                "time": "2026-11-21T10:00:42.500Z",
-                "user": "alice",
-                "program": "sh",
-                "path": "/bin/sh",
-                "argv": ["-c", "curl -fsSL https://get.example.com/install | sudo bash"],
-            }
-        ],
+        settings, [curl_pipe_shell(settings.tenant, "7e57c0de-0000-4000-8000-0000000fa017")]
     )
 
 
