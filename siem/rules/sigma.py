@@ -283,96 +283,137 @@ def _scalars(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _null_pred(value: SigmaNull) -> ValuePred:
+    return lambda v: v is _MISSING or v is None or v == ""
+
+
+def _exists_pred(value: SigmaExists) -> ValuePred:
+    want = value.exists
+    return lambda v: (v is not _MISSING and v is not None) == want
+
+
+def _bool_pred(value: SigmaBool) -> ValuePred:
+    b = value.boolean
+
+    def is_bool(v: Any) -> bool:
+        return any(
+            x is b or (isinstance(x, str) and x.lower() == str(b).lower()) for x in _scalars(v)
+        )
+
+    return is_bool
+
+
+def _number_pred(value: SigmaNumber) -> ValuePred:
+    num = value.number
+
+    def is_num(v: Any) -> bool:
+        for x in _scalars(v):
+            if isinstance(x, bool):
+                continue
+            if isinstance(x, int | float) and x == num:
+                return True
+            if isinstance(x, str) and x.strip() == str(num):
+                return True
+        return False
+
+    return is_num
+
+
+def _compare_pred(value: SigmaCompareExpression) -> ValuePred:
+    ref = value.number.number
+    ops: dict[CompareOperators, Callable[[float], bool]] = {
+        CompareOperators.LT: lambda a: a < ref,
+        CompareOperators.LTE: lambda a: a <= ref,
+        CompareOperators.GT: lambda a: a > ref,
+        CompareOperators.GTE: lambda a: a >= ref,
+    }
+    op = ops[value.op]
+
+    def cmp(v: Any) -> bool:
+        return any(
+            isinstance(x, int | float) and not isinstance(x, bool) and op(x) for x in _scalars(v)
+        )
+
+    return cmp
+
+
+_REGEX_FLAGS = (
+    (SigmaRegularExpressionFlag.IGNORECASE, re.IGNORECASE),
+    (SigmaRegularExpressionFlag.MULTILINE, re.MULTILINE),
+    (SigmaRegularExpressionFlag.DOTALL, re.DOTALL),
+)
+
+
+def _regex_pred(value: SigmaRegularExpression) -> ValuePred:
+    flags = 0
+    for sigma_flag, re_flag in _REGEX_FLAGS:
+        if sigma_flag in value.flags:
+            flags |= re_flag
+    try:
+        rx = re.compile(value.regexp.original, flags)
+    except re.error as exc:
+        raise RuleError(f"bad regular expression {value.regexp.original!r}: {exc}") from exc
+    return lambda v: any(isinstance(x, str) and rx.search(x) for x in _scalars(v))
+
+
+def _host_of(x: Any) -> str:
+    """The address part of ``addr``, ``addr:port`` or ``[v6]:port``."""
+    host = str(x)
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def _cidr_pred(value: SigmaCIDRExpression) -> ValuePred:
+    net = value.network
+
+    def in_net(v: Any) -> bool:
+        for x in _scalars(v):
+            try:
+                if ipaddress.ip_address(_host_of(x)) in net:
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    return in_net
+
+
+def _string_pred(value: SigmaString) -> ValuePred:
+    rx = _string_regex(value, cased=isinstance(value, SigmaCasedString))
+
+    def str_match(v: Any) -> bool:
+        for x in _scalars(v):
+            if isinstance(x, bool) or x is None or x is _MISSING:
+                continue
+            if isinstance(x, str | int | float) and rx.fullmatch(str(x)):
+                return True
+        return False
+
+    return str_match
+
+
+#: One predicate builder per Sigma value type, most specific first (SigmaCasedString is a
+#: SigmaString).
+_VALUE_PREDS: tuple[tuple[type, Callable[[Any], ValuePred]], ...] = (
+    (SigmaNull, _null_pred),
+    (SigmaExists, _exists_pred),
+    (SigmaBool, _bool_pred),
+    (SigmaNumber, _number_pred),
+    (SigmaCompareExpression, _compare_pred),
+    (SigmaRegularExpression, _regex_pred),
+    (SigmaCIDRExpression, _cidr_pred),
+    (SigmaString, _string_pred),
+)
+
+
 def _value_pred(value: Any) -> ValuePred:
     """A test on one field value (list values: any element)."""
-    if isinstance(value, SigmaNull):
-        return lambda v: v is _MISSING or v is None or v == ""
-    if isinstance(value, SigmaExists):
-        want = value.exists
-        return lambda v: (v is not _MISSING and v is not None) == want
-    if isinstance(value, SigmaBool):
-        b = value.boolean
-
-        def is_bool(v: Any) -> bool:
-            return any(
-                x is b or (isinstance(x, str) and x.lower() == str(b).lower()) for x in _scalars(v)
-            )
-
-        return is_bool
-    if isinstance(value, SigmaNumber):
-        num = value.number
-
-        def is_num(v: Any) -> bool:
-            for x in _scalars(v):
-                if isinstance(x, bool):
-                    continue
-                if isinstance(x, int | float) and x == num:
-                    return True
-                if isinstance(x, str) and x.strip() == str(num):
-                    return True
-            return False
-
-        return is_num
-    if isinstance(value, SigmaCompareExpression):
-        ref = value.number.number
-        ops: dict[CompareOperators, Callable[[float], bool]] = {
-            CompareOperators.LT: lambda a: a < ref,
-            CompareOperators.LTE: lambda a: a <= ref,
-            CompareOperators.GT: lambda a: a > ref,
-            CompareOperators.GTE: lambda a: a >= ref,
-        }
-        op = ops[value.op]
-
-        def cmp(v: Any) -> bool:
-            for x in _scalars(v):
-                if isinstance(x, int | float) and not isinstance(x, bool) and op(x):
-                    return True
-            return False
-
-        return cmp
-    if isinstance(value, SigmaRegularExpression):
-        flags = 0
-        if SigmaRegularExpressionFlag.IGNORECASE in value.flags:
-            flags |= re.IGNORECASE
-        if SigmaRegularExpressionFlag.MULTILINE in value.flags:
-            flags |= re.MULTILINE
-        if SigmaRegularExpressionFlag.DOTALL in value.flags:
-            flags |= re.DOTALL
-        try:
-            rx = re.compile(value.regexp.original, flags)
-        except re.error as exc:
-            raise RuleError(f"bad regular expression {value.regexp.original!r}: {exc}") from exc
-        return lambda v: any(isinstance(x, str) and rx.search(x) for x in _scalars(v))
-    if isinstance(value, SigmaCIDRExpression):
-        net = value.network
-
-        def in_net(v: Any) -> bool:
-            for x in _scalars(v):
-                host = str(x)
-                if host.startswith("["):
-                    host = host[1:].split("]", 1)[0]
-                elif host.count(":") == 1:
-                    host = host.split(":", 1)[0]
-                try:
-                    if ipaddress.ip_address(host) in net:
-                        return True
-                except ValueError:
-                    continue
-            return False
-
-        return in_net
-    if isinstance(value, SigmaString):
-        rx = _string_regex(value, cased=isinstance(value, SigmaCasedString))
-
-        def str_match(v: Any) -> bool:
-            for x in _scalars(v):
-                if isinstance(x, bool) or x is None or x is _MISSING:
-                    continue
-                if isinstance(x, str | int | float) and rx.fullmatch(str(x)):
-                    return True
-            return False
-
-        return str_match
+    for kind, build in _VALUE_PREDS:
+        if isinstance(value, kind):
+            return build(value)
     raise RuleError(f"value type {type(value).__name__} is not supported")
 
 
