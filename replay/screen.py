@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,92 +427,113 @@ class TimedScreen:
     def _csi_final(self, final: str, params: str, inter: str) -> None:
         if inter or final == "m":
             return  # colours, DECSCUSR and friends: nothing on the screen moves
-        private = params[:1] in ("?", ">", "<", "=")
-        if private:
+        if params[:1] in ("?", ">", "<", "="):
             if params[:1] == "?" and final in "hl":
                 self._modes(params[1:], final == "h")
             return
-        nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else [0]
-        n = nums[0]
-        count = max(1, n)
         self._pending_wrap = False
-        cols, rows = self.cols, self.rows
-        if final in "Hf":
-            row_n = count
-            col_n = max(1, nums[1]) if len(nums) > 1 else 1
-            self._y, self._x = min(rows, row_n) - 1, min(cols, col_n) - 1
-        elif final == "A":
-            self._y = max(self._top if self._y >= self._top else 0, self._y - count)
-        elif final in "Be":
-            lim = self._bottom if self._y <= self._bottom else rows - 1
-            self._y = min(lim, self._y + count)
-        elif final in "Ca":
-            self._x = min(cols - 1, self._x + count)
-        elif final == "D":
-            self._x = max(0, self._x - count)
-        elif final == "E":
-            self._y, self._x = min(rows - 1, self._y + count), 0
-        elif final == "F":
-            self._y, self._x = max(0, self._y - count), 0
-        elif final in "G`":
-            self._x = min(cols, count) - 1
-        elif final == "d":
-            self._y = min(rows, count) - 1
-        elif final == "J":
-            self._erase_display(n)
-        elif final == "K":
-            row = self._buf[self._y]
-            if n == 0:
-                self._erase(row, self._x, cols)
-            elif n == 1:
-                self._erase(row, 0, self._x + 1)
-            elif n == 2:
-                self._erase(row, 0, cols)
-        elif final == "X":
-            self._erase(self._buf[self._y], self._x, self._x + count)
-        elif final == "P":
-            row = self._buf[self._y]
-            self._changing(row, range(self._x, cols))
-            row.stood_since = self._now
-            row.dirty = True
-            del row.chars[self._x : self._x + count]
-            del row.times[self._x : self._x + count]
-            row.chars.extend(" " * (cols - len(row.chars)))
-            row.times.extend([-1] * (cols - len(row.times)))
-        elif final == "@":
-            row = self._buf[self._y]
-            k = min(count, cols - self._x)
-            self._changing(row, range(self._x, cols))
-            row.stood_since = self._now
-            row.dirty = True
-            row.chars[self._x : self._x] = [" "] * k
-            row.times[self._x : self._x] = [-1] * k
-            del row.chars[cols:]
-            del row.times[cols:]
-        elif final in "LM":
-            if self._top <= self._y <= self._bottom:
-                saved_top = self._top
-                self._top = self._y
-                if final == "L":
-                    self._scroll_down(count)
-                else:
-                    self._scroll_up(count)
-                self._top = saved_top
-                self._x = 0
-        elif final == "S":
-            self._scroll_up(count)
-        elif final == "T":
-            self._scroll_down(count)
-        elif final == "r":
-            top = max(1, n) - 1
-            bottom = (nums[1] if len(nums) > 1 and nums[1] > 0 else rows) - 1
-            if top < bottom < rows:
-                self._top, self._bottom = top, bottom
-                self._x = self._y = 0
-        elif final == "s":
-            self._saved = (self._x, self._y)
-        elif final == "u":
-            self._x, self._y = self._saved
+        handler = _CSI_HANDLERS.get(final)
+        if handler is None:
+            return  # a sequence that changes nothing on the screen (device status, ...)
+        nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else [0]
+        handler(self, nums, max(1, nums[0]), final)
+
+    # -- CSI handlers: (numeric parameters, count = max(1, first parameter), final byte) --
+
+    def _cup(self, nums: list[int], count: int, final: str) -> None:
+        col_n = max(1, nums[1]) if len(nums) > 1 else 1
+        self._y, self._x = min(self.rows, count) - 1, min(self.cols, col_n) - 1
+
+    def _cuu(self, nums: list[int], count: int, final: str) -> None:
+        self._y = max(self._top if self._y >= self._top else 0, self._y - count)
+
+    def _cud(self, nums: list[int], count: int, final: str) -> None:
+        lim = self._bottom if self._y <= self._bottom else self.rows - 1
+        self._y = min(lim, self._y + count)
+
+    def _cuf(self, nums: list[int], count: int, final: str) -> None:
+        self._x = min(self.cols - 1, self._x + count)
+
+    def _cub(self, nums: list[int], count: int, final: str) -> None:
+        self._x = max(0, self._x - count)
+
+    def _cnl(self, nums: list[int], count: int, final: str) -> None:
+        self._y, self._x = min(self.rows - 1, self._y + count), 0
+
+    def _cpl(self, nums: list[int], count: int, final: str) -> None:
+        self._y, self._x = max(0, self._y - count), 0
+
+    def _cha(self, nums: list[int], count: int, final: str) -> None:
+        self._x = min(self.cols, count) - 1
+
+    def _vpa(self, nums: list[int], count: int, final: str) -> None:
+        self._y = min(self.rows, count) - 1
+
+    def _ed(self, nums: list[int], count: int, final: str) -> None:
+        self._erase_display(nums[0])
+
+    def _el(self, nums: list[int], count: int, final: str) -> None:
+        row, n = self._buf[self._y], nums[0]
+        if n == 0:
+            self._erase(row, self._x, self.cols)
+        elif n == 1:
+            self._erase(row, 0, self._x + 1)
+        elif n == 2:
+            self._erase(row, 0, self.cols)
+
+    def _ech(self, nums: list[int], count: int, final: str) -> None:
+        self._erase(self._buf[self._y], self._x, self._x + count)
+
+    def _dch(self, nums: list[int], count: int, final: str) -> None:
+        row, cols = self._buf[self._y], self.cols
+        self._changing(row, range(self._x, cols))
+        row.stood_since = self._now
+        row.dirty = True
+        del row.chars[self._x : self._x + count]
+        del row.times[self._x : self._x + count]
+        row.chars.extend(" " * (cols - len(row.chars)))
+        row.times.extend([-1] * (cols - len(row.times)))
+
+    def _ich(self, nums: list[int], count: int, final: str) -> None:
+        row, cols = self._buf[self._y], self.cols
+        k = min(count, cols - self._x)
+        self._changing(row, range(self._x, cols))
+        row.stood_since = self._now
+        row.dirty = True
+        row.chars[self._x : self._x] = [" "] * k
+        row.times[self._x : self._x] = [-1] * k
+        del row.chars[cols:]
+        del row.times[cols:]
+
+    def _il_dl(self, nums: list[int], count: int, final: str) -> None:
+        if self._top <= self._y <= self._bottom:
+            saved_top = self._top
+            self._top = self._y
+            if final == "L":
+                self._scroll_down(count)
+            else:
+                self._scroll_up(count)
+            self._top = saved_top
+            self._x = 0
+
+    def _su(self, nums: list[int], count: int, final: str) -> None:
+        self._scroll_up(count)
+
+    def _sd(self, nums: list[int], count: int, final: str) -> None:
+        self._scroll_down(count)
+
+    def _decstbm(self, nums: list[int], count: int, final: str) -> None:
+        top = max(1, nums[0]) - 1
+        bottom = (nums[1] if len(nums) > 1 and nums[1] > 0 else self.rows) - 1
+        if top < bottom < self.rows:
+            self._top, self._bottom = top, bottom
+            self._x = self._y = 0
+
+    def _save_cursor(self, nums: list[int], count: int, final: str) -> None:
+        self._saved = (self._x, self._y)
+
+    def _restore_cursor(self, nums: list[int], count: int, final: str) -> None:
+        self._x, self._y = self._saved
 
     def _erase_display(self, n: int) -> None:
         buf, cols = self._buf, self.cols
@@ -610,3 +632,35 @@ class TimedScreen:
         s._top, s._bottom = int(st["region"][0]), int(st["region"][1])
         s._state, s._params = int(st["parser"][0]), list(str(st["parser"][1]))
         return s
+
+
+_CsiHandler = Callable[[TimedScreen, list[int], int, str], None]
+
+#: The CSI sequences that move the cursor or change the screen, by final byte.
+_CSI_HANDLERS: dict[str, _CsiHandler] = {
+    "H": TimedScreen._cup,
+    "f": TimedScreen._cup,
+    "A": TimedScreen._cuu,
+    "B": TimedScreen._cud,
+    "e": TimedScreen._cud,
+    "C": TimedScreen._cuf,
+    "a": TimedScreen._cuf,
+    "D": TimedScreen._cub,
+    "E": TimedScreen._cnl,
+    "F": TimedScreen._cpl,
+    "G": TimedScreen._cha,
+    "`": TimedScreen._cha,
+    "d": TimedScreen._vpa,
+    "J": TimedScreen._ed,
+    "K": TimedScreen._el,
+    "X": TimedScreen._ech,
+    "P": TimedScreen._dch,
+    "@": TimedScreen._ich,
+    "L": TimedScreen._il_dl,
+    "M": TimedScreen._il_dl,
+    "S": TimedScreen._su,
+    "T": TimedScreen._sd,
+    "r": TimedScreen._decstbm,
+    "s": TimedScreen._save_cursor,
+    "u": TimedScreen._restore_cursor,
+}
