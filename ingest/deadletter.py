@@ -38,7 +38,13 @@ import kafka.errors as kerr
 from kafka import KafkaConsumer, TopicPartition
 
 from ingest.consumer import Record
-from ingest.kafka import API_VERSION, make_producer, max_request_bytes, to_transport_error
+from ingest.kafka import (
+    API_VERSION,
+    confirmed_prefix,
+    make_producer,
+    max_request_bytes,
+    to_transport_error,
+)
 from ingest.topics import end_offsets
 from sessionvault.errors import TransportError
 from sessionvault.settings import Settings, require
@@ -189,15 +195,12 @@ class DeadLetterProducer:
         pending, self._pending = self._pending, []
         if not pending:
             return 0
-        try:
-            self._producer.flush(timeout=timeout_s)
-            for fut in pending:
-                fut.get(timeout=0)
-        except (kerr.KafkaError, OSError) as exc:
-            err = to_transport_error(exc, "deliver dead letters")
+        confirmed, error = confirmed_prefix(self._producer, pending, timeout_s=timeout_s)
+        if error is not None:
+            err = to_transport_error(error, "deliver dead letters")
             err.retriable = True
-            raise err from exc
-        return len(pending)
+            raise err from error
+        return confirmed
 
     def close(self) -> None:
         try:

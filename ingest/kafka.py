@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -114,6 +114,38 @@ class Producer(Protocol):
     def close(self, timeout: float | None = None) -> None: ...
 
 
+def confirmed_prefix(
+    producer: Producer | None,
+    futures: Sequence[Any],
+    *,
+    timeout_s: float,
+    failed: Exception | None = None,
+) -> tuple[int, Exception | None]:
+    """Flush ``producer`` and wait for ``futures`` (the sends of one ordered run) in order:
+    (how many of them, from the first, the broker acknowledged; the first error). The one
+    wait for acknowledgements every sender uses. ``failed``: sending already failed, so
+    nothing is flushed or waited for; only sends already answered count."""
+    error: Exception | None = failed
+    if error is None and producer is not None:
+        try:
+            producer.flush(timeout=timeout_s)
+        except Exception as exc:  # kafka-python raises many types; all mean "not delivered"
+            error = exc
+    confirmed = 0
+    for fut in futures:
+        if error is not None and not fut.is_done:
+            break
+        try:
+            fut.get(timeout=timeout_s)
+        except Exception as exc:
+            error = error or exc
+            break
+        confirmed += 1
+    if error is None and confirmed < len(futures):
+        error = TransportError("delivery not confirmed")
+    return confirmed, error
+
+
 def send_confirmed(
     producer: Producer,
     records: Iterable[tuple[str, bytes | None, bytes | None]],
@@ -127,14 +159,16 @@ def send_confirmed(
     idempotent)."""
     try:
         futures = [producer.send(topic, value=value, key=key) for topic, key, value in records]
-        producer.flush(timeout=timeout_s)
-        for fut in futures:
-            fut.get(timeout=timeout_s)
     except TransportError:
         raise
     except Exception as exc:  # kafka-python raises many types; all mean "not delivered"
         raise to_transport_error(exc, what) from exc
-    return len(futures)
+    confirmed, error = confirmed_prefix(producer, futures, timeout_s=timeout_s)
+    if error is not None:
+        if isinstance(error, TransportError):
+            raise error
+        raise to_transport_error(error, what) from error
+    return confirmed
 
 
 class SharedProducer:

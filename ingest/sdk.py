@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.batching import ChunkBuilder, ChunkLimits, Clock
-from ingest.kafka import Producer, send_confirmed
+from ingest.kafka import Producer, confirmed_prefix, send_confirmed
 from ingest.spool import (
     Spool,
     SpoolRecord,
@@ -369,24 +369,17 @@ class Transport:
     def _send_and_confirm(self, records: list[SpoolRecord]) -> tuple[int, Exception | None]:
         """Send records in order; return (length of the confirmed prefix, first error)."""
         futures: list[Any] = []
-        error: Exception | None = None
+        send_error: Exception | None = None
+        producer: Producer | None = None
         try:
             producer = self._get_producer()
             for rec in records:
                 futures.append(producer.send(rec.topic, value=rec.value, key=rec.key or None))
-            producer.flush(timeout=self.confirm_timeout_s)
         except Exception as exc:  # kafka-python raises many types; all mean "not delivered"
-            error = exc
-        confirmed = 0
-        for fut in futures:
-            if error is not None and not fut.is_done:
-                break
-            try:
-                fut.get(timeout=self.confirm_timeout_s)
-            except Exception as exc:
-                error = error or exc
-                break
-            confirmed += 1
+            send_error = exc
+        confirmed, error = confirmed_prefix(
+            producer, futures, timeout_s=self.confirm_timeout_s, failed=send_error
+        )
         if error is not None or confirmed < len(records):
             error = error or TransportError("delivery not confirmed")
             # A fresh producer after a failure: a restarted broker may not know the old
