@@ -11,14 +11,18 @@ server; each worker in-process with its real dependencies, except the one inject
 3. the fault cleared, a new member of the same group takes the batch again: stored, delivered
    or alerted once, everything committed, health ``running``.
 
-The third fault of the runtime, a record that cannot be dead-lettered whole, goes through every
-worker in ``test_chaos_records.py`` (10 MiB records on both topics beside good sessions).
+4. a record that cannot be dead-lettered whole (10 MiB, which the broker accepts): every Kafka
+   worker commits past it and the good record after it without stalling; where the stage
+   dead-letters it (persist, a SIEM sink), the dead letter is a bounded prefix with the
+   original's size and sha256. (``test_chaos_records.py`` adds ten more kinds of hostile
+   record, all workers at once.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,12 +33,14 @@ import asyncpg
 import orjson
 import pytest
 
+from ingest.deadletter import iter_deadletters
 from ingest.health import RUNNING, STALLED
 from ingest.index_worker import IndexWorker
 from ingest.kafka import make_producer
 from ingest.persist import PersistWorker
 from ingest.segmenter import Segmenter
 from schemas import encode_chunk
+from schemas.codec import CHUNK_MAGIC
 from sessionvault.errors import TransportError
 from sessionvault.settings import Settings
 from siem.config import RetryPolicy, parse_siem_config
@@ -342,3 +348,67 @@ def test_a_non_retriable_driver_error_and_a_stop_mid_batch_behave_alike_in_every
             assert len(received) == len(set(received)) == 6  # each event once
 
     asyncio.run(recovered())
+
+
+#: Far over ``max_record_bytes`` and over what a dead letter may carry; the broker accepts it.
+OVERSIZED_BYTES = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.name != "segments"],
+    ids=[c.name for c in CASES if c.name != "segments"],
+)
+def test_a_record_that_cannot_be_dead_lettered_whole_is_committed_past_by_every_worker(
+    settings: Settings, case: Case
+) -> None:
+    """A 10 MiB record the broker accepted, then a good one: every Kafka worker commits past
+    both in bounded time and does not stall. A stage that dead-letters it (persist, a SIEM
+    sink) sends a bounded prefix with the original's size and sha256; index and detect leave
+    dead letters of broken records to persist (documented), and skip it."""
+    s = dataclasses.replace(settings, worker_stall_after_ms=5_000)
+    topic = s.topic_chunks if case.name == "persist" else s.topic_events
+    big = (
+        CHUNK_MAGIC + random.Random(1).randbytes(OVERSIZED_BYTES)
+        if topic == s.topic_chunks
+        else b'{"event":"x","pad":"' + b"A" * OVERSIZED_BYTES + b'"}'
+    )
+    producer = make_producer(s, max_request_size=12 * 1024 * 1024)
+    try:
+        producer.send(topic, key=b"big", value=big).get(timeout=60)
+    finally:
+        producer.close(timeout=5)
+    case.prepare(s)  # the good records, after it
+    if case.name == "index":
+        drain(s, [topic])  # index reads what persist stored (and persist dead-letters it)
+    group = _detect_group(s) if case.name == "detect" else case.group
+    fault = Fault()
+    fault.clear()
+
+    async def run() -> Any:
+        worker = case.make(s, fault)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop=stop))
+        try:
+            await _until(
+                "the group to commit past both records",
+                lambda: _drained_and(s, group, topic, True),
+                task,
+                120,
+                lambda: (worker.stats, worker.health.verdict(), group_lag(s, group)),
+            )
+            assert worker.health.verdict().state == RUNNING
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, STOP_WITHIN_S)
+        return worker
+
+    asyncio.run(run())
+    if case.name in ("persist", "siem"):
+        worker_name = "persist" if case.name == "persist" else group
+        letters = [d for d in iter_deadletters(s) if d.worker == worker_name]
+        assert len(letters) == 1, letters
+        letter = letters[0]
+        assert letter.truncated  # it could not carry the whole original
+        assert letter.original_bytes == len(big)
+        assert letter.original_sha256 == hashlib.sha256(big).hexdigest()
