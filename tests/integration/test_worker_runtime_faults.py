@@ -9,8 +9,7 @@ server; each worker in-process with its real dependencies, except the one inject
 2. a stop signal while the batch is in hand (the worker is retrying it): every worker returns
    within seconds, still with nothing committed;
 3. the fault cleared, a new member of the same group takes the batch again: stored, delivered
-   or alerted once, everything committed, health ``running``.
-
+   or alerted once, everything committed, health ``running``;
 4. a record that cannot be dead-lettered whole (10 MiB, which the broker accepts): every Kafka
    worker commits past it and the good record after it without stalling; where the stage
    dead-letters it (persist, a SIEM sink), the dead letter is a bounded prefix with the
