@@ -62,7 +62,6 @@ from typing import Any, TypeVar
 
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
-from ingest.health import Health
 from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from ingest.topics import admin_client, group_offsets
@@ -201,7 +200,6 @@ class IndexWorker:
             topics=[settings.topic_chunks, settings.topic_events],
             consumer_factory=consumer_factory,
             deadletter_factory=deadletter_factory,
-            health=Health(settings.worker_stall_after_ms / 1000),
             retried=(StorageError, TransportError, SearchBackendError),
             on_failure=self._on_failure,
             logger=log,

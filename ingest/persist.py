@@ -30,7 +30,6 @@ from typing import TypeVar
 
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
-from ingest.health import Health
 from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from schemas.codec import decode_chunk, decode_event
@@ -248,7 +247,6 @@ class PersistWorker:
             topics=[settings.topic_chunks, settings.topic_events],
             consumer_factory=consumer_factory,
             deadletter_factory=deadletter_factory,
-            health=Health(settings.worker_stall_after_ms / 1000),
             retried=(StorageError, TransportError),
             on_failure=self._on_failure,
             logger=log,

@@ -43,7 +43,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.health import Health
 from ingest.runtime import Runtime, Stopped
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk
@@ -120,7 +119,6 @@ class Segmenter:
         self.rt = Runtime(
             settings,
             name="segmenter",
-            health=Health(settings.worker_stall_after_ms / 1000),
             retried=(StorageError,),
             on_failure=self._on_failure,
             logger=log,
