@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,3 +252,62 @@ tenant_option = click.option(
     callback=_default_tenant,
     help="Tenant (default: SESSIONVAULT_TENANT).",
 )
+
+
+@dataclass(frozen=True)
+class StatusFields:
+    """What a worker's status line shows of its ``stats``: ``rates`` as (unit, field, divisor)
+    per second since the last line, then ``totals`` as (field, label); ``stopped`` is the
+    (field, label) of the line printed at the end."""
+
+    rates: tuple[tuple[str, str, float], ...]
+    totals: tuple[tuple[str, str], ...]
+    stopped: tuple[str, str] = ("records", "records")
+
+
+def run_worker_command(
+    settings: Settings,
+    *,
+    tag: str,
+    name: str,
+    make: Callable[[], Any],
+    banner: str | Callable[[Any], str],
+    fields: StatusFields,
+    status_every: float,
+    extra: Callable[[Any], Awaitable[str]] | None = None,
+    quiet_loggers: Sequence[str] = ("kafka",),
+) -> None:
+    """:func:`run_async_worker` for a worker command: ``make()`` builds the worker, whose
+    ``run(stop=...)`` runs it; the status lines show ``fields`` of its ``stats`` (and
+    ``extra(worker)``, such as its lag), each prefixed with ``tag``."""
+    last: dict[str, float] = {}
+
+    async def status_line(worker: Any, seconds: float) -> str:
+        s = worker.stats
+        rates = []
+        for unit, field_name, divisor in fields.rates:
+            now = float(getattr(s, field_name))
+            rates.append(f"{(now - last.get(field_name, 0.0)) / seconds / divisor:,.1f} {unit}")
+            last[field_name] = now
+        head = " ".join(rates) + (f" {await extra(worker)}" if extra is not None else "")
+        totals = ", ".join(f"{getattr(s, f)} {label}" for f, label in fields.totals)
+        return f"{tag}: {head} | total {totals}"
+
+    field_name, label = fields.stopped
+    run_async_worker(
+        make=make,
+        run=lambda worker, stop: worker.run(stop=stop),
+        banner=(lambda w: f"{tag}: {banner(w)}") if callable(banner) else f"{tag}: {banner}",
+        stopped=lambda worker: f"{tag}: stopped after {getattr(worker.stats, field_name)} {label}",
+        status_line=status_line,
+        status_every=status_every,
+        quiet_loggers=quiet_loggers,
+        home=settings.home,
+        name=name,
+    )
+
+
+async def lag_text(worker: Any) -> str:
+    """``lag N`` of a Kafka worker (``?`` while unknown)."""
+    lag = await worker.lag()
+    return f"lag {'?' if lag is None else lag}"

@@ -10,10 +10,12 @@ import click
 import orjson
 
 from sessionvault.cli.common import (
+    StatusFields,
     get_settings,
     group_option,
+    lag_text,
     resolve_session_id,
-    run_async_worker,
+    run_worker_command,
     status_every_option,
     subgroup,
 )
@@ -41,33 +43,26 @@ def _register_worker(main: click.Group) -> None:
         from siem.detect import DetectWorker
 
         settings = get_settings(ctx)
-        tag = f"detect[{group_id}]"
-
-        async def status_line(worker: DetectWorker, _seconds: float) -> str:
-            s = worker.stats
-            return (
-                f"{tag}: {s.records} records, {s.evaluated} evaluated, "
-                f"{s.output_segments} output lines, {s.alerts} alerts, lag {await worker.lag()}"
-            )
-
-        def banner(worker: DetectWorker) -> str:
-            return (
-                f"{tag}: {len(worker.engine.rule_ids)} rules over {settings.topic_events} and"
-                " terminal output (Ctrl-C or SIGTERM to stop)"
-            )
-
-        run_async_worker(
-            make=lambda: DetectWorker(settings, group_id=group_id),
-            run=lambda worker, stop: worker.run(stop=stop),
-            banner=banner,
-            stopped=lambda worker: (
-                f"{tag}: stopped after {worker.stats.records} records, "
-                f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)"
-            ),
-            status_line=status_line,
-            status_every=status_every,
-            home=settings.home,
+        run_worker_command(
+            settings,
+            tag=f"detect[{group_id}]",
             name="worker-detect",
+            make=lambda: DetectWorker(settings, group_id=group_id),
+            banner=lambda worker: (
+                f"{len(worker.engine.rule_ids)} rules over "
+                f"{settings.topic_events} and terminal output (Ctrl-C or SIGTERM to stop)"
+            ),
+            fields=StatusFields(
+                rates=(("rec/s", "records", 1),),
+                totals=(
+                    ("records", "records"),
+                    ("evaluated", "evaluated"),
+                    ("output_segments", "output lines"),
+                    ("alerts", "alerts"),
+                ),
+            ),
+            status_every=status_every,
+            extra=lag_text,
         )
 
 

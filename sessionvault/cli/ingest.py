@@ -14,10 +14,12 @@ from typing import Any
 import click
 
 from sessionvault.cli.common import (
+    StatusFields,
     check_tenant,
     get_settings,
     group_option,
-    run_async_worker,
+    lag_text,
+    run_worker_command,
     status_every_option,
     subgroup,
     tenant_option,
@@ -25,6 +27,8 @@ from sessionvault.cli.common import (
 from sessionvault.errors import SessionVaultError
 from sessionvault.settings import Settings
 from sessionvault.timespec import SPAN_HELP, parse_when, window
+
+_STOP_HINT = " (Ctrl-C or SIGTERM to stop)"
 
 
 def register(main: click.Group) -> None:
@@ -151,35 +155,24 @@ def _register_worker(main: click.Group) -> None:
         from ingest.persist import PersistWorker
 
         settings = get_settings(ctx)
-        last = {"records": 0, "bytes": 0}
-
-        async def status_line(worker: PersistWorker, dt: float) -> str:
-            s = worker.stats
-            lag = await worker.lag()
-            line = (
-                f"persist[{group_id}]: {(s.records - last['records']) / dt:,.0f} rec/s "
-                f"{(s.bytes - last['bytes']) / dt / 1e6:.1f} MB/s lag "
-                f"{'?' if lag is None else lag} | total {s.records} rec, "
-                f"{s.chunks_inserted} chunks, {s.events_inserted} events, "
-                f"{s.dead_letters} dead letters, {s.db_retries} db retries"
-            )
-            last.update(records=s.records, bytes=s.bytes)
-            return line
-
-        run_async_worker(
-            make=lambda: PersistWorker(settings, group_id=group_id),
-            run=lambda worker, stop: worker.run(stop=stop),
-            banner=(
-                f"persist[{group_id}]: consuming {settings.topic_chunks}, "
-                f"{settings.topic_events} (Ctrl-C or SIGTERM to stop)"
-            ),
-            stopped=lambda worker: (
-                f"persist[{group_id}]: stopped after {worker.stats.records} records"
-            ),
-            status_line=status_line,
-            status_every=status_every,
-            home=settings.home,
+        run_worker_command(
+            settings,
+            tag=f"persist[{group_id}]",
             name="worker-persist",
+            make=lambda: PersistWorker(settings, group_id=group_id),
+            banner=f"consuming {settings.topic_chunks}, {settings.topic_events}" + _STOP_HINT,
+            fields=StatusFields(
+                rates=(("rec/s", "records", 1), ("MB/s", "bytes", 1e6)),
+                totals=(
+                    ("records", "rec"),
+                    ("chunks_inserted", "chunks"),
+                    ("events_inserted", "events"),
+                    ("dead_letters", "dead letters"),
+                    ("db_retries", "db retries"),
+                ),
+            ),
+            status_every=status_every,
+            extra=lag_text,
         )
 
     dict_group = subgroup(main, "dict", "zstd dictionaries for small chunk payloads.")
@@ -423,33 +416,25 @@ def _register_index(main: click.Group) -> None:
         from ingest.index_worker import IndexWorker
 
         settings = get_settings(ctx)
-        last = {"docs": 0}
-
-        async def status_line(worker: IndexWorker, dt: float) -> str:
-            s = worker.stats
-            line = (
-                f"index[{group_id}]: {(s.indexed - last['docs']) / dt:,.0f} docs/s | total "
-                f"{s.records} rec, {s.indexed} docs, {s.dead_letters} dead letters, "
-                f"{s.os_retries} OpenSearch retries, {s.reindexes} rebuilds"
-            )
-            last["docs"] = s.indexed
-            return line
-
-        run_async_worker(
-            make=lambda: IndexWorker(settings, group_id=group_id),
-            run=lambda worker, stop: worker.run(stop=stop),
-            banner=(
-                f"index[{group_id}]: consuming {settings.topic_chunks}, {settings.topic_events}"
-                f" -> {settings.opensearch_url} ({settings.opensearch_index_prefix}-*)"
-                " (Ctrl-C or SIGTERM to stop)"
-            ),
-            stopped=lambda worker: (
-                f"index[{group_id}]: stopped after {worker.stats.records} records"
-            ),
-            status_line=status_line,
-            status_every=status_every,
-            home=settings.home,
+        run_worker_command(
+            settings,
+            tag=f"index[{group_id}]",
             name="worker-index",
+            make=lambda: IndexWorker(settings, group_id=group_id),
+            banner=f"consuming {settings.topic_chunks}, {settings.topic_events} -> "
+            f"{settings.opensearch_url} ({settings.opensearch_index_prefix}-*)" + _STOP_HINT,
+            fields=StatusFields(
+                rates=(("docs/s", "indexed", 1),),
+                totals=(
+                    ("records", "rec"),
+                    ("indexed", "docs"),
+                    ("dead_letters", "dead letters"),
+                    ("os_retries", "OpenSearch retries"),
+                    ("reindexes", "rebuilds"),
+                ),
+            ),
+            status_every=status_every,
+            extra=lag_text,
             quiet_loggers=("kafka", "opensearch"),
         )
 
@@ -515,33 +500,30 @@ def _register_segments(main: click.Group) -> None:
         Driven by PostgreSQL (LISTEN sv_segments, polled every second); several may run."""
         from ingest.segmenter import Segmenter
 
-        settings = get_settings(ctx)
-        last = {"chunks": 0, "segments": 0}
-
-        async def status_line(seg: Segmenter, dt: float) -> str:
-            s = seg.stats
+        async def queued(seg: Segmenter) -> str:
             try:
-                pending: object = await seg.pending()
+                return f"{await seg.pending()} sessions queued"
             except SessionVaultError:
-                pending = "?"
-            line = (
-                f"segments: {(s.chunks - last['chunks']) / dt:,.0f} chunks/s "
-                f"{(s.segments - last['segments']) / dt:,.0f} segments/s, {pending} sessions"
-                f" queued | total {s.chunks} chunks, {s.segments} segments,"
-                f" {s.resynced} re-synced, {s.bad_chunks} undecodable,"
-                f" {s.db_retries} db retries"
-            )
-            last.update(chunks=s.chunks, segments=s.segments)
-            return line
+                return "? sessions queued"
 
-        run_async_worker(
-            make=lambda: Segmenter(settings),
-            run=lambda seg, stop: seg.run(stop=stop),
-            banner="segments: rendering queued sessions (Ctrl-C or SIGTERM to stop)",
-            stopped=lambda seg: f"segments: stopped after {seg.stats.segments} segments",
-            status_line=status_line,
-            status_every=status_every,
-            home=settings.home,
+        run_worker_command(
+            get_settings(ctx),
+            tag="segments",
             name="worker-segments",
+            make=lambda: Segmenter(get_settings(ctx)),
+            banner="rendering queued sessions" + _STOP_HINT,
+            fields=StatusFields(
+                rates=(("chunks/s", "chunks", 1), ("segments/s", "segments", 1)),
+                totals=(
+                    ("chunks", "chunks"),
+                    ("segments", "segments"),
+                    ("resynced", "re-synced"),
+                    ("bad_chunks", "undecodable"),
+                    ("db_retries", "db retries"),
+                ),
+                stopped=("segments", "segments"),
+            ),
+            status_every=status_every,
+            extra=queued,
             quiet_loggers=(),
         )

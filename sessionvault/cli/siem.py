@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from sessionvault.cli.common import get_settings, run_async_worker, status_every_option, subgroup
+from sessionvault.cli.common import (
+    StatusFields,
+    get_settings,
+    run_worker_command,
+    status_every_option,
+    subgroup,
+)
 
 
 def register(main: click.Group) -> None:
@@ -30,30 +36,24 @@ def register(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         config = load_siem_config(settings, config_path).sink(sink_name)
-        tag = f"siem[{config.name}]"
-        last = {"delivered": 0}
-
-        async def status_line(worker: SinkWorker, seconds: float) -> str:
-            s = worker.stats
-            rate = (s.delivered - last["delivered"]) / seconds
-            last["delivered"] = s.delivered
-            return (
-                f"{tag}: {rate:,.0f} events/s | total {s.delivered} delivered, {s.skipped} "
-                f"skipped, {s.failures} failed tries, {s.dead_letters} dead letters"
-            )
-
-        run_async_worker(
-            make=lambda: SinkWorker(settings, config),
-            run=lambda worker, stop: worker.run(stop=stop),
-            banner=f"{tag}: {config.type} ({config.format}) consuming {settings.topic_events}"
-            f" as group {config.group_id} (Ctrl-C or SIGTERM to stop)",
-            stopped=lambda worker: (
-                f"{tag}: stopped after {worker.stats.delivered} delivered events"
-            ),
-            status_line=status_line,
-            status_every=status_every,
-            home=settings.home,
+        run_worker_command(
+            settings,
+            tag=f"siem[{config.name}]",
             name=f"worker-siem-{config.name}",
+            make=lambda: SinkWorker(settings, config),
+            banner=f"{config.type} ({config.format}) consuming {settings.topic_events} as group "
+            f"{config.group_id} (Ctrl-C or SIGTERM to stop)",
+            fields=StatusFields(
+                rates=(("events/s", "delivered", 1),),
+                totals=(
+                    ("delivered", "delivered"),
+                    ("skipped", "skipped"),
+                    ("failures", "failed tries"),
+                    ("dead_letters", "dead letters"),
+                ),
+                stopped=("delivered", "delivered events"),
+            ),
+            status_every=status_every,
         )
 
     siem_group = subgroup(main, "siem", "SIEM sinks.")
