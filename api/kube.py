@@ -137,10 +137,4 @@ async def timeline(
         group_by=group_by,
         limit=limit,
     )
-    out: dict[str, Any] = {
-        "entries": [e.to_json() for e in result.entries],
-        "truncated": result.truncated,
-    }
-    if group_by:
-        out["groups"] = [g.to_json() for g in result.groups]
-    return out
+    return result.to_json(grouped=bool(group_by))

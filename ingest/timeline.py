@@ -118,6 +118,26 @@ class Timeline:
     truncated: bool = False
     groups: tuple[Group, ...] = field(default=())
 
+    def to_json(self, *, grouped: bool = False) -> dict[str, Any]:
+        """The JSON answer of the API and of ``kube-timeline --format json`` (``groups`` when
+        the timeline was grouped, even if empty)."""
+        out: dict[str, Any] = {
+            "entries": [e.to_json() for e in self.entries],
+            "truncated": self.truncated,
+        }
+        if grouped:
+            out["groups"] = [g.to_json() for g in self.groups]
+        return out
+
+    def format_text(self, group_by: str | None) -> str:
+        """The plain-text tables of ``kube-timeline`` (one per group when grouped)."""
+        if not group_by:
+            return format_table(self.entries) if self.entries else ""
+        return "\n".join(
+            f"== {group_by} {g.key or '(no session)'}\n{format_table(g.entries)}"
+            for g in self.groups
+        )
+
 
 def _clusters_filter(cluster: str | None, allowed: Collection[str] | None) -> list[str] | None:
     if cluster is not None and allowed and cluster not in allowed:

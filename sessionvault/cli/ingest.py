@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import click
+import orjson
 
 from sessionvault.cli.common import (
     StatusFields,
@@ -19,6 +20,7 @@ from sessionvault.cli.common import (
     get_settings,
     group_option,
     lag_text,
+    run_with_pool,
     run_worker_command,
     status_every_option,
     subgroup,
@@ -348,51 +350,30 @@ def _register_import(main: click.Group) -> None:
     ) -> None:
         """What users did in Kubernetes clusters: API requests interleaved with kubectl exec
         sessions (each with its replay command)."""
-        import asyncio
+        from ingest.timeline import kube_timeline
 
-        import orjson
-
-        from ingest.timeline import Timeline, format_table, kube_timeline
-        from sessionvault.settings import require
-        from storage import pg
-
-        settings = get_settings(ctx)
-        require(settings, "postgres_dsn")
         start, end = window(since, until)
         assert start is not None  # --since is required
 
-        async def work() -> Timeline:
-            conn = await pg.connect(settings.postgres_dsn.get())
-            try:
-                return await kube_timeline(
-                    conn,
-                    tenant,
-                    since=start,
-                    until=end,
-                    user=user,
-                    cluster=cluster,
-                    group_by=group_by,
-                    limit=limit,
-                )
-            finally:
-                await conn.close()
+        async def work(pool: Any) -> Any:
+            return await kube_timeline(
+                pool,
+                tenant,
+                since=start,
+                until=end,
+                user=user,
+                cluster=cluster,
+                group_by=group_by,
+                limit=limit,
+            )
 
-        result = asyncio.run(work())
+        result = run_with_pool(get_settings(ctx), work)
         if fmt == "json":
-            doc: dict[str, Any] = {
-                "entries": [e.to_json() for e in result.entries],
-                "truncated": result.truncated,
-            }
-            if group_by:
-                doc["groups"] = [g.to_json() for g in result.groups]
+            doc = result.to_json(grouped=bool(group_by))
             click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
             return
-        if group_by:
-            for g in result.groups:
-                click.echo(f"== {group_by} {g.key or '(no session)'}")
-                click.echo(format_table(g.entries))
-        elif result.entries:
-            click.echo(format_table(result.entries))
+        if text := result.format_text(group_by):
+            click.echo(text)
         if result.truncated:
             click.echo(f"(truncated at {limit} requests; narrow the window)", err=True)
 
