@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from sessionvault.errors import ValidationError
+from sessionvault.errors import ConfigError, ValidationError
 
-__all__ = ["SPAN_HELP", "parse_rfc3339", "parse_when", "span", "window"]
+__all__ = ["SPAN_HELP", "expiry", "parse_rfc3339", "parse_when", "span", "window"]
 
 SPAN_HELP = "RFC 3339, or a span back from now: 90m, 24h, 7d, 2w"
 _SPAN = re.compile(r"^(\d{1,7})([smhdw])$")
@@ -84,3 +84,15 @@ def _now(now: datetime | None) -> datetime:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return now
+
+
+def expiry(
+    expires_in: str | None, expires_at: str | None, *, now: datetime | None = None
+) -> datetime | None:
+    """When something given ``--expires-in SPAN`` or ``--expires-at RFC3339`` expires (None:
+    never); both at once is a :class:`ConfigError`."""
+    if expires_in and expires_at:
+        raise ConfigError("give --expires-in or --expires-at, not both")
+    if expires_in:
+        return (now or datetime.now(UTC)) + span("--expires-in", expires_in)
+    return parse_rfc3339(expires_at) if expires_at else None

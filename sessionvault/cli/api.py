@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 
-from sessionvault.cli.common import get_settings
+from sessionvault.cli.common import get_settings, postgres_dsn, run_with_pool
 from sessionvault.settings import require
 from storage.tokens import SCOPES
 
@@ -82,49 +83,33 @@ def register(main: click.Group) -> None:
         expires_at: str | None,
     ) -> None:
         """Create a token and print it once (only its SHA-256 is stored)."""
-        from datetime import UTC, datetime
-
-        from sessionvault.errors import ConfigError
-        from sessionvault.timespec import parse_rfc3339, span
+        from sessionvault.timespec import expiry
         from storage import pg
         from storage.tokens import create_token
 
         settings = get_settings(ctx)
-        require(settings, "postgres_dsn")
-        if expires_in and expires_at:
-            raise ConfigError("give --expires-in or --expires-at, not both")
-        expiry = (
-            datetime.now(UTC) + span("--expires-in", expires_in)
-            if expires_in
-            else parse_rfc3339(expires_at)
-            if expires_at
-            else None
-        )
+        expires = expiry(expires_in, expires_at)
 
-        async def work() -> str:
-            await pg.migrate(settings.postgres_dsn.get())
-            conn = await pg.connect(settings.postgres_dsn.get())
-            try:
-                token, principal = await create_token(
-                    conn,
-                    tenant,
-                    scopes=scopes or ("webhook", "read"),
-                    clusters=clusters,
-                    description=description,
-                    expires_at=expiry,
-                )
-            finally:
-                await conn.close()
+        async def work(pool: Any) -> str:
+            await pg.migrate(postgres_dsn(settings))
+            token, principal = await create_token(
+                pool,
+                tenant,
+                scopes=scopes or ("webhook", "read"),
+                clusters=clusters,
+                description=description,
+                expires_at=expires,
+            )
             click.echo(
                 f"token id {principal.token_id}, tenant {tenant}, scopes "
                 f"{','.join(sorted(principal.scopes))}, clusters "
                 f"{','.join(sorted(principal.clusters)) or '(all)'}, expires "
-                f"{expiry.isoformat() if expiry else 'never'}; shown once:",
+                f"{expires.isoformat() if expires else 'never'}; shown once:",
                 err=True,
             )
             return token
 
-        click.echo(asyncio.run(work()))
+        click.echo(run_with_pool(settings, work))
 
     @token_group.command("revoke")
     @click.option("--tenant", required=True)
