@@ -275,11 +275,13 @@ def run_worker_command(
     fields: StatusFields,
     status_every: float,
     extra: Callable[[Any], Awaitable[str]] | None = None,
+    stopped: Callable[[Any], str] | None = None,
     quiet_loggers: Sequence[str] = ("kafka",),
 ) -> None:
     """:func:`run_async_worker` for a worker command: ``make()`` builds the worker, whose
     ``run(stop=...)`` runs it; the status lines show ``fields`` of its ``stats`` (and
-    ``extra(worker)``, such as its lag), each prefixed with ``tag``."""
+    ``extra(worker)``, such as its lag), each prefixed with ``tag``; the last line says what
+    it did (``stopped(worker)`` when given)."""
     last: dict[str, float] = {}
 
     async def status_line(worker: Any, seconds: float) -> str:
@@ -298,7 +300,14 @@ def run_worker_command(
         make=make,
         run=lambda worker, stop: worker.run(stop=stop),
         banner=(lambda w: f"{tag}: {banner(w)}") if callable(banner) else f"{tag}: {banner}",
-        stopped=lambda worker: f"{tag}: stopped after {getattr(worker.stats, field_name)} {label}",
+        stopped=lambda worker: (
+            f"{tag}: "
+            + (
+                stopped(worker)
+                if stopped is not None
+                else f"stopped after {getattr(worker.stats, field_name)} {label}"
+            )
+        ),
         status_line=status_line,
         status_every=status_every,
         quiet_loggers=quiet_loggers,

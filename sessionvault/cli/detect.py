@@ -63,6 +63,10 @@ def _register_worker(main: click.Group) -> None:
             ),
             status_every=status_every,
             extra=lag_text,
+            stopped=lambda worker: (
+                f"stopped after {worker.stats.records} records, "
+                f"{worker.stats.alerts} alerts ({worker.stats.output_segments} output lines)"
+            ),
         )
 
 
