@@ -45,7 +45,7 @@ the alert goes out without ``offset_ms``/``replay``; PostgreSQL being down has t
 and never blocks detection.
 
 The worker runs on the worker runtime (:mod:`ingest.runtime`: Kafka calls on its own thread,
-the feed's PostgreSQL calls in a worker thread, the engine on the event loop);
+the engine and every PostgreSQL call on one thread of the worker's own);
 :meth:`DetectWorker.run` returns when ``stop`` is set.
 """
 
@@ -56,6 +56,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -339,6 +340,13 @@ class DetectWorker:
         )
         self._producer: Producer | None = None
         self._evaluated: dict[tuple[str, int], int] = {}
+        # Every PostgreSQL call (the feed, and the session-start lookups the engine makes while
+        # evaluating) runs on this one thread: SyncPostgres is a connection for one thread.
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix=f"sv-{group_id}-pg")
+
+    async def _on_db_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, lambda: fn(*args, **kwargs))
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -376,9 +384,9 @@ class DetectWorker:
     ) -> DetectBatchReport:
         """Steps 1-4 of the module docstring for one polled batch."""
         t0 = time.monotonic()
-        # In a worker thread: the engine may look up a session's start in PostgreSQL
+        # On the PostgreSQL thread: the engine may look up a session's start there
         # (SessionStarts, a blocking client), which must not run on the event loop.
-        found = await asyncio.to_thread(
+        found = await self._on_db_thread(
             detect,
             records,
             self.engine,
@@ -454,7 +462,7 @@ class DetectWorker:
         done = 0
         for _ in range(max_batches):
             try:
-                batch = await asyncio.to_thread(feed.take)
+                batch = await self._on_db_thread(feed.take)
             except StorageError as exc:
                 self._feed_failed(exc)
                 return done
@@ -467,12 +475,12 @@ class DetectWorker:
                     self._feed_retry_at = time.monotonic() + FEED_IDLE_S
                 return done
             try:
-                alerts = await asyncio.to_thread(self._evaluate_output, batch)
+                alerts = await self._on_db_thread(self._evaluate_output, batch)
                 if alerts:
                     await self._produce(alerts)
-                await asyncio.to_thread(feed.done, batch.ids)
+                await self._on_db_thread(feed.done, batch.ids)
             except (StorageError, TransportError) as exc:
-                await asyncio.to_thread(feed.abort)
+                await self._on_db_thread(feed.abort)
                 self._feed_failed(exc)
                 return done
             for i in batch.ids:
@@ -499,7 +507,7 @@ class DetectWorker:
         if self._feed is None or self._feed.open:
             return None
         try:
-            return await asyncio.to_thread(self._feed.backlog)
+            return await self._on_db_thread(self._feed.backlog)
         except StorageError:
             return None
 
@@ -538,9 +546,10 @@ class DetectWorker:
         ):
             if closer is not None:
                 try:
-                    await asyncio.to_thread(closer)
+                    await self._on_db_thread(closer)
                 except Exception as exc:  # best effort at shutdown
                     log.debug("detect: close: %s", exc)
+        self._db_thread.shutdown(wait=True)
 
 
 async def run_detect_worker(

@@ -1,8 +1,8 @@
 """One asyncpg connection driven from a synchronous thread (the Kafka-side workers).
 
-kafka-python is synchronous and not thread-safe, so the detect worker runs its whole loop on
-one plain thread; the few PostgreSQL calls it makes (session start times, the terminal-output
-feed) go through :class:`SyncPostgres`: a private event loop, a lazily opened connection, and
+The detect worker's PostgreSQL calls (session start times, looked up from inside the
+synchronous rule engine, and the terminal-output feed) run on one thread of its own and go
+through :class:`SyncPostgres`: a private event loop, a lazily opened connection, and
 driver exceptions translated to :class:`~sessionvault.errors.StorageError` at this boundary.
 After an error the connection is dropped (the next call reconnects).
 """

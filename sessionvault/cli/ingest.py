@@ -478,7 +478,7 @@ def _register_segments(main: click.Group) -> None:
     def segments_cmd(ctx: click.Context, status_every: float) -> None:
         """Render stored terminal output into search segments until SIGTERM/SIGINT.
 
-        Driven by PostgreSQL (LISTEN sv_segments, polled every second); several may run."""
+        Driven by PostgreSQL (LISTEN sv_segments, and a look every 5 s); several may run."""
         from ingest.segmenter import Segmenter
 
         async def queued(seg: Segmenter) -> str:
