@@ -224,6 +224,31 @@ class ProcessBook:
     def opensearch_url(self) -> str:
         return str(self.state.get("opensearch_url", ""))
 
+    def _launch(
+        self,
+        name: str,
+        what: str,
+        argv: list[str],
+        ready: Callable[[], bool],
+        *,
+        env: dict[str, str] | None = None,
+        state: dict[str, str] | None = None,
+    ) -> int:
+        """Start a server process, wait until ``ready()`` (or fail with its log's tail), then
+        record it (and ``state``, such as its address) in the state file; returns its pid."""
+        logfile = self._logfile(name)
+        proc = self._spawn(argv, logfile, env=env)
+        _wait(
+            f"{what} (pid {proc.pid})",
+            ready,
+            timeout_s=self.start_timeout_s,
+            logfile=logfile,
+            pid=proc.pid,
+        )
+        self.state.update(state or {})
+        self._record(name, proc.pid, logfile)
+        return proc.pid
+
     def _spawn(
         self, argv: list[str], logfile: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:

