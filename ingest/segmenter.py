@@ -115,6 +115,7 @@ class Segmenter:
         self.chunk_batch = chunk_batch
         self.sessions_per_round = sessions_per_round
         self.poll_s = poll_s
+        self.keyframe_every_bytes = settings.keyframe_every_bytes
         self.stats = SegmenterStats()
         self.rt = Runtime(
             settings,
@@ -215,10 +216,15 @@ class Segmenter:
             kubernetes_cluster=who[4],
             cols=int(sess.cols),
             rows=int(sess.rows),
+            kf_bytes=0 if pos is None else pos.kf_bytes,
+            keyframe_every_bytes=self.keyframe_every_bytes,
         )
         chunks = await self._chunks(conn, tenant, sid, ctx.text_seq)
         done = render_session(ctx, chunks)
         await store.insert_segments(conn, done.segments)
+        await store.insert_keyframes(
+            conn, tenant, sid, [(k.after_seq, k.at_ms, k.to_bytes()) for k in done.keyframes]
+        )
         if done.segments:
             # Same transaction as the segments: the detect worker sees a segment exactly when
             # it is committed (migration 006).
@@ -226,7 +232,9 @@ class Segmenter:
                 conn, tenant, sid, done.segments[0].seg_no, done.segments[-1].seg_no + 1
             )
         if pos is None or chunks or resynced or pos.who != who:
-            position = store.TextPosition(done.state, done.seg_next, done.text_seq, who)
+            position = store.TextPosition(
+                done.state, done.seg_next, done.text_seq, who, done.kf_bytes
+            )
             await store.save_text_position(conn, sid, tenant, position)
         caught_up = len(chunks) < self.chunk_batch
         if caught_up:

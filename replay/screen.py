@@ -48,6 +48,10 @@ _NORMAL, _ESCAPE, _CSI, _STRING, _STRING_ESC, _ESC_INTER = range(6)
 _MAX_PARAMS = 64
 _MAX_DIM = 1000  # columns or rows: larger sizes are clamped (memory stays bounded)
 _STATE_VERSION = "screen-1"
+# What puts a fresh parser in the same state (an OSC/DCS string's opener is not kept: any
+# string opener swallows the rest of the string just as well).
+_PARSER_REENTRY = {_ESCAPE: "\x1b", _CSI: "\x1b[", _STRING: "\x1b]", _STRING_ESC: "\x1b]\x1b",
+                   _ESC_INTER: "\x1b("}
 
 Line = tuple[str, list[int]]
 
@@ -596,6 +600,30 @@ class TimedScreen:
             "saved": list(self._saved),
             "region": [self._top, self._bottom],
             "parser": [self._state, "".join(self._params)],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """What stands on the screen, for drawing it again (:mod:`replay.keyframe`): size,
+        both buffers' rows (text only), which one is shown, cursor, saved cursor and scroll
+        region. Much smaller than :meth:`state` (no times, nothing of the search bookkeeping)."""
+
+        def text(buf: list[_Row]) -> list[str]:
+            return ["".join(r.chars) for r in buf]
+
+        return {
+            "size": [self.cols, self.rows],
+            "main": text(self._main),
+            "alt": text(self._alt) if self._alt_on else [],
+            "alt_on": self._alt_on,
+            "cur": [self._x, self._y, self._pending_wrap],
+            "saved": list(self._saved),
+            "region": [self._top, self._bottom],
+            # Bytes cut in the middle by the snapshot: an escape sequence begun and not ended,
+            # and the start of a UTF-8 sequence; written after the screen, the bytes that
+            # follow complete them as they did in the recording.
+            "pending": (_PARSER_REENTRY.get(self._state, "") + (
+                "".join(self._params) if self._state == _CSI else ""
+            )).encode().hex() + self._decoder.getstate()[0].hex(),
         }
 
     @classmethod

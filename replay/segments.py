@@ -13,16 +13,19 @@ scroll regions, resizes) and stores every row that stood on the screen as a segm
 * the output streams are ``o`` and ``e`` (stdout/stderr of kubectl exec share the terminal);
 * rows longer than :data:`SEGMENT_MAX_CHARS` (autowrapped rows are joined) are split; empty
   rows make no segment; the rows still on the screen are given when the final chunk is
-  rendered.
+  rendered;
+* every ``keyframe_every_bytes`` of output (at the end of the chunk that reaches it) the screen
+  is kept as a :class:`replay.keyframe.Keyframe`: the web console's seeks start there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
+from replay.keyframe import Keyframe
 from replay.screen import TimedScreen
 from replay.text import TimedTextRenderer
 from schemas.models import Chunk, Stream
@@ -50,6 +53,10 @@ class SessionText:
     # The terminal's size when the session started (later sizes come from resize frames).
     cols: int = 80
     rows: int = 24
+    # Output bytes rendered since the session's last keyframe, and how many make a keyframe
+    # (0: none are made).
+    kf_bytes: int = 0
+    keyframe_every_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class Rendered:
     state: bytes | None
     seg_next: int
     text_seq: int
+    keyframes: list[Keyframe] = field(default_factory=list)
+    kf_bytes: int = 0
 
 
 def _renderer(ctx: SessionText) -> TimedScreen | TimedTextRenderer:
@@ -89,14 +98,18 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     rendered (nothing is pending)."""
     todo = sorted((c for c in chunks if c.seq > ctx.text_seq), key=lambda c: c.seq)
     if not todo:
-        return Rendered([], ctx.state, ctx.seg_next, ctx.text_seq)
+        return Rendered([], ctx.state, ctx.seg_next, ctx.text_seq, [], ctx.kf_bytes)
     r = _renderer(ctx)
     lines: list[tuple[str, list[int]]] = []
     final = False
+    keyframes: list[Keyframe] = []
+    kf_bytes = ctx.kf_bytes
+    every = ctx.keyframe_every_bytes
     for c in todo:
         for f in c.frames:
             if f.stream in OUTPUT_STREAMS and f.data:
                 lines.extend(r.feed_at(f.data, f.offset_ms))
+                kf_bytes += len(f.data)
             elif f.stream is Stream.RESIZE and isinstance(r, TimedScreen):
                 size = _size(f.data)
                 if size is not None:
@@ -104,6 +117,10 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
         if c.final:
             lines.extend(r.finish_lines())
             final = True
+        elif every > 0 and kf_bytes >= every and c.frames and isinstance(r, TimedScreen):
+            # After a whole chunk: a seek then reads chunks from the next one on.
+            keyframes.append(Keyframe.of(r, c.seq, c.frames[-1].offset_ms))
+            kf_bytes = 0
     seg_no = ctx.seg_next
     out: list[SegmentRow] = []
     for text, times in lines:
@@ -129,7 +146,7 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
         )
         seg_no += 1
     state = None if final else orjson.dumps(r.state())
-    return Rendered(out, state, seg_no, todo[-1].seq)
+    return Rendered(out, state, seg_no, todo[-1].seq, keyframes, kf_bytes)
 
 
 __all__ = ["OUTPUT_STREAMS", "Rendered", "SessionText", "render_session"]

@@ -136,6 +136,14 @@ class Settings:
     # those, longer is cheaper when idle.
     worker_poll_wait_ms: int = 2_000
 
+    # The segmenter keeps the screen as a keyframe every this many bytes of a session's output
+    # (replay.keyframe): the web console's seeks draw one and read at most about this much
+    # after it. 0: no keyframes (seeks replay from the session's start).
+    keyframe_every_bytes: int = 256 * 1024
+    # Share links (the web console): the longest a link may live, and the default.
+    share_max_ttl_s: int = 7 * 24 * 3600
+    share_default_ttl_s: int = 24 * 3600
+
     log_level: str = "INFO"
 
     # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.

@@ -638,6 +638,12 @@ async def _tenant_sessions(
                         tenant,
                         sids,
                     )
+                if await _has_table(conn, "session_keyframes"):
+                    await conn.execute(
+                        "DELETE FROM session_keyframes WHERE tenant = $1 AND sid = ANY($2::text[])",
+                        tenant,
+                        sids,
+                    )
                 if await _has_table(conn, "detect_feed"):
                     await conn.execute(
                         "DELETE FROM detect_feed WHERE tenant = $1 AND sid = ANY($2::text[])",

@@ -42,6 +42,7 @@ class TextPosition:
     seg_next: int
     text_seq: int
     who: Who
+    kf_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +106,15 @@ async def text_position(conn: Connection, sid: str) -> TextPosition | None:
     with map_pg_errors(f"cannot read the text position of {sid}"):
         row = await conn.fetchrow(
             "SELECT text_state, text_seg_next, text_seq, user_name, login, server_id,"
-            " cluster_name, kubernetes_cluster FROM session_text WHERE sid = $1",
+            " cluster_name, kubernetes_cluster, kf_bytes FROM session_text WHERE sid = $1",
             sid,
         )
     if row is None:
         return None
     state = None if row["text_state"] is None else bytes(row["text_state"])
-    return TextPosition(state, int(row["text_seg_next"]), int(row["text_seq"]), _who(row))
+    return TextPosition(
+        state, int(row["text_seg_next"]), int(row["text_seq"]), _who(row), int(row["kf_bytes"])
+    )
 
 
 async def restamp_segments(conn: Connection, sid: str, who: Who) -> int:
@@ -206,9 +209,10 @@ async def save_text_position(
     with map_pg_errors(f"cannot store the text position of {sid}"):
         await conn.execute(
             "INSERT INTO session_text AS t (sid, tenant, text_state, text_seg_next, text_seq,"
-            " user_name, login, server_id, cluster_name, kubernetes_cluster)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " user_name, login, server_id, cluster_name, kubernetes_cluster, kf_bytes)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             " ON CONFLICT (sid) DO UPDATE SET text_state = EXCLUDED.text_state,"
+            " kf_bytes = EXCLUDED.kf_bytes,"
             " text_seg_next = EXCLUDED.text_seg_next, text_seq = EXCLUDED.text_seq,"
             " user_name = EXCLUDED.user_name, login = EXCLUDED.login,"
             " server_id = EXCLUDED.server_id, cluster_name = EXCLUDED.cluster_name,"
@@ -219,6 +223,25 @@ async def save_text_position(
             position.seg_next,
             position.text_seq,
             *position.who,
+            position.kf_bytes,
+        )
+
+
+#: A keyframe as stored: ``(after_seq, at_ms, screen)`` (:class:`replay.keyframe.Keyframe`).
+StoredKeyframe = tuple[int, int, bytes]
+
+
+async def insert_keyframes(
+    conn: Connection, tenant: str, sid: str, keyframes: Sequence[StoredKeyframe]
+) -> None:
+    """Store the session's new keyframes (a re-render writes the same ones: kept)."""
+    if not keyframes:
+        return
+    with map_pg_errors(f"cannot store the keyframes of {sid}"):
+        await conn.executemany(
+            "INSERT INTO session_keyframes (sid, tenant, after_seq, at_ms, screen)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sid, after_seq) DO NOTHING",
+            [(sid, tenant, after_seq, at_ms, screen) for after_seq, at_ms, screen in keyframes],
         )
 
 
