@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+import console
+from console import security_headers
 from ingest.kafka import SharedProducer
 from ingest.view_audit import ViewAuditor
 from sessionvault import __version__
@@ -94,13 +96,24 @@ def create_app(
         headers = {"Retry-After": "5"} if code == 503 else None
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
+    @app.middleware("http")
+    async def headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.update(security_headers())
+        return response
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    from api import kube, search, sessions
+    from api import kube, player, search, sessions, shares
 
     app.include_router(kube.router)
     app.include_router(sessions.router)
     app.include_router(search.router)
+    app.include_router(player.router)
+    app.include_router(shares.router)
+    app.include_router(console.router())
     return app

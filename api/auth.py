@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from storage.tokens import SCOPES, Principal, lookup_token
+from storage.tokens import SCOPES, SHARE_SCOPE, Principal, lookup_token
 
 __all__ = ["Principal", "bearer_token", "require_token"]
 
@@ -45,13 +45,15 @@ _BEARER = HTTPBearer(
 
 
 def require_token(
-    scope: str,
+    *scopes: str,
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
-    """A FastAPI dependency admitting live tokens that carry ``scope``; 401 without a valid
-    token (missing, unknown, revoked or expired), 403 when the token lacks the scope. What
-    the principal may then read is decided by :meth:`Principal.may_see` alone."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}")
+    """A FastAPI dependency admitting live tokens that carry one of ``scopes``; 401 without a
+    valid token (missing, unknown, revoked or expired), 403 when the token carries none of
+    them. What the principal may then read is decided by :meth:`Principal.may_see` alone.
+    Only routes that read one session list ``share`` (a share link's scope)."""
+    if not scopes or not set(scopes) <= SCOPES | {SHARE_SCOPE}:
+        raise ValueError(f"unknown scopes {scopes!r}")
+    wanted = frozenset(scopes)
 
     async def dependency(
         request: Request,
@@ -63,8 +65,10 @@ def require_token(
         principal = await lookup_token(request.app.state.pool, token)
         if principal is None:
             raise _unauthorized()
-        if scope not in principal.scopes:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"token lacks the {scope!r} scope")
+        if not wanted & principal.scopes:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"token lacks the {' or '.join(scopes)} scope"
+            )
         return principal
 
     return dependency

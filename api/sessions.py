@@ -46,7 +46,7 @@ async def audit_view(
         tenant=principal.tenant,
         sid=session.sid,
         viewer=f"token:{principal.token_id}",
-        access_via="api",
+        access_via="share" if principal.only_sid is not None else "api",
         fmt=fmt,
         session_type=session.kind,
         session_user=session.user_name,
@@ -63,7 +63,7 @@ async def audit_view(
 async def export_session(
     sid: str,
     request: Request,
-    principal: Annotated[Principal, Depends(require_token("read"))],
+    principal: Annotated[Principal, Depends(require_token("read", "share"))],
     fmt: Annotated[
         str,
         Query(
@@ -86,7 +86,7 @@ async def export_session(
     fmt = format_name(fmt)
     pool = request.app.state.pool
     session = await get_session(pool, principal.tenant, sid)
-    if not principal.may_see(session.tenant, session.kubernetes_cluster):
+    if not principal.may_see(session.tenant, session.kubernetes_cluster, session.sid):
         raise NotFoundError(f"session {sid!r} not found")
     enc = encoder(fmt, session, start_ms)
     await audit_view(request, principal, session, fmt, start_ms)

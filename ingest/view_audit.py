@@ -16,7 +16,7 @@ so tools that already know Teleport's audit log recognise it; its code is sessio
 ``session_user``       whose session it was
 ``format``             ``play`` for the real-time player, else the export format
 ``start_at_ms``        where playback/export started (0: the beginning)
-``access_via``         ``cli`` or ``api``
+``access_via``         ``cli``, ``api``, or ``share`` (a share link, no account)
 ``token_id``           API only: the token's public id (never the token)
 ``token_description``  API only: the operator's note on the token, when it has one
 ``addr.remote``        API only: the client address as the server saw it

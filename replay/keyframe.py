@@ -15,14 +15,16 @@ character is one cell (as in the screen model).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from replay.screen import TimedScreen
+from schemas.models import Frame, Stream
 
-__all__ = ["Keyframe", "draw"]
+__all__ = ["SCREEN_STREAMS", "Keyframe", "Seek", "draw", "seek"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +94,48 @@ def draw(kf: Keyframe) -> bytes:
         out.append(_cup(x, y))
     out.append(bytes.fromhex(str(s.get("pending", ""))))
     return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Seek:
+    """What a player needs to show the screen at ``at_ms``: reset the terminal to
+    ``cols`` x ``rows``, write ``frames`` at once (the keyframe's drawing first, then every
+    output and resize frame after it up to ``at_ms``), and go on playing from chunk
+    ``next_seq``, skipping its first ``skip`` frames (they were in ``frames``)."""
+
+    at_ms: int
+    cols: int
+    rows: int
+    frames: list[Frame]
+    next_seq: int
+    skip: int
+
+
+def seek(
+    keyframe: Keyframe | None,
+    chunks: Iterable[tuple[int, Sequence[Frame]]],
+    at_ms: int,
+    *,
+    cols: int,
+    rows: int,
+) -> Seek:
+    """The screen at ``at_ms`` from ``keyframe`` (None: the session's start, at its starting
+    ``cols`` x ``rows``) and the chunks after it, as ``(seq, frames)`` in seq order."""
+    out: list[Frame] = []
+    next_seq = 0
+    if keyframe is not None:
+        cols, rows = keyframe.size
+        out.append(Frame(keyframe.at_ms, Stream.OUTPUT, draw(keyframe)))
+        next_seq = keyframe.after_seq + 1
+    for seq, frames in chunks:
+        for i, f in enumerate(frames):
+            if f.offset_ms > at_ms:
+                return Seek(at_ms, cols, rows, out, seq, i)
+            if f.stream in SCREEN_STREAMS:
+                out.append(f)
+        next_seq = seq + 1
+    return Seek(at_ms, cols, rows, out, next_seq, 0)
+
+
+#: The streams that change what a terminal shows (resizes included).
+SCREEN_STREAMS = frozenset({Stream.OUTPUT, Stream.STDERR, Stream.RESIZE})

@@ -50,8 +50,13 @@ _MAX_DIM = 1000  # columns or rows: larger sizes are clamped (memory stays bound
 _STATE_VERSION = "screen-1"
 # What puts a fresh parser in the same state (an OSC/DCS string's opener is not kept: any
 # string opener swallows the rest of the string just as well).
-_PARSER_REENTRY = {_ESCAPE: "\x1b", _CSI: "\x1b[", _STRING: "\x1b]", _STRING_ESC: "\x1b]\x1b",
-                   _ESC_INTER: "\x1b("}
+_PARSER_REENTRY = {
+    _ESCAPE: "\x1b",
+    _CSI: "\x1b[",
+    _STRING: "\x1b]",
+    _STRING_ESC: "\x1b]\x1b",
+    _ESC_INTER: "\x1b(",
+}
 
 Line = tuple[str, list[int]]
 
@@ -621,9 +626,13 @@ class TimedScreen:
             # Bytes cut in the middle by the snapshot: an escape sequence begun and not ended,
             # and the start of a UTF-8 sequence; written after the screen, the bytes that
             # follow complete them as they did in the recording.
-            "pending": (_PARSER_REENTRY.get(self._state, "") + (
-                "".join(self._params) if self._state == _CSI else ""
-            )).encode().hex() + self._decoder.getstate()[0].hex(),
+            "pending": (
+                _PARSER_REENTRY.get(self._state, "")
+                + ("".join(self._params) if self._state == _CSI else "")
+            )
+            .encode()
+            .hex()
+            + self._decoder.getstate()[0].hex(),
         }
 
     @classmethod

@@ -164,17 +164,75 @@ async def resolve_sid(db: Executor, tenant: str, sid: str) -> str:
     return str(rows[0]["sid"])
 
 
+#: Session statuses as the console names them -> as stored.
+SESSION_STATUSES = {"active": "active", "ended": "closed", "abandoned": "abandoned"}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """Which sessions a list returns: every non-empty field must match (a tuple: any of its
+    values). ``clusters`` is the reader's scope (:meth:`storage.tokens.Principal.cluster_scope`):
+    None for every session of the tenant, else only Kubernetes sessions of those clusters."""
+
+    user: tuple[str, ...] = ()
+    login: tuple[str, ...] = ()
+    server_id: tuple[str, ...] = ()
+    cluster_name: tuple[str, ...] = ()
+    kubernetes_cluster: tuple[str, ...] = ()
+    kind: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()  # keys of SESSION_STATUSES
+    since: datetime | None = None  # started at or after
+    until: datetime | None = None  # started before
+    clusters: tuple[str, ...] | None = None
+
+
+_LIST_SQL = (
+    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant = $1"
+    " AND ($2::timestamptz IS NULL OR (started_at, sid) < ($2, $3))"
+    " AND (cardinality($4::text[]) = 0 OR user_name = ANY($4))"
+    " AND (cardinality($5::text[]) = 0 OR login = ANY($5))"
+    " AND (cardinality($6::text[]) = 0 OR server_id = ANY($6))"
+    " AND (cardinality($7::text[]) = 0 OR cluster_name = ANY($7))"
+    " AND (cardinality($8::text[]) = 0 OR kubernetes_cluster = ANY($8))"
+    " AND (cardinality($9::text[]) = 0 OR kind = ANY($9))"
+    " AND (cardinality($10::text[]) = 0 OR status = ANY($10))"
+    " AND ($11::timestamptz IS NULL OR started_at >= $11)"
+    " AND ($12::timestamptz IS NULL OR started_at < $12)"
+    " AND ($13::text[] IS NULL OR kubernetes_cluster = ANY($13))"
+    " ORDER BY started_at DESC, sid DESC LIMIT $14"
+)
+
+
 async def list_sessions(
-    db: Executor, tenant: str, *, limit: int = 50, before: datetime | None = None
+    db: Executor,
+    tenant: str,
+    *,
+    limit: int = 50,
+    after: tuple[datetime, str] | None = None,
+    where: SessionFilter = SessionFilter(),
 ) -> list[SessionRecord]:
-    """The tenant's most recent sessions, newest first (``before`` pages further back)."""
+    """The tenant's sessions matching ``where``, newest first. Keyset paging: ``after`` is the
+    ``(started_at, sid)`` of the last session of the previous page, so a page costs the same
+    at any depth (index ``sessions_tenant_started_sid``)."""
+    unknown = set(where.status) - set(SESSION_STATUSES)
+    if unknown:
+        raise ValidationError("bad_status", f"unknown session status {sorted(unknown)[0]!r}")
     try:
         rows = await db.fetch(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant = $1"
-            " AND ($2::timestamptz IS NULL OR started_at < $2)"
-            " ORDER BY started_at DESC, sid LIMIT $3",
+            _LIST_SQL,
             tenant,
-            before,
+            after[0] if after else None,
+            after[1] if after else "",
+            list(where.user),
+            list(where.login),
+            list(where.server_id),
+            list(where.cluster_name),
+            list(where.kubernetes_cluster),
+            list(where.kind),
+            [SESSION_STATUSES[s] for s in where.status],
+            where.since,
+            where.until,
+            None if where.clusters is None else list(where.clusters),
             limit,
         )
     except Exception as exc:
@@ -287,6 +345,63 @@ async def iter_frames(
             for frame in await decoder.frames(sid, row):
                 if frame.offset_ms >= start_ms:
                     yield frame
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFrames:
+    """The frames of one stored chunk (a window of a session, read by :func:`read_window`)."""
+
+    seq: int
+    frames: list[Frame]
+
+
+async def keyframe_at(
+    db: Executor, tenant: str, sid: str, at_ms: int
+) -> tuple[int, int, bytes] | None:
+    """The session's latest keyframe at or before ``at_ms`` as ``(after_seq, at_ms, screen)``
+    (:class:`replay.keyframe.Keyframe`), or None (seek from the start)."""
+    try:
+        row = await db.fetchrow(
+            "SELECT after_seq, at_ms, screen FROM session_keyframes"
+            " WHERE sid = $1 AND tenant = $2 AND at_ms <= $3"
+            " ORDER BY at_ms DESC, after_seq DESC LIMIT 1",
+            sid,
+            tenant,
+            at_ms,
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read the keyframes of session {sid}") from exc
+    if row is None:
+        return None
+    return int(row["after_seq"]), int(row["at_ms"]), bytes(row["screen"])
+
+
+async def read_window(
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    after_seq: int,
+    max_bytes: int,
+    until_ms: int | None = None,
+    decompressor: Decompressor | None = None,
+) -> list[ChunkFrames]:
+    """Whole chunks of the session after ``after_seq``, in seq order, until their payloads
+    reach ``max_bytes`` (at least one chunk when there is one) or, with ``until_ms``, until a
+    chunk starts after it. What a player streams: a window at a time, so its memory stays
+    bounded whatever the session's size."""
+    decoder = _ChunkDecoder(db, decompressor)
+    out: list[ChunkFrames] = []
+    total = 0
+    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after_seq, chunk_batch=8):
+        for row in rows:
+            if until_ms is not None and row["first_offset_ms"] > until_ms:
+                return out
+            out.append(ChunkFrames(int(row["seq"]), await decoder.frames(sid, row)))
+            total += int(row["raw_len"])
+            if total >= max_bytes and until_ms is None:
+                return out
+    return out
 
 
 async def verify_session(

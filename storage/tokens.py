@@ -12,6 +12,9 @@ Invariants:
   names no Kubernetes cluster, so a cluster-bound token sees none). Queries apply the same
   rule as a filter (:meth:`Principal.cluster_scope`); every API route uses one or the other.
 * A revoked token, or one past its ``expires_at``, resolves to no principal.
+* A share link's token (``svs_``) resolves to a principal with the one scope ``share`` and
+  ``only_sid`` set: :meth:`Principal.may_see` admits that one session of its tenant and
+  nothing else, and no route that lists or searches accepts the ``share`` scope.
 * asyncpg exceptions never leave this module (translated by :func:`storage.pg.translate`).
 """
 
@@ -32,8 +35,11 @@ from storage.pg import translate
 
 __all__ = [
     "SCOPES",
+    "SHARE_PREFIX",
+    "SHARE_SCOPE",
     "TOKEN_PREFIX",
     "Principal",
+    "create_share",
     "create_token",
     "hash_token",
     "lookup_token",
@@ -44,7 +50,10 @@ __all__ = [
 Executor: TypeAlias = Any  # asyncpg Pool or Connection
 
 TOKEN_PREFIX = "svt_"
+SHARE_PREFIX = "svs_"
 SCOPES = frozenset({"webhook", "read", "import"})
+#: The scope of a share link's principal (never given to an API token).
+SHARE_SCOPE = "share"
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 
 
@@ -57,16 +66,21 @@ class Principal:
     clusters: frozenset[str]
     scopes: frozenset[str]
     expires_at: datetime | None = None
+    only_sid: str | None = None  # a share link: this one session, nothing else
+    share_at_ms: int = 0  # a share link: the moment it opens at
 
     def allows_cluster(self, cluster: str) -> bool:
         """True when the token is not restricted to clusters, or ``cluster`` is one of them."""
         return not self.clusters or cluster in self.clusters
 
-    def may_see(self, tenant: str, kubernetes_cluster: str | None) -> bool:
+    def may_see(self, tenant: str, kubernetes_cluster: str | None, sid: str | None = None) -> bool:
         """THE read rule: a record (session, event, text, alert) of ``tenant`` whose
         Kubernetes cluster is ``kubernetes_cluster`` ('' or None: not a Kubernetes record)
         is visible to this principal only in its own tenant and, when the token is bound to
-        clusters, only in one of them."""
+        clusters, only in one of them; a share link's principal sees only its session
+        (``sid``: the record's session, None when it is in none)."""
+        if self.only_sid is not None and sid != self.only_sid:
+            return False
         return tenant == self.tenant and self.allows_cluster(kubernetes_cluster or "")
 
     def cluster_scope(self) -> tuple[str, ...] | None:
@@ -133,7 +147,11 @@ async def create_token(
 async def lookup_token(db: Executor, token: str) -> Principal | None:
     """The principal of a live token (not revoked, not expired by PostgreSQL's clock), or
     None."""
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+    if len(token) > 200:
+        return None
+    if token.startswith(SHARE_PREFIX):
+        return await _lookup_share(db, token)
+    if not token.startswith(TOKEN_PREFIX):
         return None
     digest = hash_token(token)
     try:
@@ -154,6 +172,60 @@ async def lookup_token(db: Executor, token: str) -> Principal | None:
         frozenset(row["clusters"]),
         frozenset(row["scopes"]),
         row["expires_at"],
+    )
+
+
+async def create_share(
+    db: Executor,
+    creator: Principal,
+    sid: str,
+    *,
+    expires_at: datetime,
+    at_ms: int = 0,
+) -> tuple[str, str]:
+    """A share link token for session ``sid`` of ``creator``'s tenant (the caller checked that
+    ``creator`` may see it); returns ``(token text, link id)``. The text is not kept."""
+    if creator.only_sid is not None:
+        raise ValidationError("wrong_type", "a share link cannot make share links")
+    link_id = secrets.token_hex(6)
+    token = f"{SHARE_PREFIX}{link_id}_{secrets.token_urlsafe(32)}"
+    try:
+        await db.execute(
+            "INSERT INTO share_links (id, token_sha256, tenant, sid, at_ms, created_by,"
+            " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            link_id,
+            hash_token(token),
+            creator.tenant,
+            sid,
+            at_ms,
+            creator.token_id,
+            expires_at,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot store share link") from exc
+    return token, link_id
+
+
+async def _lookup_share(db: Executor, token: str) -> Principal | None:
+    digest = hash_token(token)
+    try:
+        row = await db.fetchrow(
+            "SELECT id, token_sha256, tenant, sid, at_ms, expires_at FROM share_links"
+            " WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > now()",
+            digest,
+        )
+    except Exception as exc:
+        raise translate(exc, "cannot look up share link") from exc
+    if row is None or not hmac.compare_digest(bytes(row["token_sha256"]), digest):
+        return None
+    return Principal(
+        f"share:{row['id']}",
+        row["tenant"],
+        frozenset(),
+        frozenset({SHARE_SCOPE}),
+        row["expires_at"],
+        only_sid=row["sid"],
+        share_at_ms=int(row["at_ms"]),
     )
 
 

@@ -20,7 +20,7 @@ SHELL = [
 VI = [
     b"\x1b[?1049h\x1b[1;23r\x1b[H\x1b[2J",
     b"\x1b[1;1Hline one\x1b[2;1H~\x1b[3;1H~",
-    b"\x1b[24;1H\"f.txt\" 1L\x1b[1;9H",
+    b'\x1b[24;1H"f.txt" 1L\x1b[1;9H',
     b"\x1b[2;1Hinserted text",
     b"\x1b[23;1H\x1bM",  # reverse index at the region's top
     b"\x1b[5;80HZ",  # last column: autowrap pending
@@ -57,15 +57,23 @@ def test_drawing_a_keyframe_then_the_rest_gives_the_same_screen_at_every_cut(
 
 def test_the_segmenter_keeps_a_keyframe_each_time_the_output_reaches_the_interval() -> None:
     frames = [Frame(i * 10, Stream.OUTPUT, b"%04d " % i + b"y" * 95 + b"\r\n") for i in range(40)]
-    chunks = [Chunk("t", "s", seq, tuple(frames[seq * 4 : seq * 4 + 4]), "", "") for seq in range(10)]
+    chunks = [
+        Chunk("t", "s", seq, tuple(frames[seq * 4 : seq * 4 + 4]), "", "") for seq in range(10)
+    ]
     ctx = SessionText("t", "s", 0, keyframe_every_bytes=1000)
     first = render_session(ctx, chunks[:5])
     # 4 frames of 102 bytes per chunk: 408, 816, 1224 -> a keyframe after chunk 2.
     assert [k.after_seq for k in first.keyframes] == [2]
     assert first.kf_bytes == 816
     ctx2 = SessionText(
-        "t", "s", 0, state=first.state, seg_next=first.seg_next, text_seq=first.text_seq,
-        kf_bytes=first.kf_bytes, keyframe_every_bytes=1000,
+        "t",
+        "s",
+        0,
+        state=first.state,
+        seg_next=first.seg_next,
+        text_seq=first.text_seq,
+        kf_bytes=first.kf_bytes,
+        keyframe_every_bytes=1000,
     )
     second = render_session(ctx2, chunks)
     assert [k.after_seq for k in second.keyframes] == [5, 8]

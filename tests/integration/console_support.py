@@ -1,0 +1,118 @@
+"""The web console's browser tests: Debian's chromium driven by Playwright, the screen of the
+console's player read as text, and the screen that ``sessionvault play --start-at`` draws in a
+real tmux at the same moment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from playwright.sync_api import Browser, Page, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+SV = str(Path(sys.executable).parent / "sessionvault")
+#: Screenshots of every page, taken by the test run (docs/console.md shows them).
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+T = TypeVar("T")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium (the package ``chromium``; never a downloaded browser)."""
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is needed (scripts/system-packages.sh)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def login(page: Page, base: str, token: str) -> None:
+    page.goto(f"{base}/ui/#/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("table.sessions")
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def player_ready(page: Page) -> None:
+    page.wait_for_selector("#terminal[data-ready='1']", timeout=20_000)
+
+
+def player_screen(page: Page) -> list[str]:
+    """The player's screen, one string per row, trailing blanks dropped."""
+    text: str = page.evaluate("() => window.svPlayer.screenText()")
+    return [line.rstrip() for line in text.split("\n")]
+
+
+def player_pos(page: Page) -> int:
+    return int(page.evaluate("() => Math.round(window.svPlayer.pos)"))
+
+
+def seek_settled(page: Page) -> None:
+    """Wait until no seek is in flight (the player's seek generation is drawn)."""
+    page.wait_for_function("() => window.svPlayer && window.svPlayer.lastSeekMs > 0")
+
+
+def tmux_screen_at(env: dict[str, str], sid: str, at_ms: int, cols: int, rows: int) -> list[str]:
+    """What ``sessionvault play --start-at`` shows in a real tmux at ``at_ms``: played at a
+    speed so low that no frame after the moment arrives while the pane is read."""
+    assert shutil.which("tmux"), "tmux is needed (scripts/system-packages.sh)"
+    sock = f"sv-console-{uuid.uuid4().hex[:8]}"
+    cmd = f"{SV} play --speed 0.00001 --start-at {at_ms / 1000:.3f} {sid}; sleep 600"
+    subprocess.run(
+        ["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-x", str(cols),
+         "-y", str(rows), cmd],
+        env=env, check=True, timeout=30,
+    )  # fmt: skip
+    try:
+        last: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["tmux", "-L", sock, "capture-pane", "-p", "-t", "0"],
+                capture_output=True, check=True, timeout=10,
+            ).stdout.decode()  # fmt: skip
+            lines = [line.rstrip() for line in out.split("\n")][:rows]
+            if lines == last and any(lines):
+                return lines  # the same twice, 0.5 s apart: drawn
+            last = lines
+            time.sleep(0.5)
+        raise AssertionError(f"tmux screen never settled: {last}")
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], timeout=10, check=False)
+
+
+def same_screen(a: list[str], b: list[str]) -> bool:
+    """Screens equal as text (rows trailing blank rows dropped)."""
+
+    def trim(lines: list[str]) -> list[str]:
+        out = list(lines)
+        while out and not out[-1]:
+            out.pop()
+        return out
+
+    return trim(a) == trim(b)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` from inside Playwright's sync API (which keeps a loop running on this
+    thread): on a thread of its own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
