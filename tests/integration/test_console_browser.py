@@ -149,7 +149,8 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         assert same_screen(screen, tmux_screen_at(env, sid, stepped, COLS, ROWS)), stepped
         duration = int(page.evaluate("() => window.svPlayer.duration"))
         page.keyboard.press("ArrowLeft")
-        page.wait_for_function(f"() => Math.round(window.svPlayer.pos) === {max(0, stepped - 5000)}")
+        back = max(0, stepped - 5000)
+        page.wait_for_function(f"() => Math.round(window.svPlayer.pos) === {back}")
         page.keyboard.press("ArrowRight")
         jumped = min(5000, duration)
         page.wait_for_function(f"() => Math.round(window.svPlayer.pos) === {jumped}")
@@ -176,9 +177,7 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
             assert http.get("/v1/sessions", headers=auth).status_code == 403
             assert http.get("/v1/search", params={"text": "x"}, headers=auth).status_code == 403
             # Expired: refused with a clear page.
-            run_async(
-                fetch_all(dsn, "UPDATE share_links SET expires_at = now() - interval '1 s'")
-            )
+            run_async(fetch_all(dsn, "UPDATE share_links SET expires_at = now() - interval '1 s'"))
             assert http.get(f"/v1/sessions/{sid}", headers=auth).status_code == 401
         expired = browser.new_context().new_page()
         expired.goto(url)
