@@ -243,3 +243,42 @@ def _open_exec_from_the_kube_view(browser: Browser, base: str, token: str, sid: 
     screen = "\n".join(player_screen(page))
     assert "root@nginx:/#" in screen
     assert "No such file or directory" in screen
+
+
+def test_live_view_follows_a_session_being_recorded(settings: Settings, tmp_path: Path) -> None:
+    env = env_for(settings)
+    env.update(TERM="xterm-256color", LC_ALL="C.UTF-8", HOME=str(tmp_path))
+    sid = "live-" + os.urandom(4).hex()
+    sv = str(Path(sys.executable).parent / "sessionvault")
+    token = make_token(settings, scopes=("read",))
+    with running_persist_worker(settings), serve(settings) as base:
+        drv = PtyDriver([sv, "record", "-q", "--sid", sid, "--", "cat"], env, cols=80, rows=24)
+        drv.send(b"first-line\r")
+        drv.expect(b"first-line")
+        wait_status(settings.postgres_dsn.get(), sid, "active")
+        with chromium() as browser:
+            page = browser.new_context(viewport={"width": 1100, "height": 700}).new_page()
+            login(page, base, token)
+            row = page.locator(f"tr:has(a[href='#/play/{sid}'])")
+            assert row.locator(".live-badge").inner_text() == "LIVE"
+            row.locator("a").click()
+            player_ready(page)
+            page.click("#live")
+            page.wait_for_function("() => window.svPlayer.live")
+            page.wait_for_function(
+                "() => window.svPlayer.screenText().includes('first-line')", timeout=20_000
+            )
+            # Typed now, after the player opened: it appears while the session goes on.
+            for n in range(3):
+                drv.send(f"typed-while-watching-{n}\r".encode())
+                page.wait_for_function(
+                    f"() => window.svPlayer.screenText().includes('typed-while-watching-{n}')",
+                    timeout=20_000,
+                )
+            shot(page, "live")
+            drv.send(b"\x04")  # EOF: cat exits, the recording ends
+            assert drv.wait() == 0
+            page.wait_for_function(
+                "() => !window.svPlayer.live && window.svPlayer.session.status === 'ended'",
+                timeout=30_000,
+            )
