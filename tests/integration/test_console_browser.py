@@ -41,6 +41,11 @@ from tests.integration.persist_helpers import fetch_all, run_segmenter_until_cau
 from tests.integration.test_kube_exec_session import EXEC_EVENT, FakeClock
 from tests.integration.test_kube_exec_session import record as record_exec
 from tests.integration.test_record_e2e import PtyDriver, running_persist_worker, wait_status
+from tests.integration.test_siem_detect import (
+    _record_curl_session,
+    run_detect_until_drained,
+    stored_alerts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -282,3 +287,26 @@ def test_live_view_follows_a_session_being_recorded(settings: Settings, tmp_path
                 "() => !window.svPlayer.live && window.svPlayer.session.status === 'ended'",
                 timeout=30_000,
             )
+
+
+def test_an_alert_opens_the_player_at_its_moment(settings: Settings) -> None:
+    typed = _record_curl_session(settings)
+    assert run_detect_until_drained(settings).stats.output_alerts == 1
+    drain(settings, [settings.topic_events])
+    (alert,) = stored_alerts(settings)
+    token = make_token(settings, scopes=("read",))
+    with serve(settings) as base, chromium() as browser:
+        page = browser.new_context(viewport={"width": 1280, "height": 700}).new_page()
+        login(page, base, token)
+        page.goto(f"{base}/ui/#/alerts?since=3650d")
+        page.wait_for_selector("tr.alert")
+        row = page.inner_text("tr.alert")
+        assert alert["title"] in row
+        assert alert["level"] in row
+        shot(page, "alerts")
+        page.click("tr.alert a.open")
+        player_ready(page)
+        assert page.url.split("#", 1)[1].startswith(f"/play/{typed.sid}")
+        assert player_pos(page) == alert["offset_ms"]
+        # The timeline marks the alert.
+        page.wait_for_selector(".marker-alert")

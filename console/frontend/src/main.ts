@@ -205,7 +205,7 @@ function hitLink(hit: SearchHit, q: string): HTMLElement | string {
 function hitSummary(hit: SearchHit): HTMLElement {
   if (hit.kind === "output") return h("pre", { class: "context" }, hit.text ?? "");
   const f = hit.fields ?? {};
-  const bits = [hit.event, f["verb"], f["request_path"] ?? f["command"] ?? f["rule_title"] ?? f["title"]]
+  const bits = [hit.event, f["verb"], f["request_path"] ?? f["command"] ?? f["title"]]
     .filter((x) => x !== undefined && x !== null && x !== "")
     .map(String);
   return h("div", { class: "context" }, bits.join(" · "));
@@ -281,7 +281,7 @@ async function sessionMarkers(sid: string): Promise<Marker[]> {
       .map((hit) => ({
         t: hit.offset_ms ?? 0,
         kind: hit.event?.startsWith("alert.") ? "alert" : hit.event === "kube.request" ? "kube" : "event",
-        label: [hit.event, hit.fields?.["rule_title"] ?? hit.fields?.["verb"] ?? ""].filter(Boolean).join(" "),
+        label: [hit.event, hit.fields?.["title"] ?? hit.fields?.["verb"] ?? ""].filter(Boolean).join(" "),
       }));
   } catch {
     return []; // a share link's token cannot search: no markers, the player still works
@@ -502,7 +502,7 @@ async function alertsPage(r: Route): Promise<void> {
     for (const hit of hits) {
       const f = hit.fields ?? {};
       const level = String(f["level"] ?? "");
-      list.append(h("tr", { class: `alert level-${level}` }, h("td", {}, level), h("td", {}, String(f["rule_title"] ?? f["rule_id"] ?? "")),
+      list.append(h("tr", { class: `alert level-${level}` }, h("td", {}, level), h("td", {}, String(f["title"] ?? f["rule_id"] ?? "")),
         h("td", {}, fmtTime(hit.time)), h("td", {}, hit.user), h("td", {}, hit.kubernetes_cluster || hit.server_id), h("td", {}, hitLink(hit, ""))));
     }
     status.textContent = `${hits.length} alerts since ${since}`;
