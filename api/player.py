@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
 from api.sessions import audit_view
-from replay.keyframe import Keyframe, seek
+from replay.keyframe import Keyframe, Seeker
 from schemas.models import Frame
 from sessionvault.errors import NotFoundError, ValidationError
 from sessionvault.timespec import parse_when
@@ -30,6 +31,7 @@ from storage.reader import (
     SessionFilter,
     SessionRecord,
     get_session,
+    iter_chunk_frames,
     keyframe_at,
     list_sessions,
     read_window,
@@ -175,17 +177,15 @@ async def seek_session(
     pool = request.app.state.pool
     stored = await keyframe_at(pool, session.tenant, sid, at_ms)
     kf = None if stored is None else Keyframe.from_bytes(*stored)
-    window = await read_window(
-        pool,
-        session.tenant,
-        sid,
-        after_seq=-1 if kf is None else kf.after_seq,
-        max_bytes=0,
-        until_ms=at_ms,
+    seeker = Seeker(kf, at_ms, cols=session.cols, rows=session.rows)
+    chunks = iter_chunk_frames(
+        pool, session.tenant, sid, after_seq=-1 if kf is None else kf.after_seq, until_ms=at_ms
     )
-    result = seek(
-        kf, ((c.seq, c.frames) for c in window), at_ms, cols=session.cols, rows=session.rows
-    )
+    async for c in chunks:
+        # Off the event loop: past max_bytes the screen is rendered here (CPU-bound).
+        if await run_in_threadpool(seeker.feed, c.seq, c.frames):
+            break
+    result = seeker.result()
     return {
         "at_ms": result.at_ms,
         "cols": result.cols,

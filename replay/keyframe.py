@@ -24,7 +24,7 @@ import orjson
 from replay.screen import TimedScreen
 from schemas.models import Frame, Stream
 
-__all__ = ["SCREEN_STREAMS", "Keyframe", "Seek", "draw", "seek"]
+__all__ = ["SCREEN_STREAMS", "Keyframe", "Seek", "Seeker", "draw", "parse_resize", "seek"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,88 @@ class Seek:
     skip: int
 
 
+class Seeker:
+    """Builds a :class:`Seek` from a keyframe and the chunks after it, fed one at a time (PURE,
+    bounded memory). Up to ``max_bytes`` of frames after the keyframe are kept and sent as they
+    are (colours and all); past that the screen is rendered here on the screen model and only
+    its drawing is sent, so a seek answer stays small whatever lies between the keyframe and
+    the moment (a session stored before keyframes existed has none at all)."""
+
+    def __init__(
+        self,
+        keyframe: Keyframe | None,
+        at_ms: int,
+        *,
+        cols: int,
+        rows: int,
+        max_bytes: int = 512 * 1024,
+    ) -> None:
+        self.keyframe = keyframe
+        self.at_ms = at_ms
+        self.max_bytes = max_bytes
+        self.cols, self.rows = keyframe.size if keyframe else (cols, rows)
+        self._frames: list[Frame] = []
+        self._bytes = 0
+        self._screen: TimedScreen | None = None
+        self._next_seq = 0 if keyframe is None else keyframe.after_seq + 1
+        self._skip = 0
+        self.done = False
+
+    def _render(self) -> TimedScreen:
+        screen = TimedScreen(self.cols, self.rows)
+        if self.keyframe is not None:
+            screen.feed_at(draw(self.keyframe), self.keyframe.at_ms)
+        for f in self._frames:
+            self._feed(screen, f)
+        self._frames = []
+        return screen
+
+    @staticmethod
+    def _feed(screen: TimedScreen, f: Frame) -> None:
+        if f.stream is Stream.RESIZE:
+            size = parse_resize(f.data)
+            if size is not None:
+                screen.resize(*size, f.offset_ms)
+        else:
+            screen.feed_at(f.data, f.offset_ms)
+
+    def feed(self, seq: int, frames: Sequence[Frame]) -> bool:
+        """Take the next chunk (seq order); True once the moment is reached (feed no more)."""
+        for i, f in enumerate(frames):
+            if f.offset_ms > self.at_ms:
+                self._next_seq, self._skip, self.done = seq, i, True
+                return True
+            if f.stream not in SCREEN_STREAMS:
+                continue
+            if self._screen is not None:
+                self._feed(self._screen, f)
+                continue
+            self._frames.append(f)
+            self._bytes += len(f.data)
+            if self._bytes > self.max_bytes:
+                self._screen = self._render()
+        self._next_seq = seq + 1
+        return False
+
+    def result(self) -> Seek:
+        """What the player needs (see :class:`Seek`)."""
+        if self._screen is not None:
+            s = self._screen
+            kf = Keyframe.of(s, self._next_seq - 1, self.at_ms)
+            return Seek(
+                self.at_ms,
+                s.cols,
+                s.rows,
+                [Frame(self.at_ms, Stream.OUTPUT, draw(kf))],
+                self._next_seq,
+                self._skip,
+            )
+        out = list(self._frames)
+        if self.keyframe is not None:
+            out.insert(0, Frame(self.keyframe.at_ms, Stream.OUTPUT, draw(self.keyframe)))
+        return Seek(self.at_ms, self.cols, self.rows, out, self._next_seq, self._skip)
+
+
 def seek(
     keyframe: Keyframe | None,
     chunks: Iterable[tuple[int, Sequence[Frame]]],
@@ -118,23 +200,24 @@ def seek(
     *,
     cols: int,
     rows: int,
+    max_bytes: int = 512 * 1024,
 ) -> Seek:
     """The screen at ``at_ms`` from ``keyframe`` (None: the session's start, at its starting
     ``cols`` x ``rows``) and the chunks after it, as ``(seq, frames)`` in seq order."""
-    out: list[Frame] = []
-    next_seq = 0
-    if keyframe is not None:
-        cols, rows = keyframe.size
-        out.append(Frame(keyframe.at_ms, Stream.OUTPUT, draw(keyframe)))
-        next_seq = keyframe.after_seq + 1
+    seeker = Seeker(keyframe, at_ms, cols=cols, rows=rows, max_bytes=max_bytes)
     for seq, frames in chunks:
-        for i, f in enumerate(frames):
-            if f.offset_ms > at_ms:
-                return Seek(at_ms, cols, rows, out, seq, i)
-            if f.stream in SCREEN_STREAMS:
-                out.append(f)
-        next_seq = seq + 1
-    return Seek(at_ms, cols, rows, out, next_seq, 0)
+        if seeker.feed(seq, frames):
+            break
+    return seeker.result()
+
+
+def parse_resize(data: bytes) -> tuple[int, int] | None:
+    """``WxH`` of a resize frame (None when malformed)."""
+    try:
+        w, h = data.decode("ascii").lower().split("x")
+        return int(w), int(h)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 #: The streams that change what a terminal shows (resizes included).

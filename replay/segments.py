@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from replay.keyframe import Keyframe
+from replay.keyframe import Keyframe, parse_resize
 from replay.screen import TimedScreen
 from replay.text import TimedTextRenderer
 from schemas.models import Chunk, Stream
@@ -83,15 +83,6 @@ def _renderer(ctx: SessionText) -> TimedScreen | TimedTextRenderer:
     return TimedTextRenderer.from_state(st)
 
 
-def _size(data: bytes) -> tuple[int, int] | None:
-    """``WxH`` of a resize frame (None when malformed)."""
-    try:
-        w, h = data.decode("ascii").lower().split("x")
-        return int(w), int(h)
-    except (UnicodeDecodeError, ValueError):
-        return None
-
-
 def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     """Render the chunks of ``ctx``'s session that come after ``ctx.text_seq`` (any order in,
     seq order applied). The returned ``state`` is None once the session's final chunk was
@@ -111,7 +102,7 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
                 lines.extend(r.feed_at(f.data, f.offset_ms))
                 kf_bytes += len(f.data)
             elif f.stream is Stream.RESIZE and isinstance(r, TimedScreen):
-                size = _size(f.data)
+                size = parse_resize(f.data)
                 if size is not None:
                     lines.extend(r.resize(*size, f.offset_ms))
         if c.final:

@@ -376,6 +376,25 @@ async def keyframe_at(
     return int(row["after_seq"]), int(row["at_ms"]), bytes(row["screen"])
 
 
+async def iter_chunk_frames(
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    after_seq: int,
+    until_ms: int | None = None,
+    decompressor: Decompressor | None = None,
+) -> AsyncIterator[ChunkFrames]:
+    """The session's chunks after ``after_seq`` in seq order, decoded one at a time; with
+    ``until_ms``, none that starts after it."""
+    decoder = _ChunkDecoder(db, decompressor)
+    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after_seq, chunk_batch=8):
+        for row in rows:
+            if until_ms is not None and row["first_offset_ms"] > until_ms:
+                return
+            yield ChunkFrames(int(row["seq"]), await decoder.frames(sid, row))
+
+
 async def read_window(
     db: Executor,
     tenant: str,
@@ -383,24 +402,20 @@ async def read_window(
     *,
     after_seq: int,
     max_bytes: int,
-    until_ms: int | None = None,
     decompressor: Decompressor | None = None,
 ) -> list[ChunkFrames]:
-    """Whole chunks of the session after ``after_seq``, in seq order, until their payloads
-    reach ``max_bytes`` (at least one chunk when there is one) or, with ``until_ms``, until a
-    chunk starts after it. What a player streams: a window at a time, so its memory stays
-    bounded whatever the session's size."""
-    decoder = _ChunkDecoder(db, decompressor)
+    """Whole chunks of the session after ``after_seq``, in seq order, until their frames
+    reach ``max_bytes`` (at least one chunk when there is one). What a player streams: a
+    window at a time, so its memory stays bounded whatever the session's size."""
     out: list[ChunkFrames] = []
     total = 0
-    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after_seq, chunk_batch=8):
-        for row in rows:
-            if until_ms is not None and row["first_offset_ms"] > until_ms:
-                return out
-            out.append(ChunkFrames(int(row["seq"]), await decoder.frames(sid, row)))
-            total += int(row["raw_len"])
-            if total >= max_bytes and until_ms is None:
-                return out
+    async for chunk in iter_chunk_frames(
+        db, tenant, sid, after_seq=after_seq, decompressor=decompressor
+    ):
+        out.append(chunk)
+        total += sum(len(f.data) for f in chunk.frames)
+        if total >= max_bytes:
+            break
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from replay.keyframe import Keyframe, draw
+from replay.keyframe import Keyframe, Seek, draw, seek
 from replay.screen import TimedScreen
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk, Frame, Stream
@@ -80,3 +80,52 @@ def test_the_segmenter_keeps_a_keyframe_each_time_the_output_reaches_the_interva
     assert second.keyframes[0].at_ms == frames[23].offset_ms
     none = render_session(SessionText("t", "s", 0), chunks)
     assert none.keyframes == []
+
+
+def _apply(result: Seek) -> TimedScreen:
+    screen = TimedScreen(result.cols, result.rows)
+    for f in result.frames:
+        if f.stream is Stream.RESIZE:
+            cols, rows = (int(v) for v in f.data.split(b"x"))
+            screen.resize(cols, rows, f.offset_ms)
+        else:
+            screen.feed_at(f.data, f.offset_ms)
+    return screen
+
+
+@pytest.mark.parametrize("max_bytes", [0, 40, 10**9], ids=["render-all", "render-late", "frames"])
+def test_a_seek_shows_the_screen_at_the_moment_whether_frames_are_sent_or_rendered(
+    max_bytes: int,
+) -> None:
+    data = [*SHELL, *VI, b"\x1b[?1049h", *SHELL]
+    frames = [Frame(i * 10, Stream.OUTPUT, d) for i, d in enumerate(data)]
+    frames.insert(7, Frame(65, Stream.RESIZE, b"90x20"))
+    frames.insert(3, Frame(25, Stream.INPUT, b"typed"))
+    chunks = [(seq, frames[seq * 3 : seq * 3 + 3]) for seq in range(0, len(frames) // 3 + 1)]
+    kf_screen = TimedScreen(80, 24)
+    for f in frames[:6]:
+        if f.stream is Stream.OUTPUT:
+            kf_screen.feed_at(f.data, f.offset_ms)
+    kf = Keyframe.of(kf_screen, 1, frames[5].offset_ms)
+    for at in range(0, frames[-1].offset_ms + 20, 5):
+        for start in (None, kf):
+            if start is not None and at < start.at_ms:
+                continue
+            after = -1 if start is None else start.after_seq
+            got = seek(start, [c for c in chunks if c[0] > after], at, cols=80, rows=24,
+                       max_bytes=max_bytes)  # fmt: skip
+            want = TimedScreen(80, 24)
+            for f in frames:
+                if f.offset_ms > at:
+                    break
+                if f.stream is Stream.RESIZE:
+                    want.resize(90, 20, f.offset_ms)
+                elif f.stream is Stream.OUTPUT:
+                    want.feed_at(f.data, f.offset_ms)
+            assert _screen_text(_apply(got)) == _screen_text(want), (at, start)
+            if max_bytes == 0:
+                assert len(got.frames) == 1  # one drawing, whatever lies before the moment
+            # Playing on from (next_seq, skip) gives exactly the frames after the moment.
+            rest = [f for seq, fs in chunks if seq >= got.next_seq
+                    for f in (fs[got.skip:] if seq == got.next_seq else fs)]  # fmt: skip
+            assert rest == [f for f in frames if f.offset_ms > at], at
