@@ -35,6 +35,7 @@ from storage.reader import (
     keyframe_at,
     list_sessions,
     read_window,
+    session_markers,
 )
 from storage.tokens import Principal
 
@@ -237,4 +238,40 @@ async def frames_window(
         "end": sum(len(f.data) for c in window for f in c.frames) < max_bytes,
         "status": _STATUS_NAMES.get(now.status, now.status),
         "duration_ms": now.duration_ms,
+    }
+
+
+#: Most markers of each source one answer carries (a timeline cannot show more anyway).
+MARKERS_MAX = 5000
+
+
+def event_label(event: str, body: dict[str, Any]) -> tuple[str, str]:
+    """(kind, label) of an audit event on the timeline: alerts, Kubernetes requests, others."""
+    if event.startswith("alert."):
+        return "alert", f"{body.get('level', '')} {body.get('title', event)}".strip()
+    if event == "kube.request":
+        resource = "/".join(
+            str(body[k]) for k in ("resource_kind", "kubernetes_subresource") if body.get(k)
+        )
+        parts = (body.get("verb"), resource, body.get("resource_name"), body.get("response_code"))
+        return "kube", " ".join(str(x) for x in parts if x) or event
+    return "event", event
+
+
+@router.get("/v1/sessions/{sid}/markers")
+async def markers(sid: str, request: Request, principal: SessionReader) -> dict[str, Any]:
+    """The player's timeline marks: commands typed (the line as it stood when Enter was
+    pressed), resizes, alerts, Kubernetes requests and other audit events of the session, in
+    time order; ``truncated`` when a source had more than ``MARKERS_MAX``."""
+    session = await visible_session(request, principal, sid)
+    marks, events = await session_markers(
+        request.app.state.pool, session.tenant, sid, limit=MARKERS_MAX
+    )
+    timed = [(t, kind, label) for t, kind, label in marks]
+    timed += [(e.at_ms, *event_label(e.event, e.body)) for e in events]
+    timed.sort(key=lambda m: m[0])
+    out = [{"t": t, "kind": kind, "label": label} for t, kind, label in timed]
+    return {
+        "markers": out,
+        "truncated": len(marks) >= MARKERS_MAX or len(events) >= MARKERS_MAX,
     }

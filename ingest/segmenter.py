@@ -225,6 +225,9 @@ class Segmenter:
         await store.insert_keyframes(
             conn, tenant, sid, [(k.after_seq, k.at_ms, k.to_bytes()) for k in done.keyframes]
         )
+        await store.insert_markers(
+            conn, tenant, sid, [(m.at_ms, m.kind, m.label) for m in done.markers]
+        )
         if done.segments:
             # Same transaction as the segments: the detect worker sees a segment exactly when
             # it is committed (migration 006).

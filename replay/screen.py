@@ -150,6 +150,11 @@ class TimedScreen:
             self._give_all(buf)
         return self._take()
 
+    def cursor_row(self) -> str:
+        """The text of the row the cursor is on (with the rows that autowrapped into it): what
+        a shell's command line shows when Enter is pressed."""
+        return self._text(self._buf[self._y])[0]
+
     # -- giving rows out ----------------------------------------------------------------------
 
     @property

@@ -14,6 +14,8 @@ scroll regions, resizes) and stores every row that stood on the screen as a segm
 * rows longer than :data:`SEGMENT_MAX_CHARS` (autowrapped rows are joined) are split; empty
   rows make no segment; the rows still on the screen are given when the final chunk is
   rendered;
+* each resize and each Enter typed (with the command line it ran) is kept as a
+  :class:`Marker` for the player's timeline;
 * every ``keyframe_every_bytes`` of output (at the end of the chunk that reaches it) the screen
   is kept as a :class:`replay.keyframe.Keyframe`: the web console's seeks start there.
 """
@@ -59,6 +61,21 @@ class SessionText:
     keyframe_every_bytes: int = 0
 
 
+#: Where a typed command line is longest kept as a marker's label.
+MARKER_LABEL_MAX_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A moment the player's timeline marks: ``command`` (Enter pressed; the label is the
+    row the cursor was on, as the screen showed it: input that was not echoed, such as a
+    password, never appears) or ``resize`` (label ``COLSxROWS``)."""
+
+    at_ms: int
+    kind: str
+    label: str
+
+
 @dataclass(frozen=True)
 class Rendered:
     """What rendering some chunks did: new segments and the position to store."""
@@ -69,6 +86,7 @@ class Rendered:
     text_seq: int
     keyframes: list[Keyframe] = field(default_factory=list)
     kf_bytes: int = 0
+    markers: list[Marker] = field(default_factory=list)
 
 
 def _renderer(ctx: SessionText) -> TimedScreen | TimedTextRenderer:
@@ -83,6 +101,11 @@ def _renderer(ctx: SessionText) -> TimedScreen | TimedTextRenderer:
     return TimedTextRenderer.from_state(st)
 
 
+def _enter(data: bytes) -> bool:
+    """Whether a keystroke frame presses Enter (CR, or LF from a pasted line)."""
+    return b"\r" in data or b"\n" in data
+
+
 def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     """Render the chunks of ``ctx``'s session that come after ``ctx.text_seq`` (any order in,
     seq order applied). The returned ``state`` is None once the session's final chunk was
@@ -94,6 +117,7 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     lines: list[tuple[str, list[int]]] = []
     final = False
     keyframes: list[Keyframe] = []
+    markers: list[Marker] = []
     kf_bytes = ctx.kf_bytes
     every = ctx.keyframe_every_bytes
     for c in todo:
@@ -105,6 +129,11 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
                 size = parse_resize(f.data)
                 if size is not None:
                     lines.extend(r.resize(*size, f.offset_ms))
+                    markers.append(Marker(f.offset_ms, "resize", f"{size[0]}x{size[1]}"))
+            elif f.stream is Stream.INPUT and isinstance(r, TimedScreen) and _enter(f.data):
+                label = r.cursor_row().strip()[:MARKER_LABEL_MAX_CHARS]
+                if label:
+                    markers.append(Marker(f.offset_ms, "command", label))
         if c.final:
             lines.extend(r.finish_lines())
             final = True
@@ -137,7 +166,7 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
         )
         seg_no += 1
     state = None if final else orjson.dumps(r.state())
-    return Rendered(out, state, seg_no, todo[-1].seq, keyframes, kf_bytes)
+    return Rendered(out, state, seg_no, todo[-1].seq, keyframes, kf_bytes, markers)
 
 
-__all__ = ["OUTPUT_STREAMS", "Rendered", "SessionText", "render_session"]
+__all__ = ["OUTPUT_STREAMS", "Marker", "Rendered", "SessionText", "render_session"]

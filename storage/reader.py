@@ -23,6 +23,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeAlias
 
+import orjson
+
 from schemas.chain import chain_hash, verify_chain
 from schemas.models import Chunk, Frame
 from sessionvault.errors import NotFoundError, SessionVaultError, StorageError, ValidationError
@@ -393,6 +395,54 @@ async def iter_chunk_frames(
             if until_ms is not None and row["first_offset_ms"] > until_ms:
                 return
             yield ChunkFrames(int(row["seq"]), await decoder.frames(sid, row))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEventMark:
+    """An audit event of a session, where it falls in the recording (clamped into it)."""
+
+    at_ms: int
+    event: str
+    body: dict[str, Any]
+
+
+async def session_markers(
+    db: Executor, tenant: str, sid: str, *, limit: int
+) -> tuple[list[tuple[int, str, str]], list[SessionEventMark]]:
+    """The session's timeline: markers the segmenter found ``(at_ms, kind, label)`` and its
+    audit events (views of the recording left out), each in time order, at most ``limit``."""
+    try:
+        marks = await db.fetch(
+            "SELECT at_ms, kind, label FROM session_markers WHERE sid = $1 AND tenant = $2"
+            " ORDER BY at_ms, kind, label LIMIT $3",
+            sid,
+            tenant,
+            limit,
+        )
+        events = await db.fetch(
+            "SELECT e.event, e.body, greatest(0, least(s.duration_ms,"
+            " (extract(epoch FROM e.time - s.started_at) * 1000)::bigint)) AS at_ms"
+            " FROM events e JOIN sessions s ON s.sid = e.sid AND s.tenant = e.tenant"
+            " WHERE e.tenant = $1 AND e.sid = $2 AND e.event <> 'session.recording.access'"
+            " ORDER BY e.time, e.uid LIMIT $3",
+            tenant,
+            sid,
+            limit,
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read the timeline of session {sid}") from exc
+    return (
+        [(int(r["at_ms"]), str(r["kind"]), str(r["label"])) for r in marks],
+        [
+            SessionEventMark(int(r["at_ms"]), str(r["event"]), _json_object(r["body"]))
+            for r in events
+        ],
+    )
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    data = orjson.loads(value) if isinstance(value, str | bytes) else value
+    return data if isinstance(data, dict) else {}
 
 
 async def read_window(

@@ -638,12 +638,13 @@ async def _tenant_sessions(
                         tenant,
                         sids,
                     )
-                if await _has_table(conn, "session_keyframes"):
-                    await conn.execute(
-                        "DELETE FROM session_keyframes WHERE tenant = $1 AND sid = ANY($2::text[])",
-                        tenant,
-                        sids,
-                    )
+                for derived in ("session_keyframes", "session_markers"):
+                    if await _has_table(conn, derived):
+                        await conn.execute(
+                            f"DELETE FROM {derived} WHERE tenant = $1 AND sid = ANY($2::text[])",
+                            tenant,
+                            sids,
+                        )
                 if await _has_table(conn, "detect_feed"):
                     await conn.execute(
                         "DELETE FROM detect_feed WHERE tenant = $1 AND sid = ANY($2::text[])",

@@ -245,6 +245,20 @@ async def insert_keyframes(
         )
 
 
+async def insert_markers(
+    conn: Connection, tenant: str, sid: str, markers: Sequence[tuple[int, str, str]]
+) -> None:
+    """Store the session's new timeline markers ``(at_ms, kind, label)`` (kept on re-render)."""
+    if not markers:
+        return
+    with map_pg_errors(f"cannot store the markers of {sid}"):
+        await conn.executemany(
+            "INSERT INTO session_markers (sid, tenant, at_ms, kind, label)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            [(sid, tenant, at_ms, kind, label) for at_ms, kind, label in markers],
+        )
+
+
 async def queued_sessions(conn: Connection, limit: int) -> list[str]:
     """Up to ``limit`` queued sids, oldest first."""
     with map_pg_errors("cannot read the segment queue"):

@@ -12,6 +12,17 @@ CREATE TABLE session_keyframes (
 );
 CREATE INDEX session_keyframes_at ON session_keyframes (sid, at_ms);
 
+-- Timeline markers found while rendering (replay/segments.py Marker): a command line as it
+-- stood when Enter was pressed, a resize. Derived data like keyframes.
+CREATE TABLE session_markers (
+    sid        text NOT NULL,
+    tenant     text NOT NULL,
+    at_ms      bigint NOT NULL,
+    kind       text NOT NULL,
+    label      text NOT NULL,
+    UNIQUE (sid, at_ms, kind, label)
+);
+
 -- Output bytes rendered since the session's last keyframe (carried across rounds).
 ALTER TABLE session_text ADD COLUMN kf_bytes bigint NOT NULL DEFAULT 0;
 

@@ -5,6 +5,7 @@ real tmux at the same moment."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import shutil
 import subprocess
@@ -82,33 +83,42 @@ def tmux_screen_at(env: dict[str, str], sid: str, at_ms: int, cols: int, rows: i
         env=env, check=True, timeout=30,
     )  # fmt: skip
     try:
-        last: list[str] = []
-        deadline = time.monotonic() + 20
+        seen: list[list[str]] = []
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             out = subprocess.run(
                 ["tmux", "-L", sock, "capture-pane", "-p", "-t", "0"],
                 capture_output=True, check=True, timeout=10,
             ).stdout.decode()  # fmt: skip
-            lines = [line.rstrip() for line in out.split("\n")][:rows]
-            if lines == last and any(lines):
-                return lines  # the same twice, 0.5 s apart: drawn
-            last = lines
+            seen.append([line.rstrip() for line in out.split("\n")][:rows])
+            # The same three times over a second (a loaded machine can stall the player
+            # between two writes for a moment): drawn.
+            if len(seen) >= 3 and any(seen[-1]) and seen[-1] == seen[-2] == seen[-3]:
+                return seen[-1]
             time.sleep(0.5)
-        raise AssertionError(f"tmux screen never settled: {last}")
+        raise AssertionError(f"tmux screen never settled: {seen[-1] if seen else None}")
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], timeout=10, check=False)
 
 
+def _trim(lines: list[str]) -> list[str]:
+    out = list(lines)
+    while out and not out[-1]:
+        out.pop()
+    return out
+
+
 def same_screen(a: list[str], b: list[str]) -> bool:
-    """Screens equal as text (rows trailing blank rows dropped)."""
+    """Screens equal as text (trailing blank rows dropped)."""
+    return _trim(a) == _trim(b)
 
-    def trim(lines: list[str]) -> list[str]:
-        out = list(lines)
-        while out and not out[-1]:
-            out.pop()
-        return out
 
-    return trim(a) == trim(b)
+def screen_diff(want: list[str], got: list[str]) -> str:
+    """A unified diff of two screens, for assertion messages."""
+    return "\n".join(
+        difflib.unified_diff(_trim(want), _trim(got), "play --start-at in tmux", "console",
+                             lineterm="")
+    )  # fmt: skip
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

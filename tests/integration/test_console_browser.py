@@ -33,6 +33,7 @@ from tests.integration.console_support import (
     player_screen,
     run_async,
     same_screen,
+    screen_diff,
     shot,
     tmux_screen_at,
 )
@@ -133,9 +134,14 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         screen = player_screen(page)
         assert any(TYPED in row for row in screen), screen
         assert sum(row.startswith("~") for row in screen) > 10, screen  # vi's screen, not a shell
+        # The timeline marks the search hit, and Enter (":q!" sent in one write) with the row
+        # the cursor stood on.
+        page.wait_for_selector(".marker-hit")
+        command_marks = page.locator(".marker-command").evaluate_all("e => e.map(m => m.title)")
+        assert any(TYPED in title for title in command_marks), command_marks
         shot(page, "player")
         expected = tmux_screen_at(env, sid, at, COLS, ROWS)
-        assert same_screen(screen, expected), (at, screen, expected)
+        assert same_screen(screen, expected), f"at {at} ms:\n{screen_diff(expected, screen)}"
 
         # Seek by clicking the timeline (a fifth of the way: the seq output before vi).
         box = page.locator("#timeline").bounding_box()
@@ -144,14 +150,16 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         page.wait_for_function(f"() => Math.round(window.svPlayer.pos) !== {at}")
         clicked = player_pos(page)
         screen = player_screen(page)
-        assert same_screen(screen, tmux_screen_at(env, sid, clicked, COLS, ROWS)), clicked
+        expected = tmux_screen_at(env, sid, clicked, COLS, ROWS)
+        assert same_screen(screen, expected), f"at {clicked}:\n{screen_diff(expected, screen)}"
 
         # By keyboard: '.' writes the next frame; the right arrow is +5 s (at most the end).
         page.keyboard.press(".")
         page.wait_for_function(f"() => Math.round(window.svPlayer.pos) > {clicked}")
         stepped = player_pos(page)
         screen = player_screen(page)
-        assert same_screen(screen, tmux_screen_at(env, sid, stepped, COLS, ROWS)), stepped
+        expected = tmux_screen_at(env, sid, stepped, COLS, ROWS)
+        assert same_screen(screen, expected), f"at {stepped}:\n{screen_diff(expected, screen)}"
         duration = int(page.evaluate("() => window.svPlayer.duration"))
         page.keyboard.press("ArrowLeft")
         back = max(0, stepped - 5000)
@@ -160,7 +168,8 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         jumped = min(5000, duration)
         page.wait_for_function(f"() => Math.round(window.svPlayer.pos) === {jumped}")
         screen = player_screen(page)
-        assert same_screen(screen, tmux_screen_at(env, sid, jumped, COLS, ROWS)), jumped
+        expected = tmux_screen_at(env, sid, jumped, COLS, ROWS)
+        assert same_screen(screen, expected), f"at {jumped}:\n{screen_diff(expected, screen)}"
         stepped = jumped
         page.keyboard.press(">")
         assert page.inner_text("#speed") == "2×"
@@ -248,6 +257,10 @@ def _open_exec_from_the_kube_view(browser: Browser, base: str, token: str, sid: 
     screen = "\n".join(player_screen(page))
     assert "root@nginx:/#" in screen
     assert "No such file or directory" in screen
+    # Its two resizes are marked on the timeline.
+    page.wait_for_selector(".marker-resize")
+    titles = page.locator(".marker-resize").evaluate_all("e => e.map(m => m.title)")
+    assert [t.split(" ", 1)[1] for t in titles] == ["120x40", "80x24"], titles
 
 
 def test_live_view_follows_a_session_being_recorded(settings: Settings, tmp_path: Path) -> None:

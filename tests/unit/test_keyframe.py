@@ -129,3 +129,24 @@ def test_a_seek_shows_the_screen_at_the_moment_whether_frames_are_sent_or_render
             rest = [f for seq, fs in chunks if seq >= got.next_seq
                     for f in (fs[got.skip:] if seq == got.next_seq else fs)]  # fmt: skip
             assert rest == [f for f in frames if f.offset_ms > at], at
+
+
+def test_commands_are_marked_as_the_screen_showed_them_and_unechoed_input_never_is() -> None:
+    frames = [
+        Frame(0, Stream.OUTPUT, b"$ "),
+        Frame(10, Stream.INPUT, b"l"),
+        Frame(11, Stream.OUTPUT, b"l"),
+        Frame(20, Stream.INPUT, b"s"),
+        Frame(21, Stream.OUTPUT, b"s"),
+        Frame(30, Stream.INPUT, b"\r"),
+        Frame(31, Stream.OUTPUT, b"\r\nfile\r\n$ sudo -k true\r\n[sudo] password for al: "),
+        Frame(40, Stream.INPUT, b"hunter2\r"),  # not echoed
+        Frame(50, Stream.RESIZE, b"120x40"),
+        Frame(60, Stream.INPUT, b"\x1b[A"),  # no Enter: no marker
+    ]
+    done = render_session(SessionText("t", "s", 0), [Chunk("t", "s", 0, tuple(frames), "", "")])
+    assert [(m.at_ms, m.kind, m.label) for m in done.markers] == [
+        (30, "command", "$ ls"),
+        (40, "command", "[sudo] password for al:"),
+        (50, "resize", "120x40"),
+    ]

@@ -275,16 +275,10 @@ async function searchPage(r: Route): Promise<void> {
 
 async function sessionMarkers(sid: string): Promise<Marker[]> {
   try {
-    const answer = await get<SearchPage>("/v1/search", { sid, kind: "events", limit: "500" });
-    return answer.hits
-      .filter((hit) => hit.offset_ms !== null)
-      .map((hit) => ({
-        t: hit.offset_ms ?? 0,
-        kind: hit.event?.startsWith("alert.") ? "alert" : hit.event === "kube.request" ? "kube" : "event",
-        label: [hit.event, hit.fields?.["title"] ?? hit.fields?.["verb"] ?? ""].filter(Boolean).join(" "),
-      }));
+    const answer = await get<{ markers: Marker[] }>(`/v1/sessions/${encodeURIComponent(sid)}/markers`);
+    return answer.markers;
   } catch {
-    return []; // a share link's token cannot search: no markers, the player still works
+    return []; // the player works without its marks
   }
 }
 

@@ -17,7 +17,7 @@ interface Frame {
 
 export interface Marker {
   t: number;
-  kind: "hit" | "alert" | "kube" | "event" | "resize" | "input";
+  kind: "hit" | "alert" | "kube" | "event" | "resize" | "command";
   label: string;
 }
 
