@@ -96,7 +96,7 @@ def test_the_session_list_filters_pages_by_keyset_and_is_scoped(
             break
     assert seen == newest_first  # each once, in order, across pages that split ties
 
-    def sids(token: str, **params: object) -> list[str]:
+    def sids(token: str, **params: str) -> list[str]:
         r = http.get("/v1/sessions", params=params, headers=_auth(token))
         assert r.status_code == 200, r.text
         return [s["sid"] for s in r.json()["sessions"]]
