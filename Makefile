@@ -11,7 +11,7 @@ UV_VERSION := 0.13.9
 # uv export: hashed requirements for pip, the locked build backend included (--group build).
 EXPORT := $(BIN)/uv export --frozen --no-emit-project --no-header --group build
 
-.PHONY: demo test test-latest test-dates check system-packages lock lock-upgrade export-lock down venv
+.PHONY: demo test test-latest test-dates check system-packages lock lock-upgrade export-lock down venv console
 
 $(BIN)/python:
 	@PYTHON=$(PYTHON) scripts/system-packages.sh venv
@@ -95,6 +95,13 @@ export-lock:
 	$(EXPORT) --extra dev -o requirements/dev.txt >/dev/null
 	$(EXPORT) --extra local -o requirements/local.txt >/dev/null
 	$(EXPORT) -o requirements/runtime.txt >/dev/null
+
+# Rebuild the web console's bundle from console/frontend with the pinned npm packages (needs
+# Node.js and npm; running the console does not: the bundle ships in the package) and record
+# what it was built from (console/assets/BUILD, checked by tests/unit/test_console_build.py).
+console: | $(BIN)/python
+	cd console/frontend && npm ci --no-audit --no-fund && npm run build
+	$(BIN)/python -m console.build_info --write
 
 down:
 	@if [ -x $(BIN)/sessionvault ]; then $(BIN)/sessionvault down; \
