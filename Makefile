@@ -96,12 +96,12 @@ export-lock:
 	$(EXPORT) --extra local -o requirements/local.txt >/dev/null
 	$(EXPORT) -o requirements/runtime.txt >/dev/null
 
-# Rebuild the web console's bundle from console/frontend with the pinned npm packages (needs
+# Rebuild the web console's bundle from api/console/frontend with the pinned npm packages (needs
 # Node.js and npm; running the console does not: the bundle ships in the package) and record
-# what it was built from (console/assets/BUILD, checked by tests/unit/test_console_build.py).
+# what it was built from (api/console/assets/BUILD, checked by tests/unit/test_console_build.py).
 console: | $(BIN)/python
-	cd console/frontend && npm ci --no-audit --no-fund && npm run build
-	$(BIN)/python -m console.build_info --write
+	cd api/console/frontend && npm ci --no-audit --no-fund && npm run build
+	$(BIN)/python -m api.console.build_info --write
 
 down:
 	@if [ -x $(BIN)/sessionvault ]; then $(BIN)/sessionvault down; \

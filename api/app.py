@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-import console
-from console import security_headers
+from api import console
+from api.console import security_headers
 from ingest.kafka import SharedProducer
 from ingest.view_audit import ViewAuditor
 from sessionvault import __version__

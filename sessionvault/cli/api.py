@@ -22,7 +22,7 @@ def register(main: click.Group) -> None:
     )
     @click.pass_context
     def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
-        """Run the HTTP API (audit webhook, kube timeline, session export)."""
+        """Run the HTTP API (audit webhook, search, kube timeline, export) and the web console."""
         import socket
 
         import uvicorn
@@ -45,6 +45,7 @@ def register(main: click.Group) -> None:
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         click.echo(f"sessionvault API on http://{shown}:{bound}", err=True)
+        click.echo(f"web console on http://{shown}:{bound}/ui/", err=True)
         config = uvicorn.Config(app, log_level=settings.log_level.lower())
         uvicorn.Server(config).run(sockets=[sock])
 

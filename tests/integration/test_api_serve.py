@@ -25,6 +25,7 @@ def test_serve_port_zero_announces_the_listening_url_and_a_taken_port_is_one_err
         assert m, line
         url, port = m.group(1), m.group(2)
         assert port != "0"
+        assert proc.stderr.readline().decode() == f"web console on {url}/ui/\n"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -33,6 +34,14 @@ def test_serve_port_zero_announces_the_listening_url_and_a_taken_port_is_one_err
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the announced URL never answered"
                 time.sleep(0.2)
+        # The console's page and bundle come from the installed package, under a strict CSP.
+        page = httpx.get(f"{url}/ui/", timeout=10)
+        assert page.status_code == 200
+        assert '<script type="module" src="/ui/assets/console.js">' in page.text
+        assert "script-src 'self';" in page.headers["content-security-policy"]
+        bundle = httpx.get(f"{url}/ui/assets/console.js", timeout=10)
+        assert bundle.headers["content-type"].startswith("text/javascript")
+        assert httpx.get(f"{url}/ui/assets/..%2Fbuild_info.py", timeout=10).status_code == 404
         taken = subprocess.run(
             [SESSIONVAULT, "serve", "--port", port],
             env=sv_env,
@@ -42,6 +51,7 @@ def test_serve_port_zero_announces_the_listening_url_and_a_taken_port_is_one_err
         assert taken.returncode == 1
         err = taken.stderr.decode()
         assert "API on" not in err
+        assert "console on" not in err
         assert err.count("\n") == 1, err
         assert f"cannot listen on 127.0.0.1:{port}" in err
     finally:

@@ -1,4 +1,4 @@
-"""The web console's assets (built from ``console/frontend`` by ``make console``; shipped in the
+"""The web console's assets (built from ``api/console/frontend`` by ``make console``; shipped in the
 package, so serving them needs no Node and no network) and the routes that serve them.
 
 Every response of the app carries the console's security headers (:func:`security_headers`): a

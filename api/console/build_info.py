@@ -1,11 +1,11 @@
-"""Which sources the shipped console bundle was built from (``console/assets/BUILD``).
+"""Which sources the shipped console bundle was built from (``api/console/assets/BUILD``).
 
 ``make console`` builds the bundle with the pinned npm packages and then writes BUILD: a digest
-of the front-end sources (``console/frontend``: src/, package.json, package-lock.json,
+of the front-end sources (``api/console/frontend``: src/, package.json, package-lock.json,
 tsconfig.json) and one of the built files. A unit test recomputes both, so a source change
 without a rebuild, or a built file edited by hand, fails the suite without needing Node.
 
-    python -m console.build_info --write    # after npm run build (make console does both)
+    python -m api.console.build_info --write    # after npm run build (make console does both)
 """
 
 from __future__ import annotations
@@ -49,6 +49,6 @@ def expected() -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python -m console.build_info --write")
+        sys.exit("usage: python -m api.console.build_info --write")
     BUILD_FILE.write_text(expected())
     print(f"wrote {BUILD_FILE}")
