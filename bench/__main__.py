@@ -29,6 +29,7 @@ BENCHES = (
     "search_pg",
     "siem",
     "detect",
+    "console",
 )
 
 

@@ -97,12 +97,13 @@ print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 )
 
 
-async def _stored_session(dsn: str, sid: str) -> tuple[int, int] | None:
+async def stored_session(dsn: str, sid: str, tenant: str = TENANT) -> tuple[int, int] | None:
+    """(raw bytes, chunks) of a closed session written by :func:`write_session`, or None."""
     conn = await pg.connect(dsn)
     try:
         row = await conn.fetchrow(
             "SELECT bytes, chunks, status FROM sessions WHERE tenant = $1 AND sid = $2",
-            TENANT,
+            tenant,
             sid,
         )
     finally:
@@ -112,14 +113,18 @@ async def _stored_session(dsn: str, sid: str) -> tuple[int, int] | None:
     return int(row["bytes"]), int(row["chunks"])
 
 
-async def _write_session(bs: BenchStack, sid: str, total_bytes: int) -> tuple[int, int]:
+async def write_session(
+    bs: BenchStack, sid: str, total_bytes: int, tenant: str = TENANT
+) -> tuple[int, int]:
+    """Store one session of ``total_bytes`` output as ``tenant``'s only one (the persist
+    worker's write path); returns (raw bytes, chunks)."""
     corpus = build_corpus(48 * MIB)
     comp = Compressor(level=3)
     conn = await pg.connect(bs.dsn)
     raw = chunks = 0
     try:
-        await conn.execute("DELETE FROM chunks WHERE tenant = $1", TENANT)
-        await conn.execute("DELETE FROM sessions WHERE tenant = $1", TENANT)
+        await conn.execute("DELETE FROM chunks WHERE tenant = $1", tenant)
+        await conn.execute("DELETE FROM sessions WHERE tenant = $1", tenant)
         batch: list[PreparedChunk] = []
 
         async def flush() -> None:
@@ -129,7 +134,7 @@ async def _write_session(bs: BenchStack, sid: str, total_bytes: int) -> tuple[in
                 raise RuntimeError(f"write_chunks rejected: {result.rejects[0]}")
             batch.clear()
 
-        for i, chunk in enumerate(session_chunks(corpus, TENANT, sid, 77, total_bytes)):
+        for i, chunk in enumerate(session_chunks(corpus, tenant, sid, 77, total_bytes)):
             payload = chunk.payload
             codec, dict_id, stored = comp.compress(payload)
             batch.append(
@@ -204,10 +209,10 @@ def run(quick: bool) -> list[Figure]:
     total = 20 * MIB if quick else 100 * MIB
     sid = f"bench-replay-{total // MIB}mib-v1"
     with bench_stack(TENANT, broker=False, clean=False) as bs:
-        have = asyncio.run(_stored_session(bs.dsn, sid))
+        have = asyncio.run(stored_session(bs.dsn, sid))
         if have is None:
             t = time.perf_counter()
-            raw, chunks = asyncio.run(_write_session(bs, sid, total))
+            raw, chunks = asyncio.run(write_session(bs, sid, total))
             print(
                 f"  wrote {sid}: {raw / MB:.0f} MB in {chunks} chunks in "
                 f"{time.perf_counter() - t:.1f}s",

@@ -413,6 +413,8 @@ async function playerPage(r: Route, shared = false): Promise<void> {
     host.dataset.highlight = found ? "found" : "missing";
   }
   host.dataset.ready = "1";
+  // From navigation to the first screen drawn (bench/console.py reads it).
+  (window as unknown as { svFirstScreenMs: number }).svFirstScreenMs = performance.now();
   if (r.params.get("live") === "1" && session.status === "active") void player.followLive();
   markers = await sessionMarkers(sid);
   if (hl) markers.push({ t, kind: "hit", label: `match: ${hl}` });
