@@ -121,7 +121,9 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         shot(page, "sessions")
 
         # Search the command typed in vi; the hit opens the player on the screen it stood on.
-        page.goto(f"{base}/ui/#/search?q={TYPED.replace(' ', '%20')}&kind=output")
+        page.goto(f"{base}/ui/#/search")
+        page.fill("input[name=q]", f"{TYPED} kind:output")
+        page.click("form.filters button[type=submit]")
         page.wait_for_selector("li.hit-output")
         assert TYPED in page.inner_text("li.hit-output pre")
         shot(page, "search")

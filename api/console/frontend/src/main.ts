@@ -211,46 +211,67 @@ function hitSummary(hit: SearchHit): HTMLElement {
   return h("div", { class: "context" }, bits.join(" · "));
 }
 
+/** Filters the search box understands as `name:value` (the API's parameter it sets). */
+const BOX_FILTERS: Record<string, string> = {
+  user: "user", login: "login", server: "server_id", cluster: "cluster_name",
+  kube: "kubernetes_cluster", namespace: "kubernetes_namespace", resource: "kubernetes_resource",
+  verb: "verb", event: "event", code: "code", sid: "sid", since: "since", until: "until", kind: "kind",
+};
+
+export interface BoxQuery {
+  text: string[];
+  filters: Record<string, string[]>;
+}
+
+/** The search box: `name:value` filters (repeatable: any of the values), "quoted phrases",
+ *  and the other words as one literal phrase, the way `sessionvault search --text` takes it. */
+export function parseBox(box: string): BoxQuery {
+  const text: string[] = [];
+  const filters: Record<string, string[]> = {};
+  const words: string[] = [];
+  for (const m of box.matchAll(/(\w+):("[^"]*"|\S+)|"([^"]*)"|(\S+)/g)) {
+    const [, name, value, quoted, word] = m;
+    if (name !== undefined && BOX_FILTERS[name.toLowerCase()]) {
+      const key = BOX_FILTERS[name.toLowerCase()];
+      (filters[key] ??= []).push(value.replace(/^"|"$/g, ""));
+    } else if (quoted !== undefined) {
+      if (quoted) text.push(quoted);
+    } else {
+      words.push(name !== undefined ? m[0] : word);
+    }
+  }
+  if (words.length) text.unshift(words.join(" "));
+  return { text, filters };
+}
+
 async function searchPage(r: Route): Promise<void> {
   const q = r.params.get("q") ?? "";
-  const kind = r.params.get("kind") ?? "all";
-  const box = h("input", { name: "q", value: q, placeholder: "text, e.g. kubectl delete", size: 50, "aria-label": "search text" }) as HTMLInputElement;
-  const extra: Record<string, HTMLInputElement> = {};
-  const field = (name: string, label: string) => {
-    const el = h("input", { name, value: r.params.get(name) ?? "", placeholder: label, "aria-label": label }) as HTMLInputElement;
-    extra[name] = el;
-    return el;
-  };
-  const kindSel = h("select", { name: "kind", "aria-label": "kind" },
-    ...["all", "events", "output"].map((k) => h("option", { value: k, selected: k === kind }, k)),
-  ) as HTMLSelectElement;
+  const box = h("input", { name: "q", value: q, placeholder: 'kubectl delete  verb:delete  kube:prod-eu  since:90d  "two words"', size: 80, "aria-label": "search" }) as HTMLInputElement;
   const form = h(
     "form",
     {
       class: "filters",
       onsubmit: (ev: Event) => {
         ev.preventDefault();
-        const params: Record<string, string> = { q: box.value, kind: kindSel.value };
-        for (const [k, el] of Object.entries(extra)) if (el.value) params[k] = el.value;
-        go("/search", params);
+        go("/search", { q: box.value });
       },
     },
-    box, kindSel, field("user", "user"), field("kubernetes_cluster", "kube cluster"),
-    field("verb", "verb"), field("since", "since (7d)"),
+    box,
     h("button", { type: "submit" }, "Search"),
   );
+  const help = h("p", { class: "hint" },
+    "Words are one literal, case-insensitive phrase; \"quoted\" phrases must all occur too. Filters: ",
+    Object.keys(BOX_FILTERS).map((k) => `${k}:`).join(" "), " (kind:events or kind:output).");
   const results = h("ol", { class: "hits" });
   const status = h("p", { class: "hint" });
-  page("Search", h("h1", {}, "Search"), form, status, results);
+  page("Search", h("h1", {}, "Search"), form, help, status, results);
   box.focus();
-  if (!q && !r.params.get("user") && !r.params.get("verb")) return;
+  const parsed = parseBox(q);
+  if (!parsed.text.length && !Object.keys(parsed.filters).length) return;
   try {
-    const params: Record<string, string | string[]> = { kind, limit: "100" };
-    if (q) params.text = q.split(/\s+(?=(?:[^"]*"[^"]*")*[^"]*$)/).map((t) => t.replace(/^"|"$/g, "")).filter(Boolean);
-    for (const name of ["user", "kubernetes_cluster", "verb", "since"]) {
-      const v = r.params.get(name);
-      if (v) params[name] = v;
-    }
+    const params: Record<string, string | string[]> = { limit: "100", ...parsed.filters };
+    if (parsed.text.length) params.text = parsed.text;
+    if (Array.isArray(params.kind)) params.kind = params.kind[0];
     const answer = await get<SearchPage>("/v1/search", params);
     status.textContent = `${answer.hits.length} hits · answered by ${answer.backend}` +
       (answer.indexed_until ? ` (OpenSearch holds data up to ${fmtTime(answer.indexed_until)}; later data from PostgreSQL)` : "");
@@ -261,7 +282,7 @@ async function searchPage(r: Route): Promise<void> {
             fmtTime(hit.time), " · ", hit.user || "-", " · ", hit.kubernetes_cluster || hit.server_id || hit.cluster_name || "-",
             hit.sid ? ` · session ${hit.sid.slice(0, 8)}` : ""),
           hitSummary(hit),
-          hitLink(hit, q),
+          hitLink(hit, parsed.text[0] ?? ""),
         ),
       );
     }

@@ -85,17 +85,37 @@ export class Player {
     return new Promise((resolve) => this.term.write(data, resolve));
   }
 
+  /** Write `frames` in order: output as one write per run between resizes (awaiting each
+   *  write separately would cost one timer round trip per frame), resizes once the output
+   *  before them is on the screen. */
   private async apply(frames: Frame[]): Promise<void> {
+    let run: Uint8Array[] = [];
+    let size = 0;
+    const flush = async () => {
+      if (!run.length) return;
+      const data = new Uint8Array(size);
+      let at = 0;
+      for (const part of run) {
+        data.set(part, at);
+        at += part.length;
+      }
+      run = [];
+      size = 0;
+      await this.write(data);
+    };
     for (const f of frames) {
       if (f.stream === "r") {
-        const size = parseSize(f.data);
-        if (size) this.term.resize(size[0], size[1]);
+        const dims = parseSize(f.data);
+        await flush();
+        if (dims) this.term.resize(dims[0], dims[1]);
       } else if (SCREEN.has(f.stream)) {
-        await this.write(f.data);
+        run.push(f.data);
+        size += f.data.length;
       } else if (f.stream === "i") {
         this.onInput(f);
       }
     }
+    await flush();
   }
 
   /** Show the screen at `ms` (clamped to the session), keeping play/pause as it was. */
