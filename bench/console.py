@@ -51,6 +51,7 @@ CHROMIUM = "/usr/bin/chromium"
 SEEKS = 50
 PLAY_S = {True: 60.0, False: 300.0}  # by --quick
 LIVE_LINES = 40
+LIST_ROWS = {True: 200_000, False: 2_000_000}  # sessions in the list-paging tenant
 BROWSER_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -270,6 +271,64 @@ def _measure_live(bs: BenchStack, base: str, token: str) -> list[float]:
     return delays
 
 
+LIST_TENANT = "bench-console-list"
+
+
+async def _list_sessions_timing(base: str, dsn: str, rows: int) -> dict[str, float]:
+    """Session-list pages over ``rows`` sessions of one tenant (inserted once, kept): the first
+    page, and a page reached by keyset cursor at the far end, each best of 5 (ms, server and
+    HTTP included)."""
+    import httpx
+
+    conn = await pg.connect(dsn)
+    try:
+        have = await conn.fetchval("SELECT count(*) FROM sessions WHERE tenant = $1", LIST_TENANT)
+        if have != rows:
+            print(f"  inserting {rows:,} sessions for the list pages ...", flush=True)
+            await conn.execute("DELETE FROM sessions WHERE tenant = $1", LIST_TENANT)
+            await conn.execute(
+                "INSERT INTO sessions (sid, tenant, kind, user_name, login, server_id,"
+                " started_at, cols, rows, last_hash, status)"
+                " SELECT 'list-' || g, $1, CASE WHEN g % 5 = 0 THEN 'kube' ELSE 'ssh' END,"
+                " 'user-' || (g % 1000), 'root', 'node-' || (g % 300),"
+                " timestamptz '2026-01-01' + g * interval '20 s', 80, 24, '', 'closed'"
+                " FROM generate_series(1, $2) g",
+                LIST_TENANT,
+                rows,
+            )
+            await conn.execute("ANALYZE sessions")
+        token, _ = await create_token(conn, LIST_TENANT, scopes=("read",))
+        last = await conn.fetchrow(
+            "SELECT started_at, sid FROM sessions WHERE tenant = $1"
+            " ORDER BY started_at, sid LIMIT 1 OFFSET 50",
+            LIST_TENANT,
+        )
+    finally:
+        await conn.close()
+    import base64
+
+    deep = base64.urlsafe_b64encode(
+        f"{int(last['started_at'].timestamp() * 1_000_000)}:{last['sid']}".encode()
+    ).decode()
+    out = {}
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as http:
+        for name, params in (
+            ("first", {"limit": "50"}),
+            ("deep", {"limit": "50", "cursor": deep}),
+            ("first, filtered", {"limit": "50", "user": "user-7", "kind": "ssh"}),
+        ):
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                r = await http.get("/v1/sessions", params=params)
+                r.raise_for_status()
+                best = min(best, time.perf_counter() - t0)
+            out[name] = best * 1000
+    return out
+
+
 def run(quick: bool) -> list[Figure]:
     total = 64 * MIB if quick else 1024 * MIB
     sid = f"bench-console-{total // MIB}mib-v1"
@@ -289,6 +348,7 @@ def run(quick: bool) -> list[Figure]:
         with _serve(bs.settings) as base:
             m = _measure_player(base, token, sid, PLAY_S[quick])
             live = _measure_live(bs, base, token)
+            pages = asyncio.run(_list_sessions_timing(base, bs.dsn, LIST_ROWS[quick]))
     first = min(m["first_ms"])
     seek_p50, seek_p99 = _p(m["seek_ms"], 50), _p(m["seek_ms"], 99)
     heap = max(m["heap_play_mb"], m["heap_seeks_mb"])
@@ -308,6 +368,11 @@ def run(quick: bool) -> list[Figure]:
                heap < 100,
                note=f"played {played:.0%} of the session in {m['play_wall_s']:.0f}s;"
                f" peak before GC {m['heap_play_peak_mb']:.0f} MB"),
+        Figure(NAME, "session list, first page", pages["first"], "ms",
+               note=f"{LIST_ROWS[quick]:,} sessions in the tenant; 50 per page"),
+        Figure(NAME, "session list, page at the far end", pages["deep"], "ms",
+               note="keyset cursor 50 sessions from the oldest"),
+        Figure(NAME, "session list, user + kind filter", pages["first, filtered"], "ms"),
         Figure(NAME, "live view delay p50", live_p50, "ms"),
         Figure(NAME, "live view delay p99", live_p99, "ms", "< 1000", live_p99 < 1000,
                note=f"{LIVE_LINES} lines, SDK -> broker -> persist -> long poll -> screen"),

@@ -85,6 +85,10 @@ def _run_demo(ctx: click.Context, stack: LocalStack) -> None:
         if not stack.wait_for_session(_settings(ctx).tenant, sid, timeout_s=60):
             _echo(f"not stored after 60 s; check {stack.logs}/worker-persist.log")
     click.echo(f"replay it with:  sessionvault play {sid}")
+    click.echo(
+        "or in a browser:  sessionvault token create --tenant "
+        f"{_settings(ctx).tenant} --scope read; sessionvault serve; open http://127.0.0.1:8470/ui/"
+    )
 
 
 @click.command("up")

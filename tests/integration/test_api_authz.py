@@ -5,7 +5,7 @@ sees, on every route alike.
 The data: tenant A has an SSH session, kubectl exec sessions in clusters ``prod`` and ``dev``
 and kube.request events in both; tenant B has the same shapes. The tokens: a tenant token (all
 scopes), one bound to cluster ``prod``, a read-only one, a webhook-only one, a revoked one, an
-expired one, one of tenant B, and none at all.
+expired one, one of tenant B, a share link to tenant A's SSH session, and none at all.
 
 A route added to the API without a row here fails the test: the matrix must cover it.
 """
@@ -13,6 +13,7 @@ A route added to the API without a row here fails the test: the matrix must cove
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +28,15 @@ from ingest.sdk import AuditEmitter, SessionRecorder
 from schemas.models import SessionInfo
 from sessionvault.settings import Settings
 from storage import pg
-from storage.tokens import create_token, revoke_token
+from storage.tokens import create_share, create_token, revoke_token
 from tests.integration.api_support import serve
 from tests.integration.import_support import drain
 
 STARTED = "2026-11-20T09:00:00.000Z"
 WINDOW = {"since": "2026-11-19T00:00:00Z", "until": "2026-11-22T00:00:00Z"}
-TOKEN_KINDS = ("tenant", "cluster", "readonly", "webhook", "revoked", "expired", "other", "none")
+TOKEN_KINDS = (
+    "tenant", "cluster", "readonly", "webhook", "revoked", "expired", "other", "share", "none"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,14 @@ def _events(settings: Settings, tag: str) -> None:
     assert em.close(timeout_s=30)
 
 
-async def _tokens(dsn: str, a: str, b: str) -> dict[str, str | None]:
+async def _tokens(dsn: str, a: str, b: str, shared_sid: str) -> dict[str, str | None]:
     conn = await pg.connect(dsn)
     try:
         out: dict[str, str | None] = {"none": None}
-        out["tenant"], _ = await create_token(conn, a, scopes=("read", "webhook", "import"))
+        out["tenant"], owner = await create_token(conn, a, scopes=("read", "webhook", "import"))
+        out["share"], _ = await create_share(
+            conn, owner, shared_sid, expires_at=datetime.now(UTC) + timedelta(hours=1)
+        )
         out["cluster"], _ = await create_token(
             conn, a, scopes=("read", "webhook"), clusters=("prod",)
         )
@@ -118,7 +124,7 @@ def world(settings: Settings) -> World:
     _events(a, "a")
     _events(b, "b")
     drain(settings)
-    tokens = asyncio.run(_tokens(settings.postgres_dsn.get(), a.tenant, b.tenant))
+    tokens = asyncio.run(_tokens(settings.postgres_dsn.get(), a.tenant, b.tenant, sids["ssh"]))
     return World(a.tenant, b.tenant, sids, tokens)
 
 
@@ -129,17 +135,22 @@ def tenant_of(w: World, kind: str) -> str:
     return w.b if kind == "other" else w.a
 
 
-def visible(w: World, kind: str, tenant: str, kubernetes_cluster: str) -> bool:
+def visible(
+    w: World, kind: str, tenant: str, kubernetes_cluster: str, sid: str | None = None
+) -> bool:
     """The expected read rule, written out independently of the code under test."""
     if kind in ("revoked", "expired", "none", "webhook"):
         return False
+    if kind == "share":  # its one session, nothing else
+        return sid == w.sids["ssh"]
     if tenant != tenant_of(w, kind):
         return False
     return kind != "cluster" or kubernetes_cluster == "prod"
 
 
-def auth_status(kind: str, scope: str) -> int | None:
-    """401/403 when the token fails before any data is looked at, else None."""
+def auth_status(kind: str, *accepted: str) -> int | None:
+    """401/403 when the token fails before any data is looked at, else None (``accepted``:
+    the scopes the route takes, any of them)."""
     if kind in ("revoked", "expired", "none"):
         return 401
     scopes = {
@@ -148,8 +159,9 @@ def auth_status(kind: str, scope: str) -> int | None:
         "readonly": {"read"},
         "webhook": {"webhook"},
         "other": {"read", "webhook"},
+        "share": {"share"},
     }[kind]
-    return None if scope in scopes else 403
+    return None if scopes & set(accepted) else 403
 
 
 # -- one case per (route, target) ----------------------------------------------------------------
@@ -165,14 +177,18 @@ class Case:
     check: Callable[[World, str, httpx.Response], None] = lambda w, k, r: None
 
 
+def _target_visible(w: World, kind: str, target: str) -> bool:
+    tenant = w.b if target == "b_ssh" else w.a
+    cluster = target if target in ("prod", "dev") else ""
+    return visible(w, kind, tenant, cluster, w.sids[target])
+
+
 def _export_case(target: str) -> Case:
     def expect(w: World, kind: str) -> int:
-        denied = auth_status(kind, "read")
+        denied = auth_status(kind, "read", "share")
         if denied:
             return denied
-        tenant = w.b if target == "b_ssh" else w.a
-        cluster = target if target in ("prod", "dev") else ""
-        return 200 if visible(w, kind, tenant, cluster) else 404
+        return 200 if _target_visible(w, kind, target) else 404
 
     def check(w: World, kind: str, r: httpx.Response) -> None:
         if r.status_code == 200:
@@ -240,7 +256,105 @@ def _check_timeline(w: World, kind: str, r: httpx.Response) -> None:
     assert namespaces == {"b" if kind == "other" else "a"}
 
 
+def _session_case(suffix: str, target: str, params: dict[str, Any]) -> Case:
+    """A route of the console's player (one session): readable with ``read`` or the session's
+    share link; a session the token may not see is 404."""
+
+    def expect(w: World, kind: str) -> int:
+        denied = auth_status(kind, "read", "share")
+        if denied:
+            return denied
+        return 200 if _target_visible(w, kind, target) else 404
+
+    def check(w: World, kind: str, r: httpx.Response) -> None:
+        if r.status_code != 200:
+            assert b"words" not in r.content
+        elif suffix == "":
+            assert r.json()["sid"] == w.sids[target]
+        elif suffix in ("/seek", "/frames"):
+            data = b"".join(base64.b64decode(f[2]) for f in r.json()["frames"])
+            assert b"words" in data, (kind, target, r.json())
+
+    return Case(
+        "GET",
+        "/v1/sessions/{sid}" + suffix,
+        f"session{suffix or '-detail'}-{target}",
+        lambda w: (f"/v1/sessions/{w.sids[target]}{suffix}", dict(params), None),
+        expect,
+        check,
+    )
+
+
+def _check_list(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code != 200:
+        return
+    got = {s["sid"] for s in r.json()["sessions"]}
+    want = {sid for name, sid in w.sids.items() if _target_visible(w, kind, name)}
+    assert got == want, (kind, got, want)
+
+
+def _share_case(target: str) -> Case:
+    def expect(w: World, kind: str) -> int:
+        denied = auth_status(kind, "read")
+        if denied:
+            return denied
+        return 200 if _target_visible(w, kind, target) else 404
+
+    return Case(
+        "POST",
+        "/v1/shares",
+        f"share-{target}",
+        lambda w: ("/v1/shares", {}, orjson.dumps({"sid": w.sids[target]})),
+        expect,
+    )
+
+
+def _check_whoami(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code == 200:
+        assert r.json()["tenant"] == tenant_of(w, kind), (kind, r.text)
+
+
+def _check_share_self(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code == 200:
+        assert r.json()["sid"] == w.sids["ssh"], r.text
+
+
 CASES = [
+    Case(
+        "GET",
+        "/v1/whoami",
+        "whoami",
+        lambda w: ("/v1/whoami", {}, None),
+        _read_expect,
+        _check_whoami,
+    ),
+    Case(
+        "GET",
+        "/v1/sessions",
+        "sessions",
+        lambda w: ("/v1/sessions", {"limit": 50}, None),
+        _read_expect,
+        _check_list,
+    ),
+    Case(
+        "GET",
+        "/v1/shares/self",
+        "share-self",
+        lambda w: ("/v1/shares/self", {}, None),
+        lambda w, k: auth_status(k, "share") or 200,
+        _check_share_self,
+    ),
+    *(_share_case(t) for t in ("ssh", "prod", "b_ssh")),
+    *(
+        _session_case(suffix, t, params)
+        for suffix, params in (
+            ("", {}),
+            ("/seek", {"at_ms": 10**9}),
+            ("/frames", {"seq": 0}),
+            ("/markers", {}),
+        )
+        for t in ("ssh", "prod", "dev", "b_ssh")
+    ),
     Case("GET", "/healthz", "healthz", lambda w: ("/healthz", {}, None), lambda w, k: 200),
     _webhook_case("prod"),
     _webhook_case("dev"),
@@ -286,6 +400,8 @@ def test_every_route_times_every_token_kind_answers_by_the_one_read_rule(
                 for kind in TOKEN_KINDS:
                     token = world.tokens[kind]
                     headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    if body is not None:
+                        headers["Content-Type"] = "application/json"
                     r = client.request(
                         case.method, path, params=params, content=body, headers=headers
                     )
