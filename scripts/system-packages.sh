@@ -22,8 +22,10 @@ if [[ $profile == test ]]; then
     # asciinema (recordings and `asciinema cat`), tmux + vim-tiny + less + procps (top): the
     # full-screen programs recorded and searched as they stood on screen, rsyslog +
     # rsyslog-gnutls (the syslog-over-TLS SIEM peer), faketime (the suite's date-dependent
-    # paths run at injected dates), chromium (the web console's browser tests, driven by Playwright).
-    packages+=(sudo tmux asciinema vim-tiny less procps rsyslog rsyslog-gnutls faketime chromium)
+    # paths run at injected dates), chromium and firefox-esr (the web console's browser tests:
+    # Playwright drives chromium, WebDriver BiDi drives firefox).
+    packages+=(sudo tmux asciinema vim-tiny less procps rsyslog rsyslog-gnutls faketime chromium
+        firefox-esr)
 fi
 if [[ $profile != venv && $profile != test ]]; then
     echo "system-packages: unknown profile '$profile' (venv or test)" >&2

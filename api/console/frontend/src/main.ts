@@ -332,6 +332,7 @@ async function playerPage(r: Route, shared = false): Promise<void> {
   try {
     session = await get<Session>(`/v1/sessions/${encodeURIComponent(sid)}`);
   } catch (err) {
+    if (shared) throw err; // the share page says the link cannot be opened
     page("Sessions", errorBox(err));
     return;
   }
