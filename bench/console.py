@@ -46,7 +46,8 @@ from storage.chunkstore import enqueue_segments
 from storage.tokens import create_token
 
 NAME = "console"
-TENANT = "bench-console"
+# One tenant per size: writing a session replaces its tenant's sessions (bench.replay).
+TENANTS = {False: "bench-console", True: "bench-console-quick"}  # by --quick
 CHROMIUM = "/usr/bin/chromium"
 SEEKS = 50
 PLAY_S = {True: 60.0, False: 300.0}  # by --quick
@@ -98,12 +99,12 @@ def _persist_worker(settings: Settings) -> Iterator[None]:
         thread.join(timeout=30)
 
 
-async def _render(bs: BenchStack, sid: str) -> tuple[int, float]:
+async def _render(bs: BenchStack, tenant: str, sid: str) -> tuple[int, float]:
     """Queue the session for the segmenter and run one until it is rendered; (keyframes, s)."""
     conn = await pg.connect(bs.dsn)
     try:
         async with conn.transaction():
-            await enqueue_segments(conn, {sid: TENANT})
+            await enqueue_segments(conn, {sid: tenant})
     finally:
         await conn.close()
     t0 = time.perf_counter()
@@ -138,10 +139,10 @@ async def _rendered(dsn: str, sid: str) -> bool:
     return bool(row) and row["queued"] is None and row["text_seq"] == row["last_seq"]
 
 
-async def _token(dsn: str) -> str:
+async def _token(dsn: str, tenant: str) -> str:
     conn = await pg.connect(dsn)
     try:
-        token, _ = await create_token(conn, TENANT, scopes=("read",))
+        token, _ = await create_token(conn, tenant, scopes=("read",))
     finally:
         await conn.close()
     return token
@@ -332,19 +333,20 @@ async def _list_sessions_timing(base: str, dsn: str, rows: int) -> dict[str, flo
 def run(quick: bool) -> list[Figure]:
     total = 64 * MIB if quick else 1024 * MIB
     sid = f"bench-console-{total // MIB}mib-v1"
-    with bench_stack(TENANT, broker=True, clean=False) as bs:
-        have = asyncio.run(stored_session(bs.dsn, sid, TENANT))
+    tenant = TENANTS[quick]
+    with bench_stack(tenant, broker=True, clean=False) as bs:
+        have = asyncio.run(stored_session(bs.dsn, sid, tenant))
         if have is None:
             t = time.perf_counter()
-            raw, chunks = asyncio.run(write_session(bs, sid, total, TENANT))
+            raw, chunks = asyncio.run(write_session(bs, sid, total, tenant))
             print(f"  wrote {sid}: {raw / MIB:.0f} MiB, {chunks} chunks, "
                   f"{time.perf_counter() - t:.0f}s", flush=True)  # fmt: skip
         else:
             raw, chunks = have
         if not asyncio.run(_rendered(bs.dsn, sid)):
-            keyframes, render_s = asyncio.run(_render(bs, sid))
+            keyframes, render_s = asyncio.run(_render(bs, tenant, sid))
             print(f"  segmenter: {keyframes} keyframes in {render_s:.0f}s", flush=True)
-        token = asyncio.run(_token(bs.dsn))
+        token = asyncio.run(_token(bs.dsn, tenant))
         with _serve(bs.settings) as base:
             m = _measure_player(base, token, sid, PLAY_S[quick])
             live = _measure_live(bs, base, token)
