@@ -131,7 +131,7 @@ async def sessions(
     status: Annotated[list[str] | None, Query(description="active, ended or abandoned")] = None,
     since: Annotated[str | None, Query(description="RFC 3339 or a span back (24h)")] = None,
     until: Annotated[str | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """The token's sessions, newest first, one page (``next_cursor``: the next one)."""

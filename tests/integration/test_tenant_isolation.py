@@ -25,7 +25,25 @@ from tests.integration.api_support import make_token, serve
 from tests.integration.search_front_support import build, index_into_opensearch
 
 # Routes that serve tenant data; B's token must see B's data through each of them.
-DATA_ROUTES = {"/v1/search", "/v1/sessions/{sid}/export", "/v1/kube/timeline"}
+DATA_ROUTES = {
+    "/v1/search",
+    "/v1/sessions/{sid}/export",
+    "/v1/kube/timeline",
+    "/v1/sessions",
+    "/v1/sessions/{sid}",
+    "/v1/whoami",
+}
+# The web console's page and static assets (no tenant data, no token; checked apart below).
+CONSOLE_ROUTES = {"/", "/ui/", "/ui/assets/{name}"}
+# Routes only a share link's token may call: an API token gets 403 there.
+SHARE_ONLY_ROUTES = {"/v1/shares/self"}
+
+
+def api_routes(routes: Sequence[BaseRoute]) -> list[tuple[str, APIRoute]]:
+    """The GET routes that serve the API (the console's static routes left out)."""
+    found = get_routes(routes)
+    assert {p for p, _ in found} >= CONSOLE_ROUTES
+    return [(p, r) for p, r in found if p not in CONSOLE_ROUTES]
 
 
 def get_routes(routes: Sequence[BaseRoute], prefix: str = "") -> list[tuple[str, APIRoute]]:
@@ -110,7 +128,7 @@ def test_no_get_route_shows_tenant_a_anything_of_tenant_b(settings: Settings) ->
     markers = [x.encode() for x in (b.tenant, corpus.sid_b, "kr-b", "exec-b", "mallory", "web-9")]
 
     app = create_app(s)
-    routes = get_routes(app.routes)
+    routes = api_routes(app.routes)
     assert {p for p, _ in routes} >= DATA_ROUTES
     assert {p for p, _ in routes} - {"/healthz"} <= set(app.openapi()["paths"])
     seen_by_b: set[str] = set()
@@ -120,6 +138,9 @@ def test_no_get_route_shows_tenant_a_anything_of_tenant_b(settings: Settings) ->
             for path, params in _calls(full_path, route, corpus.sid_b):
                 ra = _get(base, token_a, path, params)
                 checked += 1
+                if full_path in SHARE_ONLY_ROUTES:
+                    assert ra.status_code == 403, (path, ra.text)
+                    continue
                 assert ra.status_code in (200, 404), (path, params, ra.status_code, ra.text)
                 if corpus.sid_b in path:  # B's session itself: it does not exist for A
                     assert ra.status_code == 404, (path, params, ra.content[:300])
@@ -141,6 +162,10 @@ def test_no_get_route_shows_tenant_a_anything_of_tenant_b(settings: Settings) ->
                 assert r.status_code == 404
                 assert r.json() == {"detail": f"session {sid!r} not found"}
     assert seen_by_b >= DATA_ROUTES, seen_by_b  # the probes do reach B's data with B's token
+    # The console's page and assets carry no data and need no token.
+    with serve(s) as base:
+        for path in ("/ui/", "/ui/assets/console.js"):
+            assert httpx.get(f"{base}{path}", timeout=30).status_code == 200
     assert checked >= 20  # every parameter of every route was probed, not just the paths
 
 
@@ -150,13 +175,16 @@ def test_a_cluster_bound_token_sees_no_other_cluster_through_any_get_route(
     corpus = build(settings)
     s = dataclasses.replace(settings, opensearch_url="")
     dev_only = make_token(s, scopes=("read",), clusters=("dev",))
-    routes = get_routes(create_app(s).routes)
+    routes = api_routes(create_app(s).routes)
     prod_uids = [b'"kr-0"', b'"kr-2"', b'"kr-4"']
     with serve(s) as base:
         for full_path, route in routes:
             for path, params in _calls(full_path, route, corpus.sid_a):
                 params = [(k, "prod" if v == "prod" else v) for k, v in params]
                 r = _get(base, dev_only, path, params)
+                if full_path in SHARE_ONLY_ROUTES:
+                    assert r.status_code == 403, (path, r.text)
+                    continue
                 assert r.status_code in (200, 404), (path, params, r.text)
                 assert _leaks(r.content, prod_uids) == [], (path, params, r.text[:500])
         found: Any = _get(base, dev_only, "/v1/search", [("verb", "delete")]).json()
