@@ -41,6 +41,7 @@ WORKERS: tuple[tuple[str, ...], ...] = (
     ("worker", "segments"),
     ("worker", "index"),
     ("worker", "detect"),
+    ("worker", "evidence"),
 )
 
 

@@ -191,8 +191,12 @@ class LocalStack(PostgresServer, BrokerServer, OpenSearchServer, WorkerProcesses
         """
         from sessionvault.settings import load_settings
 
+        from storage.keyring import KeyFile, key_file_path
+
         self.home.mkdir(parents=True, exist_ok=True)
         base = settings or load_settings(env={}, home=self.home)
+        # The evidence signing key (and the key-encryption key): kept when it exists.
+        KeyFile.create(key_file_path(base))
         self.broker_storage = base.local_broker_storage
         self.state["postgres_dsn"] = self.start_postgres()
         self.start_broker()

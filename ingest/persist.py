@@ -53,6 +53,7 @@ from storage.eventstore import (
     insert_events,
     known_partitions,
 )
+from storage.evidence_store import Ledger
 from storage.persist_logic import (
     EventRow,
     PreparedChunk,
@@ -156,8 +157,14 @@ async def store_batch(
     result = StoreResult(events_offered=len(rows))
     try:
         async with conn.transaction():
-            result.chunks = await write_chunks(conn, batch.chunks, method=insert_method)
-            result.events_inserted = await insert_events(conn, rows)
+            # The evidence ledger: what this transaction stored, committed with it (the
+            # checkpointer signs it later, storage.evidence_store).
+            ledger = Ledger()
+            result.chunks = await write_chunks(
+                conn, batch.chunks, method=insert_method, ledger=ledger
+            )
+            result.events_inserted = await insert_events(conn, rows, ledger=ledger)
+            await ledger.write(conn)
             keys = {(r.tenant, r.sid) for r in rows if r.sid and r.event in _ENRICHING}
             opened = set(result.chunks.opened)
             keys |= {(c.chunk.tenant, c.sid) for c in batch.chunks if c.sid in opened}

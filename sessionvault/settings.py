@@ -144,6 +144,15 @@ class Settings:
     share_max_ttl_s: int = 7 * 24 * 3600
     share_default_ttl_s: int = 24 * 3600
 
+    # Evidence (docs/evidence.md): the key file (default <home>/keys.json, created by `up`);
+    # how often each tenant's stored records are covered by a signed checkpoint; how long a
+    # closed session waits for its late audit events before its manifest is signed; a
+    # directory that receives a copy of every checkpoint (empty: none).
+    key_file: Path | None = None
+    checkpoint_interval_ms: int = 60_000
+    manifest_delay_ms: int = 10_000
+    checkpoint_dir: str = ""
+
     log_level: str = "INFO"
 
     # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.
@@ -179,7 +188,7 @@ def _coerce(name: str, raw: str, current: Any) -> Any:
             return int(raw)
         if isinstance(current, Secret):
             return Secret(raw)
-        if isinstance(current, Path) or name in {"spool_dir", "home"}:
+        if isinstance(current, Path) or name in {"spool_dir", "home", "key_file"}:
             return Path(raw)
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid value") from exc

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from sessionvault.errors import StorageError
+from storage.evidence_store import Ledger
 from storage.persist_logic import (
     ChunkRow,
     PreparedChunk,
@@ -280,9 +281,11 @@ async def write_chunks(
     chunks: Sequence[PreparedChunk],
     *,
     method: str = DEFAULT_METHOD,
+    ledger: Ledger | None = None,
 ) -> ChunkWriteResult:
     """Store a batch of chunks (in batch order) and update their sessions, inside the caller's
-    transaction. Returns the rejects (unknown session, tenant mismatch) for dead-lettering."""
+    transaction. Returns the rejects (unknown session, tenant mismatch) for dead-lettering.
+    ``ledger``: record each inserted chunk as an evidence leaf."""
     result = ChunkWriteResult()
     if not chunks:
         return result
@@ -294,6 +297,10 @@ async def write_chunks(
         for o in plan.opens:
             states[o.sid] = opened_state(o)
         inserted = await insert_chunks(conn, plan.rows, method=method)
+        if ledger is not None:
+            for r in inserted:
+                c = r.prepared.chunk
+                ledger.add(c.tenant, ("chunk", c.sid, c.seq, c.hash))
         changed = fold_inserted(states, inserted)
         await update_sessions(conn, list(changed.values()))
         # What is stored now for the rows not inserted and for the batch's repeats: the

@@ -34,6 +34,15 @@ def pack_frames(frames: Iterable[Frame]) -> bytes:
     return b"".join(_FRAME.pack(f.offset_ms, f.stream.value.encode(), len(f.data)) for f in frames)
 
 
+def frame_index_totals(index: bytes) -> dict[str, int]:
+    """Bytes per stream code (``o``, ``i``, ...) in a frame index, without the payload."""
+    out: dict[str, int] = {}
+    for _, st, ln in _FRAME.iter_unpack(index):
+        key = st.decode()
+        out[key] = out.get(key, 0) + ln
+    return out
+
+
 def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:
     frames: list[Frame] = []
     pos = 0

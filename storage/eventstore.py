@@ -26,6 +26,7 @@ import orjson
 
 from schemas.kube import merge_kube_requests
 from sessionvault.errors import StorageError
+from storage.evidence_store import SELF_SIGNED_EVENTS, Ledger
 from storage.persist_logic import EventRow, month_bounds, partition_name
 from storage.pg import translate
 from storage.search.model import EventColumns, event_columns, to_us
@@ -135,8 +136,27 @@ async def ensure_partitions(
     return created
 
 
-async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> int:
-    """Insert events idempotently; return how many were new.
+# What a stored row is, for the evidence ledger: PostgreSQL's own text of the jsonb body is
+# hashed (schemas.evidence: "event" leaves), so verify recomputes it the same way.
+_RETURNING_LEAF = (
+    " RETURNING tenant, uid, time_us, event, coalesce(sid, '') AS sid,"
+    " encode(sha256(convert_to(body::text, 'UTF8')), 'hex') AS sha"
+)
+
+
+def _to_ledger(ledger: Ledger | None, done: Sequence[Any]) -> None:
+    if ledger is not None:
+        for r in done:
+            if r["event"] in SELF_SIGNED_EVENTS:
+                continue
+            ledger.add(r["tenant"], ("event", r["uid"], r["time_us"], r["sid"], r["sha"]))
+
+
+async def insert_events(
+    conn: asyncpg.Connection, rows: Sequence[EventRow], *, ledger: Ledger | None = None
+) -> int:
+    """Insert events idempotently; return how many were new. ``ledger``: record each stored
+    (or, for ``kube.request``, changed) row as an evidence leaf.
 
     ``kube.request`` events are merged instead (see :func:`upsert_kube_requests`): the stages
     of one API request arrive as separate records with the same ``(uid, time)``.
@@ -144,12 +164,14 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
     kube = [r for r in rows if r.event == KUBE_REQUEST]
     if kube:
         rows = [r for r in rows if r.event != KUBE_REQUEST]
-        return await upsert_kube_requests(conn, kube) + await insert_events(conn, rows)
+        return await upsert_kube_requests(conn, kube, ledger=ledger) + await insert_events(
+            conn, rows, ledger=ledger
+        )
     if not rows:
         return 0
     try:
         done = await conn.fetch(
-            _INSERT_EVENTS + " ON CONFLICT (tenant, uid, time) DO NOTHING RETURNING 1",
+            _INSERT_EVENTS + " ON CONFLICT (tenant, uid, time) DO NOTHING" + _RETURNING_LEAF,
             [r.tenant for r in rows],
             [r.uid for r in rows],
             [r.time for r in rows],
@@ -165,6 +187,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> i
         raise
     except Exception as exc:
         raise translate(exc, "cannot insert events") from exc
+    _to_ledger(ledger, done)
     return len(done)
 
 
@@ -215,7 +238,9 @@ async def enrich_sessions(conn: asyncpg.Connection, keys: Iterable[tuple[str, st
     return int(started.split()[-1]) + int(ended.split()[-1])
 
 
-async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> int:
+async def upsert_kube_requests(
+    conn: asyncpg.Connection, rows: Sequence[EventRow], *, ledger: Ledger | None = None
+) -> int:
     """Store ``kube.request`` events, merging the stages of one request into one row.
 
     Rows with the same ``(uid, time)`` (in this batch, and the one already stored) are combined
@@ -264,7 +289,7 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
     if not out:
         return 0
     try:
-        await conn.execute(
+        done = await conn.fetch(
             _INSERT_EVENTS + " ON CONFLICT (tenant, uid, time) DO UPDATE SET body = excluded.body,"
             " user_name = excluded.user_name, code = excluded.code, login = excluded.login,"
             " server_id = excluded.server_id, cluster_name = excluded.cluster_name,"
@@ -274,7 +299,7 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
             " kubernetes_resource_name = excluded.kubernetes_resource_name,"
             " verb = excluded.verb, text_norm = excluded.text_norm,"
             " kubernetes_subresource = excluded.kubernetes_subresource"
-            " WHERE events.body <> excluded.body",
+            " WHERE events.body <> excluded.body" + _RETURNING_LEAF,
             [r.tenant for r in out],
             [r.uid for r in out],
             [r.time for r in out],
@@ -288,4 +313,5 @@ async def upsert_kube_requests(conn: asyncpg.Connection, rows: Sequence[EventRow
         )
     except Exception as exc:
         raise translate(exc, "cannot upsert kube.request events") from exc
+    _to_ledger(ledger, done)
     return new

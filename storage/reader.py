@@ -322,6 +322,19 @@ async def _seek_seq(db: Executor, tenant: str, sid: str, start_ms: int) -> int:
     return -1 if seq is None else int(seq) - 1
 
 
+async def iter_chunks(
+    db: Executor, tenant: str, sid: str, *, chunk_batch: int = 8
+) -> AsyncIterator[Chunk]:
+    """Every stored chunk of the session (frames decompressed, hashes as stored), in seq
+    order, one batch in memory at a time."""
+    await get_session(db, tenant, sid)
+    decoder = _ChunkDecoder(db)
+    async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=-1, chunk_batch=chunk_batch):
+        for row in rows:
+            frames = tuple(await decoder.frames(sid, row))
+            yield Chunk(tenant, sid, row["seq"], frames, row["prev_hash"], row["hash"])
+
+
 async def iter_frames(
     db: Executor,
     tenant: str,

@@ -32,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeAlias
 
 from sessionvault.errors import NotFoundError, SessionVaultError, StorageError, ValidationError
+from storage.evidence_store import add_tombstones, tombstone_body
+from storage.keyring import KeyProvider
 from storage.pg import translate
 
 log = logging.getLogger(__name__)
@@ -319,7 +321,14 @@ async def get_policies(db: Executor, tenant: str | None = None) -> list[Retentio
 
 
 async def _hold(
-    db: Executor, tenant: str, sid: str, *, hold: bool, reason: str, actor: str
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    hold: bool,
+    reason: str,
+    actor: str,
+    keys: KeyProvider | None = None,
 ) -> HoldRecord:
     reason = reason.strip()
     if not reason:
@@ -354,6 +363,22 @@ async def _hold(
                 reason,
                 actor,
             )
+            if not hold and keys is not None:
+                # Releasing a hold is what lets retention delete the session: signed.
+                await add_tombstones(
+                    conn,
+                    keys,
+                    [
+                        tombstone_body(
+                            tenant,
+                            "hold_release",
+                            actor=actor,
+                            reason=reason,
+                            now=datetime.now(UTC),
+                            sid=sid,
+                        )
+                    ],
+                )
     except (NotFoundError, ValidationError):
         raise
     except Exception as exc:
@@ -371,10 +396,17 @@ async def set_hold(db: Executor, tenant: str, sid: str, *, reason: str, actor: s
 
 
 async def release_hold(
-    db: Executor, tenant: str, sid: str, *, reason: str, actor: str
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    reason: str,
+    actor: str,
+    keys: KeyProvider | None = None,
 ) -> HoldRecord:
-    """Release the legal hold of ``sid`` (ValidationError when it is not held)."""
-    return await _hold(db, tenant, sid, hold=False, reason=reason, actor=actor)
+    """Release the legal hold of ``sid`` (ValidationError when it is not held); with
+    ``keys``, a signed ``hold_release`` tombstone records who and why."""
+    return await _hold(db, tenant, sid, hold=False, reason=reason, actor=actor, keys=keys)
 
 
 async def hold_history(db: Executor, tenant: str, sid: str | None = None) -> list[HoldRecord]:
@@ -457,6 +489,7 @@ async def apply_retention(
     session_batch: int = 200,
     drop_partitions: bool = True,
     progress: Progress = _quiet,
+    keys: KeyProvider | None = None,
 ) -> RetentionReport:
     """Delete (or, with ``dry_run``, count and list) what is past each tenant's policy.
 
@@ -464,6 +497,10 @@ async def apply_retention(
     OpenSearch store whose documents go too (None: PostgreSQL only; the index then keeps
     stale documents until a later run with it, or a reindex). Partitions are only dropped
     when the run covers every tenant with a policy.
+
+    ``keys``: every deletion leaves a signed tombstone in its own transaction (what, which
+    policy, who), so ``verify`` tells a policy deletion from tampering. Without keys the
+    deletions are unsigned and ``verify`` reports them as deleted.
     """
     now = now or datetime.now(UTC)
     wanted = None if tenants is None else set(tenants)
@@ -483,7 +520,7 @@ async def apply_retention(
     dropped_rows: dict[str, int] = {}
     if drop_partitions and wanted is None and all_cutoffs:
         report.partitions = await _drop_partitions(
-            pool, all_cutoffs, dry_run, progress, dropped_rows
+            pool, all_cutoffs, dry_run, progress, dropped_rows, keys, actor
         )
 
     for policy in selected:
@@ -493,8 +530,9 @@ async def apply_retention(
         if not dry_run:
             tr.events += dropped_rows.get(policy.tenant, 0)
         try:
-            await _tenant_sessions(pool, tr, dry_run, index, session_batch, progress)
-            await _tenant_events(pool, tr, dry_run, index, batch_rows, progress)
+            sign = _Signer(keys, policy, actor, now)
+            await _tenant_sessions(pool, tr, dry_run, index, session_batch, progress, sign)
+            await _tenant_events(pool, tr, dry_run, index, batch_rows, progress, sign)
             if not dry_run:
                 await _record_run(pool, tr, now, actor)
         except SessionVaultError:
@@ -510,6 +548,8 @@ async def _drop_partitions(
     dry_run: bool,
     progress: Progress,
     dropped_rows: dict[str, int],
+    keys: KeyProvider | None,
+    actor: str,
 ) -> list[str]:
     """Drop (dry run: list) the partitions :func:`droppable` allows; add the rows dropped per
     tenant to ``dropped_rows``."""
@@ -541,6 +581,23 @@ async def _drop_partitions(
                     )
                     await conn.execute(f"ALTER TABLE events DETACH PARTITION {part.name}")
                     await conn.execute(f"DROP TABLE {part.name}")
+                    if keys is not None:
+                        await add_tombstones(
+                            conn,
+                            keys,
+                            [
+                                tombstone_body(
+                                    r["tenant"],
+                                    "events",
+                                    actor=actor,
+                                    reason=f"retention: partition {part.name} dropped",
+                                    now=datetime.now(UTC),
+                                    before_us=_us(part.end),
+                                    except_sids=[],
+                                )
+                                for r in counts
+                            ],
+                        )
             except Exception as exc:
                 raise translate(exc, f"cannot drop partition {part.name}") from exc
             for r in counts:
@@ -557,6 +614,7 @@ async def _tenant_sessions(
     index: IndexDeleter | None,
     session_batch: int,
     progress: Progress,
+    sign: _Signer,
 ) -> None:
     tenant, cutoff = tr.tenant, tr.sessions_cutoff
     async with _connection(pool) as conn:
@@ -665,6 +723,7 @@ async def _tenant_sessions(
                         sids,
                     )
                 )
+                await sign.sessions(conn, tenant, sids, cutoff)
                 tr.session_ids.extend(sids)
             progress(f"tenant {tenant}: {tr.sessions} sessions, {tr.chunks} chunks deleted")
 
@@ -676,6 +735,7 @@ async def _tenant_events(
     index: IndexDeleter | None,
     batch_rows: int,
     progress: Progress,
+    sign: _Signer,
 ) -> None:
     tenant, cutoff = tr.tenant, tr.events_cutoff
     async with _connection(pool) as conn:
@@ -711,6 +771,7 @@ async def _tenant_events(
                 tr.index_documents += index.delete_by_query(
                     events_index_query(tenant, _us(cutoff), held)
                 )
+        signed = False  # one tombstone per run, in the first deleting transaction
         while True:
             async with conn.transaction():
                 await _tenant_lock(conn, tenant, shared=True)
@@ -725,11 +786,52 @@ async def _tenant_events(
                         batch_rows,
                     )
                 )
+                if n and not signed:
+                    await sign.events(conn, tenant, cutoff, await _held_sids(conn, tenant))
+                    signed = True
             tr.events += n
             if n:
                 progress(f"tenant {tenant}: {tr.events} events deleted")
             if n < batch_rows:
                 break
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """The tombstones of one tenant's retention run (nothing without keys)."""
+
+    keys: KeyProvider | None
+    policy: RetentionPolicy
+    actor: str
+    now: datetime
+
+    def _reason(self, what: str, cutoff: datetime) -> str:
+        days = self.policy.sessions_days if what == "sessions" else self.policy.events_days
+        return f"retention: {what}_days={days}, before {cutoff.isoformat()}"
+
+    async def sessions(self, conn: Any, tenant: str, sids: Sequence[str], cutoff: datetime) -> None:
+        if self.keys is None:
+            return
+        reason = self._reason("sessions", cutoff)
+        bodies = [
+            tombstone_body(tenant, "session", actor=self.actor, reason=reason, now=self.now, sid=s)
+            for s in sids
+        ]
+        await add_tombstones(conn, self.keys, bodies)
+
+    async def events(self, conn: Any, tenant: str, cutoff: datetime, held: Sequence[str]) -> None:
+        if self.keys is None:
+            return
+        body = tombstone_body(
+            tenant,
+            "events",
+            actor=self.actor,
+            reason=self._reason("events", cutoff),
+            now=self.now,
+            before_us=_us(cutoff),
+            except_sids=list(held),
+        )
+        await add_tombstones(conn, self.keys, [body])
 
 
 async def _held_sids(conn: Any, tenant: str) -> list[str]:

@@ -320,3 +320,20 @@ async def lag_text(worker: Any) -> str:
     """``lag N`` of a Kafka worker (``?`` while unknown)."""
     lag = await worker.lag()
     return f"lag {'?' if lag is None else lag}"
+
+
+def tombstone_keys(settings: Settings) -> Any:
+    """The signing keys a deletion by policy signs its tombstones with; when there is no key
+    file, one warning line says the deletion will look like tampering to ``verify``."""
+    from sessionvault.errors import ConfigError
+    from storage.keyring import key_file_path, load_keys
+
+    try:
+        return load_keys(settings)
+    except ConfigError:
+        click.echo(
+            f"warning: no key file at {key_file_path(settings)}: deletions leave no signed"
+            " tombstone, and `verify` will report them as deleted",
+            err=True,
+        )
+        return None

@@ -12,7 +12,17 @@ import logging
 import click
 
 from sessionvault import __version__
-from sessionvault.cli import api, detect, ingest, replay, retention, search, siem, stack
+from sessionvault.cli import (
+    api,
+    detect,
+    evidence,
+    ingest,
+    replay,
+    retention,
+    search,
+    siem,
+    stack,
+)
 from sessionvault.cli.common import Group, get_settings
 
 
@@ -41,5 +51,5 @@ def config_cmd(ctx: click.Context) -> None:
     click.echo(orjson.dumps(get_settings(ctx).public_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
-for _module in (stack, ingest, replay, api, search, retention, siem, detect):
+for _module in (stack, ingest, replay, evidence, api, search, retention, siem, detect):
     _module.register(main)

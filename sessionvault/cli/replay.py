@@ -1,4 +1,4 @@
-"""``sessionvault play | export | sessions | verify``: replay commands (thin layer over the API)."""
+"""``sessionvault play | export | sessions``: replay commands (thin layer over the API)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sessionvault.cli.common import (
     run_with_pool,
     tenant_option,
 )
-from sessionvault.errors import ConfigError, IntegrityError
+from sessionvault.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -213,10 +213,11 @@ def register(main: click.Group) -> None:
     @click.option(
         "--format",
         "fmt",
-        type=click.Choice(FORMAT_CHOICES),
+        type=click.Choice((*FORMAT_CHOICES, "bundle")),
         default="asciicast-v2",
         show_default=True,
-        help="ndjson is newline-delimited JSON, one frame per line (json: the same).",
+        help="ndjson is newline-delimited JSON, one frame per line (json: the same); bundle"
+        " is the signed evidence bundle (zip, needs -o; check it with verify-bundle).",
     )
     @click.option(
         "-o",
@@ -247,6 +248,9 @@ def register(main: click.Group) -> None:
 
         t = tenant
         sid = resolve_session_id(get_settings(ctx), t, sid)
+        if fmt == "bundle":
+            _export_bundle(ctx, t, sid, output, start_at)
+            return
         fmt = format_name(fmt)
         start_ms = _start_at(start_at)
         audit = _audited_view(ctx, t, sid, fmt, start_ms)
@@ -288,24 +292,21 @@ def register(main: click.Group) -> None:
         rows = run_with_pool(get_settings(ctx), work)
         click.echo(format_sessions(rows))
 
-    @main.command("verify")
-    @click.argument("sid")
-    @tenant_option
-    @click.pass_context
-    def verify_cmd(ctx: click.Context, sid: str, tenant: str) -> None:
-        """Verify a session's hash chain (tamper evidence)."""
-        from storage.reader import VerifyResult, verify_session
 
-        t = tenant
-        sid = resolve_session_id(get_settings(ctx), t, sid)
+def _export_bundle(
+    ctx: click.Context, tenant: str, sid: str, output: str | None, start_at: str | None
+) -> None:
+    from sessionvault.cli.evidence import write_bundle
 
-        async def work(pool: Any) -> VerifyResult:
-            return await verify_session(pool, t, sid)
-
-        result = run_with_pool(get_settings(ctx), work)
-        if not result.ok:
-            raise IntegrityError(f"session {sid}: hash chain BROKEN: {result.message}")
-        click.echo(f"session {sid}: ok, {result.message}")
+    if output is None or start_at is not None:
+        raise ConfigError("--format bundle writes a whole session to a file: give -o FILE")
+    with _audited_view(ctx, tenant, sid, "bundle", 0):
+        body = write_bundle(get_settings(ctx), tenant, sid, output)
+    click.echo(
+        f"bundle of {sid} ({body['chunks']} chunks, {body['events']} events) written to"
+        f" {output}; check it with: sessionvault verify-bundle {output}",
+        err=True,
+    )
 
 
 def format_sessions(rows: Any) -> str:

@@ -17,6 +17,7 @@ from sessionvault.cli.common import (
     resolve_session_id,
     run_with_pool,
     tenant_option,
+    tombstone_keys,
 )
 from sessionvault.errors import ConfigError
 
@@ -149,6 +150,7 @@ def _register_retention(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         index = index_store(settings) if not no_opensearch else None
+        keys = None if dry_run else tombstone_keys(settings)
 
         async def work(pool: Any) -> RetentionReport:
             return await apply_retention(
@@ -158,6 +160,7 @@ def _register_retention(main: click.Group) -> None:
                 index=index,
                 actor=actor(),
                 progress=_progress,
+                keys=keys,
             )
 
         try:
@@ -238,9 +241,10 @@ def _register_hold(main: click.Group) -> None:
         settings = get_settings(ctx)
         t = tenant
         sid = resolve_session_id(settings, t, sid)
+        keys = tombstone_keys(settings)
 
         async def work(pool: Any) -> Any:
-            return await release_hold(pool, t, sid, reason=reason, actor=actor())
+            return await release_hold(pool, t, sid, reason=reason, actor=actor(), keys=keys)
 
         rec = run_with_pool(settings, work)
         click.echo(f"session {sid}: legal hold released by {rec.actor} at {rec.at.isoformat()}")
