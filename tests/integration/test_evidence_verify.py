@@ -32,7 +32,8 @@ def test_an_untouched_store_verifies_and_every_record_is_checkpointed(settings: 
         await sign(settings)
         report = await verify(settings)
         assert report.ok, _faults(report)
-        assert report.checkpoints == 1 and report.pending == 0
+        assert report.checkpoints == 1
+        assert report.pending == 0
         assert report.sessions_checked == 3
         rows = await fetch_all(
             settings.postgres_dsn.get(), "SELECT count(*) AS n FROM session_manifests"
@@ -61,7 +62,8 @@ def test_verify_names_deleted_tail_chunks_whole_sessions_events_altered_bytes_an
         flipped = bytes([raw[0] ^ 0x01]) + raw[1:]
         await sql(
             settings,
-            "UPDATE chunks SET codec = 0, dict_id = NULL, payload = $1 WHERE sid = 'ev-3' AND seq = 2",
+            "UPDATE chunks SET codec = 0, dict_id = NULL, payload = $1"
+            " WHERE sid = 'ev-3' AND seq = 2",
             flipped,
         )
         # 5. an event's body altered
@@ -102,7 +104,7 @@ def test_verify_names_deleted_tail_chunks_whole_sessions_events_altered_bytes_an
         assert not report.ok
         assert "session ev-0: chunks 4-5 (its newest) were deleted" in text, text
         assert "session ev-1: the whole session (6 chunks" in text, text
-        assert "event ev-2-e-1 " in text and "was deleted" in text, text
+        assert any(f.startswith("deleted: event ev-2-e-1 ") for f in faults), text
         assert any(f.startswith("altered: session ev-3:") and "seq 2" in f for f in faults), text
         assert "altered: event ev-4-e-0: body differs from checkpoint 1" in text, text
         assert "session forged (2 chunks) was added outside the pipeline" in text, text
@@ -146,7 +148,7 @@ def test_retention_leaves_signed_tombstones_so_verify_tells_policy_from_tamperin
         await sql(settings, "DELETE FROM tombstones WHERE envelope->'body'->>'sid' = 'ev-0'")
         again = await verify(settings)
         text = "\n".join(_faults(again))
-        assert "tombstone" in text and "was deleted" in text, text
+        assert any(f.startswith("deleted: tombstone ") for f in _faults(again)), text
         assert "session ev-0: the whole session" in text, text
 
     asyncio.run(main())
