@@ -23,6 +23,7 @@ from ingest.kafka import SharedProducer
 from ingest.view_audit import ViewAuditor
 from sessionvault import __version__
 from sessionvault.errors import (
+    ConfigError,
     NotFoundError,
     SessionVaultError,
     StorageError,
@@ -107,6 +108,17 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/v1/keys")
+    async def public_keys() -> dict[str, Any]:
+        """The evidence signing keys' public halves (docs/evidence.md), old keys included:
+        public by nature, so no token is needed (auditors fetch them to verify bundles)."""
+        from storage.keyring import load_keys, public_key_document
+
+        try:
+            return public_key_document(load_keys(settings))
+        except ConfigError as exc:
+            raise NotFoundError("no evidence signing keys are configured") from exc
 
     from api import kube, player, search, sessions, shares
 

@@ -190,7 +190,6 @@ class LocalStack(PostgresServer, BrokerServer, OpenSearchServer, WorkerProcesses
         ``settings`` supplies topic names and partitions (defaults: the standard ones).
         """
         from sessionvault.settings import load_settings
-
         from storage.keyring import KeyFile, key_file_path
 
         self.home.mkdir(parents=True, exist_ok=True)

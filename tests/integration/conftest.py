@@ -30,6 +30,7 @@ import pytest
 from deploy.stack import LocalStack
 from sessionvault.settings import Secret, Settings, load_settings
 from storage import pg
+from storage.keyring import KeyFile, key_file_path
 
 TEMPLATE_DB = "sv_template"
 TEST_SESSION_TIMEOUT_MS = 2_000
@@ -121,6 +122,7 @@ def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
         worker_poll_wait_ms=500,
     )
     stack.ensure_topics(s)
+    KeyFile.create(key_file_path(s))  # as `up` does: the evidence keys of the installation
     try:
         yield s
     finally:

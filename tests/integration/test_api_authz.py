@@ -28,6 +28,7 @@ from ingest.sdk import AuditEmitter, SessionRecorder
 from schemas.models import SessionInfo
 from sessionvault.settings import Settings
 from storage import pg
+from storage.keyring import KeyFile, key_file_path, parse_public_keys
 from storage.tokens import create_share, create_token, revoke_token
 from tests.integration.api_support import serve
 from tests.integration.import_support import drain
@@ -45,6 +46,7 @@ class World:
     b: str
     sids: dict[str, str]  # ssh, prod, dev (tenant A); b_ssh (tenant B)
     tokens: dict[str, str | None]
+    keys: KeyFile
 
 
 def _session(settings: Settings, line: bytes, **info: Any) -> str:
@@ -125,7 +127,7 @@ def world(settings: Settings) -> World:
     _events(b, "b")
     drain(settings)
     tokens = asyncio.run(_tokens(settings.postgres_dsn.get(), a.tenant, b.tenant, sids["ssh"]))
-    return World(a.tenant, b.tenant, sids, tokens)
+    return World(a.tenant, b.tenant, sids, tokens, KeyFile.create(key_file_path(a)))
 
 
 # -- what each token kind is, and what it may see ------------------------------------------------
@@ -314,6 +316,14 @@ def _check_whoami(w: World, kind: str, r: httpx.Response) -> None:
         assert r.json()["tenant"] == tenant_of(w, kind), (kind, r.text)
 
 
+def _check_keys(w: World, kind: str, r: httpx.Response) -> None:
+    # Public keys only: the signing key's id and its public half, never the key file.
+    doc = r.json()
+    assert doc["active"] == w.keys.signing_kid
+    assert parse_public_keys(doc) == w.keys.public_keys()
+    assert "key" not in r.text.replace('"keys"', "")
+
+
 def _check_share_self(w: World, kind: str, r: httpx.Response) -> None:
     if r.status_code == 200:
         assert r.json()["sid"] == w.sids["ssh"], r.text
@@ -356,6 +366,9 @@ CASES = [
         for t in ("ssh", "prod", "dev", "b_ssh")
     ),
     Case("GET", "/healthz", "healthz", lambda w: ("/healthz", {}, None), lambda w, k: 200),
+    Case(
+        "GET", "/v1/keys", "keys", lambda w: ("/v1/keys", {}, None), lambda w, k: 200, _check_keys
+    ),
     _webhook_case("prod"),
     _webhook_case("dev"),
     Case(
@@ -390,7 +403,8 @@ def test_every_route_times_every_token_kind_answers_by_the_one_read_rule(
         [bearer] = [name for name, s in schemes.items() if s.get("scheme") == "bearer"]
         for path, ops in spec["paths"].items():
             for op in ops.values():
-                wanted: list[dict[str, list[str]]] = [] if path == "/healthz" else [{bearer: []}]
+                public = path in ("/healthz", "/v1/keys")
+                wanted: list[dict[str, list[str]]] = [] if public else [{bearer: []}]
                 assert op.get("security", []) == wanted, path
         matrix: dict[tuple[str, str], int] = {}
         wrong: list[str] = []
