@@ -26,12 +26,14 @@ from sessionvault.errors import (
     ConfigError,
     NotFoundError,
     SessionVaultError,
+    ShreddedError,
     StorageError,
     TransportError,
     ValidationError,
 )
 from sessionvault.settings import Settings, require
 from storage import pg
+from storage.datakeys import configure as configure_keys
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def _status_of(exc: SessionVaultError) -> int:
         return 400
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, ShreddedError):
+        return 410
     if isinstance(exc, StorageError | TransportError) or exc.retriable:
         return 503
     return 500
@@ -62,6 +66,7 @@ def create_app(
 ) -> FastAPI:
     """The API for ``settings`` (PostgreSQL DSN and Kafka bootstrap required)."""
     require(settings, "postgres_dsn", "kafka_bootstrap")
+    configure_keys(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from api.auth import require_token
 from ingest.view_audit import view_event
 from replay.export import FORMAT_CHOICES, encoder, export_frames, format_name, read_from_ms
 from sessionvault.errors import NotFoundError, SessionVaultError
-from storage.reader import SessionRecord, get_session, iter_frames
+from storage.reader import SessionRecord, check_readable, get_session, iter_frames
 from storage.tokens import Principal, token_description
 
 router = APIRouter()
@@ -88,6 +88,7 @@ async def export_session(
     session = await get_session(pool, principal.tenant, sid)
     if not principal.may_see(session.tenant, session.kubernetes_cluster, session.sid):
         raise NotFoundError(f"session {sid!r} not found")
+    await check_readable(pool, principal.tenant, sid)  # 410 before a byte is streamed
     enc = encoder(fmt, session, start_ms)
     await audit_view(request, principal, session, fmt, start_ms)
 

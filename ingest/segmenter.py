@@ -46,12 +46,13 @@ from typing import Any
 from ingest.runtime import Runtime, Stopped
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk
-from sessionvault.errors import StorageError
+from sessionvault.errors import IntegrityError, ShreddedError, StorageError
 from sessionvault.settings import Settings, require
 from storage import pg
 from storage import segment_store as store
 from storage.chunkstore import SEGMENT_CHANNEL
 from storage.codec import Decompressor, unpack_frames
+from storage.datakeys import DATA_KEYS, configure, text_kept
 from storage.dicts import dictionary
 from storage.pg import translate
 from storage.search.model import to_us
@@ -112,6 +113,7 @@ class Segmenter:
     ) -> None:
         require(settings, "postgres_dsn")
         self.settings = settings
+        configure(settings)
         self.chunk_batch = chunk_batch
         self.sessions_per_round = sessions_per_round
         self.poll_s = poll_s
@@ -151,22 +153,27 @@ class Segmenter:
         self.stats.db_retries += 1
         await self.close()
 
-    async def _payload(self, conn: pg.Connection, chunk: store.StoredChunk) -> bytes:
+    async def _payload(
+        self, conn: pg.Connection, tenant: str, sid: str, chunk: store.StoredChunk
+    ) -> bytes:
+        stored = await DATA_KEYS.open_payload(
+            conn, tenant, sid, chunk.seq, chunk.key_id, chunk.payload
+        )
         dict_id = chunk.dict_id
         if dict_id is not None and not self._decompressor.has_dictionary(dict_id):
             data = await dictionary(conn, dict_id)
             if data is None:
                 raise ValueError(f"zstd dictionary {dict_id} is gone")
             self._decompressor.add_dictionary(dict_id, data)
-        return self._decompressor.decompress(chunk.codec, dict_id, chunk.payload, chunk.raw_len)
+        return self._decompressor.decompress(chunk.codec, dict_id, stored, chunk.raw_len)
 
     async def _chunks(self, conn: pg.Connection, tenant: str, sid: str, after: int) -> list[Chunk]:
         out = []
         for stored in await store.chunks_after(conn, sid, after, self.chunk_batch):
             try:
-                payload = await self._payload(conn, stored)
+                payload = await self._payload(conn, tenant, sid, stored)
                 frames = tuple(unpack_frames(stored.frames, payload))
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, IntegrityError, ShreddedError) as exc:
                 # A chunk we cannot decode must not stop the session's text for ever: its text
                 # is left out (replay and verify report the damage), the rest is rendered.
                 self.stats.bad_chunks += 1
@@ -198,6 +205,11 @@ class Segmenter:
             await store.dequeue(conn, sid, gen)
             return SessionStep(sid, 0, 0, 0, True)
         tenant, who = sess.tenant, sess.who
+        if not text_kept(self.settings, tenant):
+            # Encryption at rest without searchable text (docs/evidence.md): nothing derived
+            # from the recording is stored in the clear.
+            await store.dequeue(conn, sid, gen)
+            return SessionStep(sid, 0, 0, 0, True)
         pos = await store.text_position(conn, sid)
         resynced = 0
         if pos is not None and pos.who != who:

@@ -48,6 +48,11 @@ class NotFoundError(SessionVaultError):
     """The thing asked for does not exist (or is not visible to this tenant)."""
 
 
+class ShreddedError(SessionVaultError):
+    """The recording's data key was destroyed (crypto-shredding): it is unreadable
+    everywhere, on purpose. Not a fault of the store (``verify`` says "shredded")."""
+
+
 class TransportError(SessionVaultError):
     """Kafka could not be reached or refused a request."""
 

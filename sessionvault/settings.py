@@ -152,6 +152,12 @@ class Settings:
     checkpoint_interval_ms: int = 60_000
     manifest_delay_ms: int = 10_000
     checkpoint_dir: str = ""
+    # Encryption at rest (storage/datakeys.py): seal every new chunk payload with its tenant's
+    # data key. Text derived from an encrypted tenant's recordings (search segments,
+    # keyframes, typed-command markers, output lines for detection) is then not stored,
+    # except for the tenants listed here (comma-separated, "*" for all): docs/evidence.md.
+    encrypt_at_rest: bool = False
+    searchable_text_tenants: str = ""
 
     log_level: str = "INFO"
 

@@ -54,6 +54,7 @@ CHUNK_COLUMNS = (
     "prev_hash",
     "hash",
     "final",
+    "key_id",
 )
 _CHUNK_TYPES = (
     "text",
@@ -69,6 +70,7 @@ _CHUNK_TYPES = (
     "text",
     "text",
     "bool",
+    "int",
 )
 
 _INSERT_UNNEST = (
@@ -182,6 +184,7 @@ def _columns(rows: Sequence[ChunkRow]) -> list[list[object]]:
         [r.prepared.chunk.prev_hash for r in rows],
         [r.prepared.chunk.hash for r in rows],
         [r.prepared.chunk.final for r in rows],
+        [r.prepared.key_id for r in rows],
     ]
 
 
@@ -215,6 +218,7 @@ async def insert_chunks(
                     r.prepared.chunk.prev_hash,
                     r.prepared.chunk.hash,
                     r.prepared.chunk.final,
+                    r.prepared.key_id,
                 )
                 for r in rows
             ],

@@ -57,6 +57,7 @@ async def sample_payloads(
         rows = await conn.fetch(
             "SELECT codec, dict_id, raw_len, payload FROM chunks"
             " WHERE raw_len > 0 AND raw_len <= $1 AND ($2::text IS NULL OR tenant = $2)"
+            " AND key_id IS NULL"  # sealed payloads are noise to a dictionary
             " ORDER BY random() LIMIT $3",
             max_raw_len,
             tenant,

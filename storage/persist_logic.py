@@ -58,6 +58,7 @@ class PreparedChunk:
     stored: bytes
     frames_index: bytes
     raw_len: int
+    key_id: int | None = None  # the data key ``stored`` is sealed with (storage.datakeys)
 
     @property
     def sid(self) -> str:

@@ -27,8 +27,15 @@ import orjson
 
 from schemas.chain import chain_hash, verify_chain
 from schemas.models import Chunk, Frame
-from sessionvault.errors import NotFoundError, SessionVaultError, StorageError, ValidationError
+from sessionvault.errors import (
+    NotFoundError,
+    SessionVaultError,
+    ShreddedError,
+    StorageError,
+    ValidationError,
+)
 from storage.codec import Decompressor, unpack_frames
+from storage.datakeys import DATA_KEYS
 from storage.pg import translate
 
 log = logging.getLogger(__name__)
@@ -244,7 +251,7 @@ async def list_sessions(
 
 _CHUNK_BATCH_SQL = (
     "SELECT seq, first_offset_ms, last_offset_ms, frames, codec, dict_id, raw_len, payload,"
-    " prev_hash, hash FROM chunks WHERE sid = $1 AND tenant = $2 AND seq > $3"
+    " prev_hash, hash, key_id FROM chunks WHERE sid = $1 AND tenant = $2 AND seq > $3"
     " ORDER BY seq LIMIT $4"
 )
 
@@ -260,8 +267,9 @@ _SEEK_SQL = (
 class _ChunkDecoder:
     """Decompresses stored chunks, fetching zstd dictionaries the first time one is needed."""
 
-    def __init__(self, db: Executor, decompressor: Decompressor | None = None) -> None:
+    def __init__(self, db: Executor, tenant: str, decompressor: Decompressor | None = None) -> None:
         self._db = db
+        self._tenant = tenant
         self._dec = decompressor or Decompressor()
 
     async def payload(self, sid: str, row: Any) -> bytes:
@@ -274,10 +282,11 @@ class _ChunkDecoder:
             if data is None:
                 raise StorageError(f"sid {sid} seq {row['seq']}: zstd dictionary {dict_id} is gone")
             self._dec.add_dictionary(dict_id, bytes(data))
+        stored = await DATA_KEYS.open_payload(
+            self._db, self._tenant, sid, row["seq"], row["key_id"], bytes(row["payload"])
+        )
         try:
-            payload = self._dec.decompress(
-                row["codec"], dict_id, bytes(row["payload"]), row["raw_len"]
-            )
+            payload = self._dec.decompress(row["codec"], dict_id, stored, row["raw_len"])
         except Exception as exc:
             err = StorageError(f"sid {sid} seq {row['seq']}: cannot decompress payload: {exc}")
             err.retriable = False
@@ -322,13 +331,34 @@ async def _seek_seq(db: Executor, tenant: str, sid: str, start_ms: int) -> int:
     return -1 if seq is None else int(seq) - 1
 
 
+async def check_readable(db: Executor, tenant: str, sid: str) -> None:
+    """Raise :class:`ShreddedError` when a chunk of the session is sealed with a destroyed
+    data key (crypto-shredding), before anything of it is sent."""
+    try:
+        row = await db.fetchrow(
+            "SELECT k.key_id, k.destroyed_at FROM tenant_data_keys k WHERE k.tenant = $1"
+            " AND k.wrapped IS NULL AND k.key_id IN (SELECT DISTINCT key_id FROM chunks"
+            " WHERE sid = $2 AND tenant = $1 AND key_id IS NOT NULL) LIMIT 1",
+            tenant,
+            sid,
+        )
+    except Exception as exc:
+        raise translate(exc, f"cannot read the data keys of session {sid}") from exc
+    if row is not None:
+        raise ShreddedError(
+            f"session {sid} was crypto-shredded on {row['destroyed_at']:%Y-%m-%d %H:%M} UTC"
+            f" (tenant {tenant}, data key {row['key_id']}): its recording cannot be read"
+        )
+
+
 async def iter_chunks(
     db: Executor, tenant: str, sid: str, *, chunk_batch: int = 8
 ) -> AsyncIterator[Chunk]:
     """Every stored chunk of the session (frames decompressed, hashes as stored), in seq
     order, one batch in memory at a time."""
     await get_session(db, tenant, sid)
-    decoder = _ChunkDecoder(db)
+    await check_readable(db, tenant, sid)
+    decoder = _ChunkDecoder(db, tenant)
     async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=-1, chunk_batch=chunk_batch):
         for row in rows:
             frames = tuple(await decoder.frames(sid, row))
@@ -348,11 +378,13 @@ async def iter_frames(
 
     With ``start_ms``, exactly the frames with ``offset_ms >= start_ms`` (reading starts at the
     chunk that holds that offset, found through the ``(sid, first_offset_ms)`` index). Raises
-    :class:`NotFoundError` when the session is not visible to ``tenant``.
+    :class:`NotFoundError` when the session is not visible to ``tenant``, ShreddedError
+    when it was crypto-shredded.
     """
     await get_session(db, tenant, sid)
+    await check_readable(db, tenant, sid)
     after = await _seek_seq(db, tenant, sid, start_ms)
-    decoder = _ChunkDecoder(db, decompressor)
+    decoder = _ChunkDecoder(db, tenant, decompressor)
     async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after, chunk_batch=chunk_batch):
         for row in rows:
             if row["last_offset_ms"] < start_ms:
@@ -402,7 +434,8 @@ async def iter_chunk_frames(
 ) -> AsyncIterator[ChunkFrames]:
     """The session's chunks after ``after_seq`` in seq order, decoded one at a time; with
     ``until_ms``, none that starts after it."""
-    decoder = _ChunkDecoder(db, decompressor)
+    await check_readable(db, tenant, sid)
+    decoder = _ChunkDecoder(db, tenant, decompressor)
     async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after_seq, chunk_batch=8):
         for row in rows:
             if until_ms is not None and row["first_offset_ms"] > until_ms:
@@ -500,7 +533,8 @@ async def verify_session(
 
 async def _verify(db: Executor, tenant: str, sid: str, chunk_batch: int) -> VerifyResult:
     session = await get_session(db, tenant, sid)
-    decoder = _ChunkDecoder(db)
+    await check_readable(db, tenant, sid)
+    decoder = _ChunkDecoder(db, tenant)
     prev: Chunk | None = None
     count = 0
     async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=-1, chunk_batch=chunk_batch):

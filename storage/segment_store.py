@@ -56,6 +56,7 @@ class StoredChunk:
     raw_len: int
     payload: bytes
     final: bool
+    key_id: int | None = None
 
 
 def _who(row: Any) -> Who:
@@ -133,7 +134,7 @@ async def chunks_after(conn: Connection, sid: str, after: int, limit: int) -> li
     """Up to ``limit`` stored chunks of the session with ``seq > after``, in seq order."""
     with map_pg_errors(f"cannot read the chunks of {sid}"):
         rows = await conn.fetch(
-            "SELECT seq, frames, codec, dict_id, raw_len, payload, final FROM chunks"
+            "SELECT seq, frames, codec, dict_id, raw_len, payload, final, key_id FROM chunks"
             " WHERE sid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             sid,
             after,
@@ -148,6 +149,7 @@ async def chunks_after(conn: Connection, sid: str, after: int, limit: int) -> li
             int(r["raw_len"]),
             bytes(r["payload"]),
             bool(r["final"]),
+            r["key_id"],
         )
         for r in rows
     ]

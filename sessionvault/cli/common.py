@@ -84,7 +84,10 @@ def resolve_session_id(settings: Settings, tenant: str, sid: str) -> str:
 def get_settings(ctx: click.Context) -> Settings:
     settings = ctx.obj
     if not isinstance(settings, Settings):
+        from storage.datakeys import configure
+
         settings = load_settings()
+        configure(settings)  # encrypted recordings open with this installation's key file
         ctx.obj = settings
     return settings
 

@@ -236,6 +236,51 @@ def _register_keys(main: click.Group) -> None:
         new = load_keys(get_settings(ctx)).rotate("kek" if kek else "signing")
         click.echo(f"new active {'key-encryption key' if kek else 'signing key'}: {new}")
 
+    @keys_group.command("rotate-data")
+    @tenant_option
+    @click.pass_context
+    def keys_rotate_data(ctx: click.Context, tenant: str) -> None:
+        """New data key for the tenant's later recordings (earlier ones keep theirs)."""
+        from storage.datakeys import rotate_data_key
+
+        async def work(pool: Any) -> int:
+            return await rotate_data_key(pool, tenant)
+
+        click.echo(f"tenant {tenant}: data key {run_with_pool(get_settings(ctx), work)} active")
+
+    @keys_group.command("rewrap")
+    @click.pass_context
+    def keys_rewrap(ctx: click.Context) -> None:
+        """Wrap every data key again under the active KEK (after rotate --kek); no recording
+        is rewritten."""
+        from storage.datakeys import rewrap
+
+        n = run_with_pool(get_settings(ctx), rewrap)
+        click.echo(f"re-wrapped {n} data keys")
+
+    @keys_group.command("shred")
+    @click.option("--reason", required=True, help="Why (kept in the signed tombstone).")
+    @click.option("--yes", is_flag=True, help="Do it: this cannot be undone.")
+    @tenant_option
+    @click.pass_context
+    def keys_shred(ctx: click.Context, reason: str, yes: bool, tenant: str) -> None:
+        """Crypto-shred a tenant: destroy its data keys, so every recording sealed with them
+        is unreadable everywhere, and delete the text derived from them."""
+        from sessionvault.cli.common import actor
+        from storage.datakeys import shred_tenant
+        from storage.keyring import load_keys
+
+        if not yes:
+            raise ConfigError(f"shredding {tenant} cannot be undone: add --yes")
+        settings = get_settings(ctx)
+        keys = load_keys(settings)
+
+        async def work(pool: Any) -> list[int]:
+            return await shred_tenant(pool, keys, tenant, actor=actor(), reason=reason)
+
+        ids = run_with_pool(settings, work)
+        click.echo(f"tenant {tenant}: data keys {ids or 'none'} destroyed; tombstone signed")
+
     @keys_group.command("public")
     @click.pass_context
     def keys_public(ctx: click.Context) -> None:

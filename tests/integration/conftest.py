@@ -30,6 +30,7 @@ import pytest
 from deploy.stack import LocalStack
 from sessionvault.settings import Secret, Settings, load_settings
 from storage import pg
+from storage.datakeys import configure
 from storage.keyring import KeyFile, key_file_path
 
 TEMPLATE_DB = "sv_template"
@@ -123,6 +124,7 @@ def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
     )
     stack.ensure_topics(s)
     KeyFile.create(key_file_path(s))  # as `up` does: the evidence keys of the installation
+    configure(s)  # this process opens encrypted recordings with them
     try:
         yield s
     finally:
