@@ -20,6 +20,7 @@ BENCHES = (
     "broker",
     "idle",
     "persist",
+    "evidence",
     "latency",
     "replay",
     "text_render",

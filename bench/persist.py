@@ -177,13 +177,17 @@ class Timeline:
 
 
 def run_worker(
-    bs: BenchStack, produced: Produced, timeout_s: float, tenant: str = TENANT
+    bs: BenchStack,
+    produced: Produced,
+    timeout_s: float,
+    tenant: str = TENANT,
+    env: dict[str, str] | None = None,
 ) -> Timeline:
     """Start the worker and follow it until every chunk is durable and the lag is 0."""
     pg_cpu0 = bs.postgres_cpu_s()
     broker_cpu0 = bs.broker_cpu_s()
     t0 = time.perf_counter()
-    worker = WorkerProcess(bs)
+    worker = WorkerProcess(bs, env=env)
     t_first = raw_first = None
     n = raw = stored = 0
     last_change = t0

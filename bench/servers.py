@@ -206,7 +206,12 @@ class WorkerProcess:
     writes its profile there when stopped (``python -m pstats <file>``).
     """
 
-    def __init__(self, bs: BenchStack, logname: str = "bench-persist-worker.log") -> None:
+    def __init__(
+        self,
+        bs: BenchStack,
+        logname: str = "bench-persist-worker.log",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.logfile = bs.home / "logs" / logname
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.logfile, "wb")  # noqa: SIM115 (closed in stop())
@@ -220,7 +225,7 @@ class WorkerProcess:
             argv = [sys.executable, "-m", "cProfile", "-o", profile, *argv[1:]]
         self.proc = subprocess.Popen(
             argv,
-            env=bs.worker_env(),
+            env={**bs.worker_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,

@@ -145,6 +145,7 @@ async def store_batch(
     insert_method: str = DEFAULT_METHOD,
     index_pending: bool = False,
     seal: bool = False,
+    ledger: bool = True,
 ) -> StoreResult:
     """Write a prepared batch in ONE transaction (partitions are created before it).
 
@@ -152,6 +153,8 @@ async def store_batch(
     ``index_pending`` (OpenSearch configured): also record, in the same transaction, what
     search has still to index (:mod:`storage.search.watermark`), so that no stored row is ever
     outside the search watermark's pending set before the index worker has indexed it.
+    ``seal``: encrypt the payloads at rest (:mod:`storage.datakeys`); ``ledger``: record
+    what is stored for the evidence checkpoints (:mod:`storage.evidence_store`).
     """
     rows = [row for _, row in batch.events]
     months = {m for m in (month_of(r.time) for r in rows) if m is not None}
@@ -161,12 +164,13 @@ async def store_batch(
         async with conn.transaction():
             # The evidence ledger: what this transaction stored, committed with it (the
             # checkpointer signs it later, storage.evidence_store).
-            ledger = Ledger()
+            stored = Ledger() if ledger else None
             # Encryption at rest: sealed here, inside the transaction that locks the live key.
             chunks = await DATA_KEYS.seal_batch(conn, batch.chunks) if seal else batch.chunks
-            result.chunks = await write_chunks(conn, chunks, method=insert_method, ledger=ledger)
-            result.events_inserted = await insert_events(conn, rows, ledger=ledger)
-            await ledger.write(conn)
+            result.chunks = await write_chunks(conn, chunks, method=insert_method, ledger=stored)
+            result.events_inserted = await insert_events(conn, rows, ledger=stored)
+            if stored is not None:
+                await stored.write(conn)
             keys = {(r.tenant, r.sid) for r in rows if r.sid and r.event in _ENRICHING}
             opened = set(result.chunks.opened)
             keys |= {(c.chunk.tenant, c.sid) for c in batch.chunks if c.sid in opened}
@@ -320,6 +324,7 @@ class PersistWorker:
             insert_method=self._insert_method,
             index_pending=bool(self.settings.opensearch_url),
             seal=self.settings.encrypt_at_rest,
+            ledger=self.settings.evidence_ledger,
         )
 
     async def _store_with_retry(self, batch: PreparedBatch) -> tuple[StoreResult, int]:

@@ -152,6 +152,9 @@ class Settings:
     checkpoint_interval_ms: int = 60_000
     manifest_delay_ms: int = 10_000
     checkpoint_dir: str = ""
+    # Off only to measure what the evidence ledger costs (bench.evidence): without it nothing
+    # stored is covered by a checkpoint and `verify` reports it all as added.
+    evidence_ledger: bool = True
     # Encryption at rest (storage/datakeys.py): seal every new chunk payload with its tenant's
     # data key. Text derived from an encrypted tenant's recordings (search segments,
     # keyframes, typed-command markers, output lines for detection) is then not stored,

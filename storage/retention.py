@@ -241,6 +241,11 @@ def segments_index_query(tenant: str, sids: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def tenant_segments_index_query(tenant: str) -> dict[str, Any]:
+    """Every output-segment document of ``tenant`` (crypto-shredding removes them all)."""
+    return {"bool": {"filter": [{"term": {"kind": "output"}}, {"term": {"tenant": tenant}}]}}
+
+
 def _us(when: datetime) -> int:
     d = when - datetime(1970, 1, 1, tzinfo=UTC)
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds

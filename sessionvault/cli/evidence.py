@@ -15,6 +15,7 @@ import orjson
 from sessionvault.cli.common import (
     StatusFields,
     get_settings,
+    index_store,
     resolve_session_id,
     run_with_pool,
     run_worker_command,
@@ -280,6 +281,16 @@ def _register_keys(main: click.Group) -> None:
 
         ids = run_with_pool(settings, work)
         click.echo(f"tenant {tenant}: data keys {ids or 'none'} destroyed; tombstone signed")
+        index = index_store(settings)
+        if index is not None:
+            # Text derived before encryption was on, or for a tenant whose text was kept.
+            from storage.retention import tenant_segments_index_query
+
+            try:
+                n = index.delete_by_query(tenant_segments_index_query(tenant))
+            finally:
+                index.close()
+            click.echo(f"tenant {tenant}: {n} output segments deleted from OpenSearch")
 
     @keys_group.command("public")
     @click.pass_context

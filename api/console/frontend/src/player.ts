@@ -210,15 +210,28 @@ export class Player {
     this.schedule();
   }
 
-  /** Paused: write the next frame (asciinema's `.`). */
+  /** Paused: step to the next moment (asciinema's `.`): the next frame and every frame
+   * stored at the same millisecond, so the screen is the one a seek there shows. */
   async step(): Promise<void> {
     this.pause();
     if (this.queue.length === 0) await this.fill();
-    const f = this.queue.shift();
-    if (!f) return;
-    this.queuedBytes -= f.data.length;
-    await this.apply([f]);
-    this.pos = f.t;
+    const first = this.queue[0];
+    if (!first) return;
+    const batch = [];
+    for (;;) {
+      while (this.queue.length > 0 && this.queue[0].t === first.t) {
+        const f = this.queue.shift();
+        if (!f) break;
+        this.queuedBytes -= f.data.length;
+        batch.push(f);
+      }
+      // Frames of the same moment may continue in the next window.
+      if (this.queue.length > 0 || this.end) break;
+      await this.fill();
+      if (this.queue.length === 0) break;
+    }
+    await this.apply(batch);
+    this.pos = first.t;
     this.onChange();
   }
 

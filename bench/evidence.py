@@ -1,0 +1,158 @@
+"""What signing and encryption cost the persist worker, measured in one run.
+
+The same corpus is persisted by one fresh persist worker per phase, alternating:
+
+* **off**: no evidence ledger, no encryption (``SESSIONVAULT_EVIDENCE_LEDGER=0``);
+* **on**: the ledger in every persist transaction, every payload sealed with AES-256-GCM
+  (``SESSIONVAULT_ENCRYPT_AT_REST=1``), and an evidence worker beside it signing manifests
+  and checkpoints every second.
+
+Each phase has its own tenant and fresh records on the same topic. The rate is the persist
+worker's steady rate after its group join (as in :mod:`bench.persist`), and its MB per CPU
+second, which is steadier on a shared machine. After the last "on" phase, ``verify`` checks
+the tenant against its checkpoints (and must find nothing).
+
+Target: "on" persists at >= 90% of "off" (issue 13: < 10% slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+from bench._common import MIB, Figure, bench_main
+from bench.compression import MB
+from bench.corpus import build_corpus
+from bench.persist import produce, run_worker
+from bench.servers import BenchStack, bench_stack
+from replay.evidence import verify_tenant
+from storage import pg
+from storage.keyring import KeyFile
+
+NAME = "evidence"
+TENANT = "bench-evidence"
+
+OFF = {"SESSIONVAULT_EVIDENCE_LEDGER": "0", "SESSIONVAULT_ENCRYPT_AT_REST": "0"}
+ON = {"SESSIONVAULT_EVIDENCE_LEDGER": "1", "SESSIONVAULT_ENCRYPT_AT_REST": "1"}
+
+
+def _evidence_worker(bs: BenchStack) -> subprocess.Popen[bytes]:
+    env = {
+        **bs.worker_env(),
+        **ON,
+        "SESSIONVAULT_CHECKPOINT_INTERVAL_MS": "1000",
+        "SESSIONVAULT_MANIFEST_DELAY_MS": "0",
+    }
+    log = open(bs.home / "logs" / "bench-evidence-worker.log", "wb")  # noqa: SIM115
+    exe = os.path.join(os.path.dirname(sys.executable), "sessionvault")
+    return subprocess.Popen(
+        [exe, "worker", "evidence", "--status-every", "0"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _clear(dsn: str, tenants: list[str]) -> None:
+    conn = await pg.connect(dsn)
+    try:
+        for table in ("chunks", "sessions", "ledger", "checkpoints", "session_manifests"):
+            await conn.execute(f"DELETE FROM {table} WHERE tenant = ANY($1::text[])", tenants)
+        await conn.execute("DELETE FROM tenant_data_keys WHERE tenant = ANY($1::text[])", tenants)
+    finally:
+        await conn.close()
+
+
+async def _verify(bs: BenchStack, tenant: str, keys: KeyFile) -> tuple[bool, int, float]:
+    pool = await pg.create_pool(bs.dsn, min_size=1, max_size=2)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the evidence worker checkpoints every second
+            pending = await pool.fetchval(
+                "SELECT count(*) FROM ledger WHERE tenant = $1 AND checkpoint IS NULL", tenant
+            )
+            if not pending or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        t = time.perf_counter()
+        report = await verify_tenant(pool, tenant, keys.public_keys())
+        return report.ok, report.checkpoints, time.perf_counter() - t
+    finally:
+        await pool.close()
+
+
+def run(quick: bool) -> list[Figure]:
+    corpus = build_corpus(8 * MIB if quick else 32 * MIB)
+    total = 40 * MIB if quick else 150 * MIB
+    sessions = 16
+    rounds = 1 if quick else 2
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    tenants = [f"{TENANT}-{mode}-{i}" for i in range(rounds) for mode in ("off", "on")]
+    figures: list[Figure] = []
+    with bench_stack(TENANT) as bs:
+        keys = KeyFile.create(bs.home / "keys.json")
+        asyncio.run(_clear(bs.dsn, tenants))
+        signer = _evidence_worker(bs)
+        try:
+            for i in range(rounds):
+                for mode, env in (("off", OFF), ("on", ON)):
+                    tenant = f"{TENANT}-{mode}-{i}"
+                    produced = produce(bs, corpus, sessions, total // sessions, tenant)
+                    tl = run_worker(bs, produced, timeout_s=900, tenant=tenant, env=env)
+                    steady = tl.t_rows - tl.t_first
+                    rate = (tl.raw - tl.raw_first) / steady / MB
+                    rates[mode].append(rate)
+                    cpu[mode].append((tl.raw - tl.raw_first) / tl.worker_cpu_s / MB)
+                    print(f"  {mode} #{i}: {rate:.1f} MB/s", flush=True)
+            ok, checkpoints, verify_s = asyncio.run(_verify(bs, f"{TENANT}-on-{rounds - 1}", keys))
+        finally:
+            signer.terminate()
+            signer.wait(30)
+            asyncio.run(_clear(bs.dsn, tenants))
+    off, on = max(rates["off"]), max(rates["on"])
+    figures += [
+        Figure(
+            NAME,
+            "persist rate, signing and encryption off (best)",
+            off,
+            "MB/s",
+            note=f"{total / MB:.0f} MB per phase, {sessions} sessions, 64 KiB chunks; "
+            f"phases {', '.join(f'{r:.1f}' for r in rates['off'])}",
+        ),
+        Figure(
+            NAME,
+            "persist rate, signing and encryption on (best)",
+            on,
+            "MB/s",
+            note=f"phases {', '.join(f'{r:.1f}' for r in rates['on'])}; evidence worker "
+            "checkpointing every 1 s beside it",
+        ),
+        Figure(NAME, "on / off, persist rate", on / off, "x", ">= 0.90", on / off >= 0.90),
+        Figure(
+            NAME,
+            "on / off, MB per worker CPU-second",
+            max(cpu["on"]) / max(cpu["off"]),
+            "x",
+            note=f"off {max(cpu['off']):.1f}, on {max(cpu['on']):.1f} MB/cpu-s",
+        ),
+        Figure(
+            NAME,
+            "verify of the last 'on' tenant",
+            verify_s,
+            "s",
+            note=f"{checkpoints} checkpoints; {'no findings' if ok else 'FINDINGS'}",
+        ),
+    ]
+    return figures
+
+
+def main() -> int:
+    return bench_main(run, "evidence: persist with signing and encryption on vs off")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
