@@ -7,17 +7,19 @@ clusters, SSH sessions included) is "not found", exactly as search does not find
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
 from ingest.view_audit import view_event
 from replay.export import FORMAT_CHOICES, encoder, export_frames, format_name, read_from_ms
-from sessionvault.errors import NotFoundError, SessionVaultError
+from sessionvault.errors import ConfigError, NotFoundError, SessionVaultError
 from storage.reader import SessionRecord, check_readable, get_session, iter_frames
 from storage.tokens import Principal, token_description
 
@@ -102,3 +104,48 @@ async def export_session(
         yield enc.end()
 
     return StreamingResponse(body(), media_type=_MEDIA.get(fmt, "application/octet-stream"))
+
+
+@router.get("/v1/sessions/{sid}/bundle")
+async def evidence_bundle(
+    sid: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_token("read", "share"))],
+) -> StreamingResponse:
+    """The session's signed evidence bundle (a zip, docs/evidence.md), checked offline by
+    ``sessionvault verify-bundle`` or the standalone verifier. Signs the session's manifest
+    and checkpoints its tenant first when they are not there yet; an active session has no
+    manifest (400)."""
+    from ingest.evidence import EvidenceWorker
+    from replay.evidence import build_bundle
+    from storage.keyring import load_keys
+
+    pool = request.app.state.pool
+    session = await get_session(pool, principal.tenant, sid)
+    if not principal.may_see(session.tenant, session.kubernetes_cluster, session.sid):
+        raise NotFoundError(f"session {sid!r} not found")
+    await check_readable(pool, principal.tenant, sid)
+    settings = request.app.state.settings
+    try:
+        keys = load_keys(settings)
+    except ConfigError as exc:
+        raise NotFoundError("no evidence signing keys are configured") from exc
+    worker = EvidenceWorker(settings, keys=keys, emit=False)  # the evidence worker sends them
+    try:
+        await worker.seal(principal.tenant, sid)
+    finally:
+        await worker.close()
+    buf = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 (closed below)
+    try:
+        await build_bundle(pool, keys, principal.tenant, sid, buf)  # type: ignore[arg-type]
+    except BaseException:
+        buf.close()
+        raise
+    await audit_view(request, principal, session, "bundle")
+    buf.seek(0)
+    return StreamingResponse(
+        iter(lambda: buf.read(1 << 20), b""),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{sid}.evidence.zip"'},
+        background=BackgroundTask(buf.close),
+    )

@@ -34,11 +34,11 @@ from ingest.runtime import Runtime, Stopped
 from schemas.codec import encode_event
 from schemas.evidence import envelope_sha256
 from sessionvault.errors import (
-    ConfigError,
     NotFoundError,
     SessionVaultError,
     StorageError,
     TransportError,
+    ValidationError,
 )
 from sessionvault.settings import Settings, require
 from storage import evidence_store as store
@@ -193,7 +193,10 @@ class EvidenceWorker:
         if inputs is None:
             raise NotFoundError(f"session {sid!r} not found")
         if inputs.session["status"] == "active":
-            raise ConfigError(f"session {sid} is still active: its manifest is signed when it ends")
+            raise ValidationError(
+                "session_active",
+                f"session {sid} is still active: its manifest is signed when it ends",
+            )
         final = inputs.session["last_hash"]
         if current is None or current.envelope["body"]["final_hash"] != final:
             await store.store_manifest(pool, self.keys, inputs)

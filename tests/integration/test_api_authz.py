@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ import orjson
 import pytest
 
 from ingest.sdk import AuditEmitter, SessionRecorder
+from replay.evidence import verify_bundle
 from schemas.models import SessionInfo
 from sessionvault.settings import Settings
 from storage import pg
@@ -203,6 +205,31 @@ def _export_case(target: str) -> Case:
         "/v1/sessions/{sid}/export",
         f"export-{target}",
         lambda w: (f"/v1/sessions/{w.sids[target]}/export", {"format": "text"}, None),
+        expect,
+        check,
+    )
+
+
+def _bundle_case(target: str) -> Case:
+    def expect(w: World, kind: str) -> int:
+        denied = auth_status(kind, "read", "share")
+        if denied:
+            return denied
+        return 200 if _target_visible(w, kind, target) else 404
+
+    def check(w: World, kind: str, r: httpx.Response) -> None:
+        if r.status_code == 200:
+            report = verify_bundle(io.BytesIO(r.content), w.keys.public_keys())
+            assert report.ok, report.problems
+            assert report.sid == w.sids[target]
+        else:
+            assert b"words" not in r.content
+
+    return Case(
+        "GET",
+        "/v1/sessions/{sid}/bundle",
+        f"bundle-{target}",
+        lambda w: (f"/v1/sessions/{w.sids[target]}/bundle", {}, None),
         expect,
         check,
     )
@@ -388,6 +415,7 @@ CASES = [
         _check_search,
     ),
     *(_export_case(t) for t in ("ssh", "prod", "dev", "b_ssh")),
+    *(_bundle_case(t) for t in ("ssh", "prod", "dev", "b_ssh")),
 ]
 
 

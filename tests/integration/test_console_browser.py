@@ -22,7 +22,9 @@ import pytest
 from playwright.sync_api import Browser
 
 from ingest.view_audit import VIEW_EVENT
+from replay.evidence import verify_bundle
 from sessionvault.settings import Settings
+from storage.keyring import load_keys
 from tests.integration.api_support import make_token, serve
 from tests.integration.conftest import env_for
 from tests.integration.console_support import (
@@ -175,6 +177,15 @@ def test_search_seek_share_and_tenancy_in_the_browser(settings: Settings, tmp_pa
         stepped = jumped
         page.keyboard.press(">")
         assert page.inner_text("#speed") == "2×"
+
+        # The evidence bundle button: a signed zip that verifies offline.
+        with page.expect_download(timeout=60_000) as download:
+            page.click("#bundle")
+        bundle = tmp_path / "from-console.zip"
+        download.value.save_as(bundle)
+        report = verify_bundle(bundle, load_keys(settings).public_keys())
+        assert report.ok, report.problems
+        assert report.sid == sid
 
         # Share: a link that needs no token opens the session at the moment it was made.
         page.click("#share")

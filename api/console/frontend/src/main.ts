@@ -304,9 +304,11 @@ async function sessionMarkers(sid: string): Promise<Marker[]> {
 }
 
 async function download(sid: string, format: string): Promise<void> {
-  const resp = await request(`/v1/sessions/${encodeURIComponent(sid)}/export?format=${format}`);
+  // The evidence bundle is signed on the server (docs/evidence.md); the rest are exports.
+  const path = format === "bundle" ? "bundle" : `export?format=${format}`;
+  const resp = await request(`/v1/sessions/${encodeURIComponent(sid)}/${path}`);
   const blob = await resp.blob();
-  const ext = { "asciicast-v2": "cast", raw: "raw", text: "txt", ndjson: "ndjson" }[format] ?? "bin";
+  const ext = { "asciicast-v2": "cast", raw: "raw", text: "txt", ndjson: "ndjson", bundle: "evidence.zip" }[format] ?? "bin";
   const a = h("a", { href: URL.createObjectURL(blob), download: `${sid}.${ext}` }) as HTMLAnchorElement;
   document.body.append(a);
   a.click();
@@ -354,9 +356,19 @@ async function playerPage(r: Route, shared = false): Promise<void> {
     ` · ${fmtTime(session.started_at)} · ${fmtDuration(session.duration_ms)} · ${session.status}`,
     session.command ? ` · ${session.command}` : "",
   );
+  const bundleOut = h("span", { class: "share-out", id: "bundle-error" });
   const exports = h("span", { class: "exports" }, "Export: ",
     ...["asciicast-v2", "raw", "text", "ndjson"].map((f) =>
-      h("button", { class: "link", onclick: () => void download(sid, f) }, f === "ndjson" ? "json" : f)));
+      h("button", { class: "link", onclick: () => void download(sid, f) }, f === "ndjson" ? "json" : f)),
+    h("button", {
+      class: "link", id: "bundle", title: "signed evidence bundle (verify offline with sessionvault verify-bundle)",
+      onclick: () => {
+        bundleOut.textContent = "";
+        download(sid, "bundle").catch((err: unknown) => {
+          bundleOut.textContent = err instanceof Error ? err.message : String(err);
+        });
+      },
+    }, "evidence bundle"), bundleOut);
   const shareOut = h("span", { class: "share-out", id: "share-url" });
   const shareBtn = shared ? "" : h("button", { id: "share", onclick: async () => {
     try {
