@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from storage.keyring import KeyProvider, load_keys
 log = logging.getLogger(__name__)
 
 PRODUCE_TIMEOUT_S = 30.0
+#: Sessions one manifest query returns (a round repeats it until fewer come back).
+MANIFESTS_PER_QUERY = 100
 
 
 @dataclass
@@ -147,6 +150,7 @@ class EvidenceWorker:
         )
         self._producer: Producer | None = None
         self._pool: Any = None
+        self._watermark: datetime | None = None
 
     async def _db(self) -> Any:
         if self._pool is None:
@@ -171,11 +175,21 @@ class EvidenceWorker:
         pool = await self._db()
         delay = self.settings.manifest_delay_ms if manifest_delay_ms is None else manifest_delay_ms
         self.stats.rounds += 1
-        for tenant, sid in await store.manifests_due(pool, delay):
-            inputs = await store.manifest_inputs(pool, tenant, sid)
-            if inputs is not None:
-                await store.store_manifest(pool, self.keys, inputs)
-                self.stats.manifests += 1
+        # A watermark spares the scan of every ended session each round: sessions updated
+        # since the last full look, less an hour (a transaction that stamped updated_at
+        # commits seconds later, never an hour). Each process looks at everything once.
+        round_start = datetime.now(UTC)
+        while due := await store.manifests_due(
+            pool, delay, MANIFESTS_PER_QUERY, changed_since=self._watermark
+        ):
+            for tenant, sid in due:
+                inputs = await store.manifest_inputs(pool, tenant, sid)
+                if inputs is not None:
+                    await store.store_manifest(pool, self.keys, inputs)
+                    self.stats.manifests += 1
+            if len(due) < MANIFESTS_PER_QUERY:
+                break
+        self._watermark = round_start - timedelta(hours=1)
         for tenant in await store.pending_tenants(pool):
             while await store.checkpoint_tenant(pool, self.keys, tenant) is not None:
                 self.stats.checkpoints += 1

@@ -8,7 +8,7 @@ Invariants (docs/evidence.md):
 * **A checkpoint never skips a record.** :func:`checkpoint_tenant` takes the tenant's pending
   ledger rows (only committed ones are visible; one that commits later is pending for the next
   checkpoint) under a per-tenant advisory lock, signs the Merkle root over their entries, and
-  marks exactly those rows, in one transaction.
+  deletes exactly those rows, in one transaction (the checkpoint now holds their entries).
 * Checkpoints of a tenant are numbered from 1 without gaps and each names the SHA-256 of the
   previous envelope (``prev``), so a deleted or altered checkpoint breaks the chain.
 * Tombstones are signed when written, by whoever deletes (retention, shredding), and enter
@@ -79,7 +79,7 @@ class Ledger:
 async def pending_tenants(db: Executor) -> list[str]:
     """Tenants with ledger rows no checkpoint covers yet."""
     try:
-        rows = await db.fetch("SELECT DISTINCT tenant FROM ledger WHERE checkpoint IS NULL")
+        rows = await db.fetch("SELECT DISTINCT tenant FROM ledger")
     except Exception as exc:
         raise translate(exc, "cannot read the evidence ledger") from exc
     return sorted(r["tenant"] for r in rows)
@@ -115,7 +115,7 @@ async def checkpoint_tenant(
             )
             rows = await conn.fetch(
                 "SELECT id, at, entries::text AS entries FROM ledger"
-                " WHERE tenant = $1 AND checkpoint IS NULL ORDER BY id LIMIT $2",
+                " WHERE tenant = $1 ORDER BY id LIMIT $2",
                 tenant,
                 _MAX_LEDGER_ROWS,
             )
@@ -153,10 +153,10 @@ async def checkpoint_tenant(
                 orjson.dumps(envelope).decode(),
                 orjson.dumps(entries).decode(),
             )
+            # The checkpoint's leaves now hold these entries: the rows go (the ledger holds
+            # only what no checkpoint covers yet, so it stays small).
             await conn.execute(
-                "UPDATE ledger SET checkpoint = $1 WHERE id = ANY($2::bigint[])",
-                n,
-                [r["id"] for r in rows],
+                "DELETE FROM ledger WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
     except Exception as exc:
         raise translate(exc, f"cannot write a checkpoint for tenant {tenant}") from exc
@@ -172,31 +172,32 @@ def _checkpoint(row: Any) -> CheckpointRecord:
     )
 
 
-async def load_checkpoints(db: Executor, tenant: str) -> list[CheckpointRecord]:
-    """Every checkpoint of ``tenant``, by number."""
+async def _checkpoints(db: Executor, where: str, *args: Any) -> list[CheckpointRecord]:
     try:
         rows = await db.fetch(
             "SELECT tenant, n, envelope::text AS envelope, leaves::text AS leaves"
-            " FROM checkpoints WHERE tenant = $1 ORDER BY n",
-            tenant,
+            f" FROM checkpoints WHERE {where}",
+            *args,
         )
     except Exception as exc:
         raise translate(exc, "cannot read checkpoints") from exc
     return [_checkpoint(r) for r in rows]
 
 
+async def load_checkpoints(db: Executor, tenant: str) -> list[CheckpointRecord]:
+    """Every checkpoint of ``tenant``, by number."""
+    return await _checkpoints(db, "tenant = $1 ORDER BY n", tenant)
+
+
 async def checkpoint_holding(db: Executor, tenant: str, entry: Entry) -> CheckpointRecord | None:
     """The newest checkpoint whose leaves include ``entry``."""
-    try:
-        row = await db.fetchrow(
-            "SELECT tenant, n, envelope::text AS envelope, leaves::text AS leaves"
-            " FROM checkpoints WHERE tenant = $1 AND leaves @> $2::jsonb ORDER BY n DESC LIMIT 1",
-            tenant,
-            orjson.dumps([list(entry)]).decode(),
-        )
-    except Exception as exc:
-        raise translate(exc, "cannot read checkpoints") from exc
-    return None if row is None else _checkpoint(row)
+    found = await _checkpoints(
+        db,
+        "tenant = $1 AND leaves @> $2::jsonb ORDER BY n DESC LIMIT 1",
+        tenant,
+        orjson.dumps([list(entry)]).decode(),
+    )
+    return found[0] if found else None
 
 
 async def pending_entries(db: Executor, tenant: str) -> list[Entry]:
@@ -204,7 +205,7 @@ async def pending_entries(db: Executor, tenant: str) -> list[Entry]:
     try:
         rows = await db.fetch(
             "SELECT entries::text AS entries FROM ledger"
-            " WHERE tenant = $1 AND checkpoint IS NULL ORDER BY id",
+            " WHERE tenant = $1 ORDER BY id",
             tenant,
         )
     except Exception as exc:
@@ -244,19 +245,24 @@ class ManifestInput:
     events: list[Entry]  # ("event", uid, time_us, sid, sha) by (time_us, uid)
 
 
-async def manifests_due(db: Executor, delay_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+async def manifests_due(
+    db: Executor, delay_ms: int, limit: int = 100, *, changed_since: datetime | None = None
+) -> list[tuple[str, str]]:
     """(tenant, sid) of ended sessions (closed or abandoned) unchanged for ``delay_ms`` whose
-    last chunk no manifest covers yet."""
+    last chunk no manifest covers yet; with ``changed_since``, only sessions updated since
+    then (the evidence worker's watermark: without it every ended session is looked at)."""
     try:
         rows = await db.fetch(
             "SELECT s.tenant, s.sid FROM sessions s"
             " WHERE s.status IN ('closed', 'abandoned')"
             " AND s.updated_at < now() - $1 * interval '1 millisecond'"
+            " AND ($3::timestamptz IS NULL OR s.updated_at >= $3)"
             " AND NOT EXISTS (SELECT 1 FROM session_manifests m WHERE m.tenant = s.tenant"
             "   AND m.sid = s.sid AND m.envelope->'body'->>'final_hash' = s.last_hash)"
             " ORDER BY s.updated_at LIMIT $2",
             delay_ms,
             limit,
+            changed_since,
         )
     except Exception as exc:
         raise translate(exc, "cannot find sessions due a manifest") from exc

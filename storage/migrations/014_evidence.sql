@@ -3,18 +3,17 @@
 
 -- What each persist transaction stored, per tenant, written in that same transaction:
 -- ``entries`` is a JSON array of leaves without the tenant (["chunk", sid, seq, hash],
--- ["event", uid, time_us, sid, body_sha256], ...). A row without a checkpoint is pending; the
--- checkpointer takes pending rows (visible = committed, so none is ever skipped) and marks
--- them. Rows are never deleted: they are how verify tells "added outside the pipeline" from
--- "not yet checkpointed".
+-- ["event", uid, time_us, sid, body_sha256], ...). Every row is pending: the checkpointer
+-- takes them (visible = committed, so none is ever skipped) and deletes them in the
+-- transaction that stores the checkpoint holding their entries. What is left is how verify
+-- tells "not yet checkpointed" from "added outside the pipeline".
 CREATE TABLE ledger (
     id          bigserial PRIMARY KEY,
     tenant      text NOT NULL,
     at          timestamptz NOT NULL DEFAULT now(),
-    entries     jsonb NOT NULL,
-    checkpoint  bigint
+    entries     jsonb NOT NULL
 );
-CREATE INDEX ledger_pending ON ledger (tenant, id) WHERE checkpoint IS NULL;
+CREATE INDEX ledger_tenant ON ledger (tenant, id);
 
 -- Signed checkpoints, numbered from 1 per tenant, each chained to the previous one.
 -- ``envelope`` is {"body": {v, tenant, n, prev, root, size, first_at, last_at, at, kid},

@@ -187,13 +187,19 @@ def _target_visible(w: World, kind: str, target: str) -> bool:
     return visible(w, kind, tenant, cluster, w.sids[target])
 
 
-def _export_case(target: str) -> Case:
-    def expect(w: World, kind: str) -> int:
-        denied = auth_status(kind, "read", "share")
-        if denied:
-            return denied
-        return 200 if _target_visible(w, kind, target) else 404
+def _one_session_expect(target: str) -> Callable[[World, str], int]:
+    """A route that reads one session: ``read`` or the session's share link; a session the
+    token may not see is 404."""
 
+    def expect(w: World, kind: str) -> int:
+        return auth_status(kind, "read", "share") or (
+            200 if _target_visible(w, kind, target) else 404
+        )
+
+    return expect
+
+
+def _export_case(target: str) -> Case:
     def check(w: World, kind: str, r: httpx.Response) -> None:
         if r.status_code == 200:
             assert f"{target}".encode() in r.content or b"words" in r.content
@@ -205,18 +211,12 @@ def _export_case(target: str) -> Case:
         "/v1/sessions/{sid}/export",
         f"export-{target}",
         lambda w: (f"/v1/sessions/{w.sids[target]}/export", {"format": "text"}, None),
-        expect,
+        _one_session_expect(target),
         check,
     )
 
 
 def _bundle_case(target: str) -> Case:
-    def expect(w: World, kind: str) -> int:
-        denied = auth_status(kind, "read", "share")
-        if denied:
-            return denied
-        return 200 if _target_visible(w, kind, target) else 404
-
     def check(w: World, kind: str, r: httpx.Response) -> None:
         if r.status_code == 200:
             report = verify_bundle(io.BytesIO(r.content), w.keys.public_keys())
@@ -230,7 +230,7 @@ def _bundle_case(target: str) -> Case:
         "/v1/sessions/{sid}/bundle",
         f"bundle-{target}",
         lambda w: (f"/v1/sessions/{w.sids[target]}/bundle", {}, None),
-        expect,
+        _one_session_expect(target),
         check,
     )
 
@@ -286,14 +286,7 @@ def _check_timeline(w: World, kind: str, r: httpx.Response) -> None:
 
 
 def _session_case(suffix: str, target: str, params: dict[str, Any]) -> Case:
-    """A route of the console's player (one session): readable with ``read`` or the session's
-    share link; a session the token may not see is 404."""
-
-    def expect(w: World, kind: str) -> int:
-        denied = auth_status(kind, "read", "share")
-        if denied:
-            return denied
-        return 200 if _target_visible(w, kind, target) else 404
+    """A route of the console's player (one session), see :func:`_one_session_expect`."""
 
     def check(w: World, kind: str, r: httpx.Response) -> None:
         if r.status_code != 200:
@@ -309,7 +302,7 @@ def _session_case(suffix: str, target: str, params: dict[str, Any]) -> Case:
         "/v1/sessions/{sid}" + suffix,
         f"session{suffix or '-detail'}-{target}",
         lambda w: (f"/v1/sessions/{w.sids[target]}{suffix}", dict(params), None),
-        expect,
+        _one_session_expect(target),
         check,
     )
 

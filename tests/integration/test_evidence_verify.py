@@ -186,8 +186,7 @@ def test_checkpoints_deleted_or_rewritten_in_the_database_are_named_against_the_
         assert orjson.loads(events[1]["body"])["manifest"]["body"]["sid"] == "ev-0"
         clean = await verify(s, external=copies)
         assert clean.ok, _faults(clean)
-        # The newest checkpoint deleted from the database (its ledger rows made pending
-        # again, as an intruder covering tracks would): only the outside copy reveals it.
+        # The newest checkpoint deleted from the database: the outside copy names it.
         await sql(s, "DELETE FROM checkpoints WHERE n = 2")
         gone = await verify(s, external=copies)
         assert "checkpoints 2 are in the outside copy but not in the database" in "\n".join(
