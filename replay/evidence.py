@@ -54,7 +54,7 @@ from schemas.evidence import (
     verify_inclusion,
 )
 from schemas.models import GENESIS_HASH, Frame, Stream
-from sessionvault.errors import IntegrityError, NotFoundError, SessionVaultError
+from sessionvault.errors import IntegrityError, NotFoundError, ShreddedError
 from storage import evidence_store as store
 from storage.evidence_logic import Expected, Finding, Tombstones, check_checkpoints, compare
 from storage.keyring import KeyProvider, parse_public_keys, public_key_document, sign_body
@@ -131,8 +131,11 @@ async def verify_tenant(
             continue
         try:
             result = await verify_session(pool, tenant, sid)
-        except SessionVaultError as exc:
-            report.findings.append(Finding(_kind_of(exc), sid, f"session {sid}: {exc}"))
+        except ShreddedError as exc:
+            report.findings.append(Finding("shredded", sid, f"session {sid}: {exc}"))
+            continue
+        except IntegrityError as exc:  # a sealed payload that does not open
+            report.findings.append(Finding("altered", sid, f"session {sid}: {exc}"))
             continue
         report.sessions_checked += 1
         if not result.ok:
@@ -141,10 +144,6 @@ async def verify_tenant(
             say(f"{tenant}: {i + 1}/{len(in_scope)} sessions re-hashed")
     report.findings.sort()
     return report
-
-
-def _kind_of(exc: SessionVaultError) -> str:
-    return "shredded" if type(exc).__name__ == "ShreddedError" else "altered"
 
 
 def _iso(when: datetime) -> str:
