@@ -12,10 +12,12 @@ import pytest
 
 from ingest.evidence import read_checkpoint_copies
 from schemas import GENESIS_HASH, Frame, Stream, chain_hash
+from schemas.evidence import verify_envelope
 from sessionvault.settings import Settings
 from storage import pg
 from storage.codec import pack_frames
-from storage.retention import apply_retention, set_policy
+from storage.evidence_store import load_tombstones
+from storage.retention import apply_retention, release_hold, set_hold, set_policy
 from tests.integration.evidence_support import keys_for, sign, sql, store, verify
 from tests.integration.persist_helpers import fetch_all, run_until_drained
 
@@ -150,6 +152,21 @@ def test_retention_leaves_signed_tombstones_so_verify_tells_policy_from_tamperin
         text = "\n".join(_faults(again))
         assert any(f.startswith("deleted: tombstone ") for f in _faults(again)), text
         assert "session ev-0: the whole session" in text, text
+        # Releasing a legal hold is signed too (it is what lets retention delete a session).
+        await store(settings, 1, seed=99)
+        pool = await pg.create_pool(settings.postgres_dsn.get(), min_size=1, max_size=2)
+        try:
+            await set_hold(pool, settings.tenant, "ev-0", reason="case 7", actor="legal")
+            await release_hold(
+                pool, settings.tenant, "ev-0", reason="case closed", actor="legal", keys=keys
+            )
+            tombstones = await load_tombstones(pool, settings.tenant)
+        finally:
+            await pool.close()
+        [release] = [t for t in tombstones if t["body"]["what"] == "hold_release"]
+        assert release["body"]["sid"] == "ev-0"
+        assert release["body"]["reason"] == "case closed"
+        assert verify_envelope(release, keys.public_keys()) == keys.signing_kid
 
     asyncio.run(main())
 
