@@ -204,8 +204,7 @@ async def pending_entries(db: Executor, tenant: str) -> list[Entry]:
     """Ledger entries of ``tenant`` no checkpoint covers yet."""
     try:
         rows = await db.fetch(
-            "SELECT entries::text AS entries FROM ledger"
-            " WHERE tenant = $1 ORDER BY id",
+            "SELECT entries::text AS entries FROM ledger WHERE tenant = $1 ORDER BY id",
             tenant,
         )
     except Exception as exc:
