@@ -73,9 +73,17 @@ def create_app(
         app.state.pool = await pg.create_pool(settings.postgres_dsn.get(), max_size=pool_max_size)
         app.state.producer = SharedProducer(lambda: producer_factory(settings))
         app.state.view_auditor = ViewAuditor(settings)
+        app.state.hub = None
+        if settings.federation_listen:
+            from api.federation.hub import Hub
+
+            app.state.hub = Hub(settings, app.state.pool)
+            await app.state.hub.start()
         try:
             yield
         finally:
+            if app.state.hub is not None:
+                await app.state.hub.close()
             app.state.producer.close()
             # Blocks up to its timeout while Kafka is down (then the events stay spooled).
             await asyncio.to_thread(app.state.view_auditor.close)
@@ -126,11 +134,13 @@ def create_app(
             raise NotFoundError("no evidence signing keys are configured") from exc
 
     from api import kube, player, search, sessions, shares
+    from api.federation import routes as federation
 
     app.include_router(kube.router)
     app.include_router(sessions.router)
     app.include_router(search.router)
     app.include_router(player.router)
     app.include_router(shares.router)
+    app.include_router(federation.router)
     app.include_router(console.router())
     return app

@@ -14,7 +14,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from storage.tokens import SCOPES, SHARE_SCOPE, Principal, lookup_token
 
-__all__ = ["Principal", "bearer_token", "require_token"]
+__all__ = ["PRINCIPAL_SCOPE_KEY", "Principal", "bearer_token", "require_token"]
+
+#: The ASGI scope key under which a leaf's tunnel agent hands a route the principal its own
+#: mapping chose (api/federation/agent.py). Only an in-process caller can set a scope key:
+#: uvicorn builds scopes from HTTP requests and never copies one in.
+PRINCIPAL_SCOPE_KEY = "sessionvault.principal"
 
 
 def bearer_token(request: Request) -> str | None:
@@ -59,10 +64,12 @@ def require_token(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(_BEARER),  # noqa: B008
     ) -> Principal:
-        token = credentials.credentials.strip() if credentials else None
-        if not token:
-            raise _unauthorized()
-        principal = await lookup_token(request.app.state.pool, token)
+        principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        if principal is None:
+            token = credentials.credentials.strip() if credentials else None
+            if not token:
+                raise _unauthorized()
+            principal = await lookup_token(request.app.state.pool, token)
         if principal is None:
             raise _unauthorized()
         if not wanted & principal.scopes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -84,8 +84,12 @@ def frames_json(frames: list[Frame]) -> list[list[Any]]:
     return [[f.offset_ms, f.stream.value, base64.b64encode(f.data).decode()] for f in frames]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _cursor(s: SessionRecord) -> str:
-    raw = f"{int(s.started_at.timestamp() * 1_000_000)}:{s.sid}".encode()
+    # Integer microseconds (a float timestamp can be off by one at today's magnitudes).
+    raw = f"{(s.started_at - _EPOCH) // timedelta(microseconds=1)}:{s.sid}".encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -94,7 +98,7 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         us, _, sid = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return datetime.fromtimestamp(int(us) / 1_000_000, UTC), sid
+        return _EPOCH + timedelta(microseconds=int(us)), sid
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError("bad_cursor", "malformed cursor") from exc
 
@@ -133,8 +137,16 @@ async def sessions(
     until: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query()] = None,
+    after: Annotated[
+        str | None,
+        Query(description="instead of cursor: STARTED_US:SID of the last session you have"),
+    ] = None,
 ) -> dict[str, Any]:
     """The token's sessions, newest first, one page (``next_cursor``: the next one)."""
+    if after is not None:
+        if cursor is not None:
+            raise ValidationError("bad_cursor", "give cursor or after, not both")
+        cursor = base64.urlsafe_b64encode(after.encode()).decode()
     now = datetime.now(UTC)
     where = SessionFilter(
         user=tuple(user or ()),

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.search_query import KIND_CHOICES, SearchFrontEnd, make_query, open_search
-from storage.search.model import MAX_LIMIT
+from sessionvault.errors import ValidationError
+from storage.search.model import MAX_LIMIT, encode_cursor
 from storage.tokens import Principal
 
 router = APIRouter(tags=["search"])
@@ -62,6 +63,14 @@ class SearchPage(BaseModel):
         description="OpenSearch's watermark for the tenant (RFC 3339): it may not hold what"
         " was stored from then on; null when it holds everything or was not asked"
     )
+
+
+def keyset_position(after: str) -> tuple[int, str]:
+    """``TIME_US:ID`` as a pair (:class:`ValidationError` when it is not one)."""
+    us, sep, ident = after.partition(":")
+    if not sep or not ident or not us.lstrip("-").isdigit():
+        raise ValidationError("bad_cursor", "after: use TIME_US:ID")
+    return int(us), ident
 
 
 def _front_end(request: Request) -> SearchFrontEnd:
@@ -123,6 +132,13 @@ async def search(
     until: Annotated[str | None, Query(description="to (exclusive): RFC 3339 or a span")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="hits per page")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="instead of cursor: the keyset position TIME_US:ID of the last hit you"
+            " have (what a federation root asks its leaves with)"
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Hits of the token's tenant (and clusters) matching every given filter, newest first.
 
@@ -152,6 +168,10 @@ async def search(
         cursor=cursor,
         scope_kubernetes_clusters=principal.cluster_scope(),
     )
+    if after is not None:
+        if cursor is not None:
+            raise ValidationError("bad_cursor", "give cursor or after, not both")
+        query = query.with_cursor(encode_cursor(*keyset_position(after), query))
     page = await _front_end(request).search(query)
     response.headers["X-Search-Backend"] = page.backend
     return page.to_json()

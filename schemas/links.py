@@ -13,9 +13,18 @@ calls these, so a link found anywhere has the same shape and names the same mome
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["REPLAY_FORMAT", "replay_api", "replay_command", "replay_links", "replay_offset_ms"]
+__all__ = [
+    "LEAF_API_PREFIX",
+    "REPLAY_FORMAT",
+    "replay_api",
+    "replay_command",
+    "replay_links",
+    "replay_offset_ms",
+    "via_leaf",
+]
 
 REPLAY_FORMAT = "asciicast-v2"
 
@@ -51,3 +60,23 @@ def replay_links(
         "replay": replay_command(sid, off),
         "replay_api": replay_api(sid, off),
     }
+
+
+#: Where a root serves one leaf's read routes (docs/federation.md).
+LEAF_API_PREFIX = "/v1/federation/leaves/"
+
+
+def via_leaf(leaf: str, item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` with its ``replay`` / ``replay_api`` links (where set) pointing through the root
+    at leaf ``leaf``: ``sessionvault play --leaf LEAF SID ...`` and
+    ``/v1/federation/leaves/LEAF/v1/sessions/SID/export?...``."""
+    out = dict(item)
+    command = out.get("replay")
+    if isinstance(command, str) and command.startswith("sessionvault play "):
+        out["replay"] = f"sessionvault play --leaf {leaf} " + command.removeprefix(
+            "sessionvault play "
+        )
+    path = out.get("replay_api")
+    if isinstance(path, str) and path.startswith("/"):
+        out["replay_api"] = f"{LEAF_API_PREFIX}{quote(leaf, safe='')}{path}"
+    return out

@@ -162,6 +162,21 @@ class Settings:
     encrypt_at_rest: bool = False
     searchable_text_tenants: str = ""
 
+    # Trusted clusters (docs/federation.md). This installation's name among them (a root's
+    # name is what leaves' mapping rules match; a leaf's is given at join). A root listens for
+    # its leaves' tunnels on federation_listen ("host:port"; empty: not a root) with a
+    # certificate for federation_hosts (comma-separated names/addresses the leaves dial);
+    # certificates it issues to leaves live federation_cert_ttl_s; a root waits
+    # federation_timeout_ms for a leaf's answer before naming it slow. The CLI's --leaf
+    # commands ask a root's API at api_url with api_token.
+    federation_name: str = "local"
+    federation_listen: str = ""
+    federation_hosts: str = "127.0.0.1,localhost"
+    federation_cert_ttl_s: int = 30 * 86400
+    federation_timeout_ms: int = 10_000
+    api_url: str = ""
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+
     log_level: str = "INFO"
 
     # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.

@@ -68,6 +68,13 @@ class Principal:
     expires_at: datetime | None = None
     only_sid: str | None = None  # a share link: this one session, nothing else
     share_at_ms: int = 0  # a share link: the moment it opens at
+    user: str = ""  # who the token acts as towards leaf clusters (docs/federation.md)
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def display_user(self) -> str:
+        """The user a leaf sees and audits: the token's user, else ``token:<id>``."""
+        return self.user or f"token:{self.token_id}"
 
     def allows_cluster(self, cluster: str) -> bool:
         """True when the token is not restricted to clusters, or ``cluster`` is one of them."""
@@ -87,6 +94,17 @@ class Principal:
         """:meth:`may_see`'s cluster half as a query filter: None (every record of the
         tenant) or the only Kubernetes clusters whose records a query may return."""
         return tuple(sorted(self.clusters)) if self.clusters else None
+
+
+_IDENTITY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}")
+
+
+def check_identity_name(what: str, name: str) -> str:
+    """``name`` when it is a usable user or role name (what a leaf's mapping matches on);
+    :class:`ValidationError` otherwise."""
+    if not _IDENTITY_RE.fullmatch(name):
+        raise ValidationError("wrong_type", f"{what} {name!r}: use [A-Za-z0-9_.@:+-], 1-128")
+    return name
 
 
 def hash_token(token: str) -> bytes:
@@ -109,9 +127,12 @@ async def create_token(
     clusters: Iterable[str] = (),
     description: str = "",
     expires_at: datetime | None = None,
+    user: str = "",
+    roles: Iterable[str] = (),
 ) -> tuple[str, Principal]:
     """Store a new token; return ``(token text, principal)``. The text is not kept anywhere.
-    ``expires_at`` (aware): the token authenticates nothing from then on."""
+    ``expires_at`` (aware): the token authenticates nothing from then on. ``user`` and
+    ``roles``: who the token acts as when it reads leaf clusters through this root."""
     if not is_tenant_name(tenant):
         raise ValidationError("wrong_type", f"tenant {tenant!r}: use {TENANT_RULE}")
     scope_set = frozenset(scopes)
@@ -124,13 +145,15 @@ async def create_token(
     cluster_set = frozenset(check_cluster_name(c) for c in clusters)
     if expires_at is not None and expires_at.tzinfo is None:
         raise ValidationError("wrong_type", "expires_at must carry a UTC offset")
+    role_set = frozenset(check_identity_name("role", r) for r in roles)
+    if user:
+        check_identity_name("user", user)
     token_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     try:
         await db.execute(
-            "INSERT INTO api_tokens"
-            " (id, token_sha256, tenant, clusters, scopes, description, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, token_sha256, tenant, clusters, scopes, description,"
+            " expires_at, user_name, roles) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             token_id,
             hash_token(token),
             tenant,
@@ -138,10 +161,15 @@ async def create_token(
             sorted(scope_set),
             description,
             expires_at,
+            user,
+            sorted(role_set),
         )
     except Exception as exc:
         raise translate(exc, "cannot store API token") from exc
-    return token, Principal(token_id, tenant, cluster_set, scope_set, expires_at)
+    principal = Principal(
+        token_id, tenant, cluster_set, scope_set, expires_at, user=user, roles=role_set
+    )
+    return token, principal
 
 
 async def lookup_token(db: Executor, token: str) -> Principal | None:
@@ -156,7 +184,8 @@ async def lookup_token(db: Executor, token: str) -> Principal | None:
     digest = hash_token(token)
     try:
         row = await db.fetchrow(
-            "SELECT id, token_sha256, tenant, clusters, scopes, expires_at FROM api_tokens"
+            "SELECT id, token_sha256, tenant, clusters, scopes, expires_at, user_name, roles"
+            " FROM api_tokens"
             " WHERE token_sha256 = $1 AND revoked_at IS NULL"
             " AND (expires_at IS NULL OR expires_at > now())",
             digest,
@@ -172,6 +201,8 @@ async def lookup_token(db: Executor, token: str) -> Principal | None:
         frozenset(row["clusters"]),
         frozenset(row["scopes"]),
         row["expires_at"],
+        user=row["user_name"],
+        roles=frozenset(row["roles"]),
     )
 
 

@@ -70,6 +70,14 @@ def register(main: click.Group) -> None:
     )
     @click.option("--description", default="", help="A note for operators.")
     @click.option(
+        "--user",
+        default="",
+        help="On a root: the user this token reads leaf clusters as (leaves map it to tenants).",
+    )
+    @click.option(
+        "--role", "roles", multiple=True, help="On a root: a role of that user (repeatable)."
+    )
+    @click.option(
         "--expires-in", default=None, help="Expire after this span: 12h, 30d, 2w (default: never)."
     )
     @click.option("--expires-at", default=None, help="Expire at this RFC 3339 time.")
@@ -80,6 +88,8 @@ def register(main: click.Group) -> None:
         clusters: tuple[str, ...],
         scopes: tuple[str, ...],
         description: str,
+        user: str,
+        roles: tuple[str, ...],
         expires_in: str | None,
         expires_at: str | None,
     ) -> None:
@@ -100,6 +110,8 @@ def register(main: click.Group) -> None:
                 clusters=clusters,
                 description=description,
                 expires_at=expires,
+                user=user,
+                roles=roles,
             )
             click.echo(
                 f"token id {principal.token_id}, tenant {tenant}, scopes "

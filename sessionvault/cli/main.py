@@ -16,6 +16,7 @@ from sessionvault.cli import (
     api,
     detect,
     evidence,
+    federation,
     ingest,
     replay,
     retention,
@@ -51,5 +52,16 @@ def config_cmd(ctx: click.Context) -> None:
     click.echo(orjson.dumps(get_settings(ctx).public_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
-for _module in (stack, ingest, replay, evidence, api, search, retention, siem, detect):
+for _module in (
+    stack,
+    ingest,
+    replay,
+    evidence,
+    federation,
+    api,
+    search,
+    retention,
+    siem,
+    detect,
+):
     _module.register(main)

@@ -192,6 +192,12 @@ def register(main: click.Group) -> None:
     @click.option("--speed", type=float, default=1.0, show_default=True, help="Playback speed.")
     @click.option("--idle-limit", type=float, default=None, help="Cap pauses at this many seconds.")
     @click.option("--start-at", default=None, metavar="SECONDS|MM:SS", help="Seek (session time).")
+    @click.option(
+        "--leaf",
+        default=None,
+        metavar="NAME",
+        help="The session is on this leaf cluster: read it through the root's API.",
+    )
     @tenant_option
     @click.pass_context
     def play_cmd(
@@ -200,10 +206,14 @@ def register(main: click.Group) -> None:
         speed: float,
         idle_limit: float | None,
         start_at: str | None,
+        leaf: str | None,
         tenant: str,
     ) -> None:
         """Replay a session in real time (SPACE pause, . step, q quit)."""
         try:
+            if leaf:
+                _play_leaf(ctx, leaf, target, speed, idle_limit, start_at)
+                return
             _play_cmd(ctx, target, speed, idle_limit, start_at, tenant)
         except BrokenPipeError:
             _stdout_closed()
@@ -233,6 +243,12 @@ def register(main: click.Group) -> None:
         help="Start here (session time): asciicast formats seek like play --start-at (screen"
         " rebuilt, times rebased); raw, text and json cut.",
     )
+    @click.option(
+        "--leaf",
+        default=None,
+        metavar="NAME",
+        help="The session is on this leaf cluster: read it through the root's API.",
+    )
     @tenant_option
     @click.pass_context
     def export_cmd(
@@ -241,10 +257,15 @@ def register(main: click.Group) -> None:
         fmt: str,
         output: str | None,
         start_at: str | None,
+        leaf: str | None,
         tenant: str,
     ) -> None:
         """Export a session (binary-safe; raw is byte-exact)."""
         from storage.reader import get_session, iter_frames
+
+        if leaf:
+            _export_leaf(ctx, leaf, sid, fmt, output, start_at)
+            return
 
         t = tenant
         sid = resolve_session_id(get_settings(ctx), t, sid)
@@ -278,11 +299,22 @@ def register(main: click.Group) -> None:
 
     @main.command("sessions")
     @click.option("--limit", type=int, default=50, show_default=True)
+    @click.option(
+        "--leaf",
+        "leaves",
+        multiple=True,
+        metavar="NAME",
+        help="List these leaf clusters' sessions through the root's API (repeatable; *: all).",
+    )
     @tenant_option
     @click.pass_context
-    def sessions_cmd(ctx: click.Context, limit: int, tenant: str) -> None:
+    def sessions_cmd(ctx: click.Context, limit: int, leaves: tuple[str, ...], tenant: str) -> None:
         """List the tenant's recent sessions, newest first."""
         from storage.reader import SessionRecord, list_sessions
+
+        if leaves:
+            _sessions_leaves(ctx, leaves, limit)
+            return
 
         t = tenant
 
@@ -291,6 +323,75 @@ def register(main: click.Group) -> None:
 
         rows = run_with_pool(get_settings(ctx), work)
         click.echo(format_sessions(rows))
+
+
+def _leaf_export_params(fmt: str, start_at: str | None) -> list[tuple[str, str]]:
+    return [("format", format_name(fmt)), ("start_ms", str(_start_at(start_at)))]
+
+
+def _export_leaf(
+    ctx: click.Context,
+    leaf: str,
+    sid: str,
+    fmt: str,
+    output: str | None,
+    start_at: str | None,
+) -> None:
+    """``export --leaf``: the leaf's own export, streamed through the root (the leaf audits
+    it; the root stores nothing of it)."""
+    from sessionvault.cli.federation import leaf_export, stdout, write_stream
+
+    settings = get_settings(ctx)
+    if fmt == "bundle":
+        raise click.UsageError("--format bundle: ask the leaf's own installation")
+    chunks = leaf_export(settings, leaf, sid, _leaf_export_params(fmt, start_at))
+    if output is None:
+        write_stream(chunks, stdout())
+        return
+    with open(output, "wb") as fh:
+        written = write_stream(chunks, cast(BinaryIO, fh))
+    click.echo(f"exported {sid} from leaf {leaf} as {fmt} to {output} ({written} bytes)", err=True)
+
+
+def _play_leaf(
+    ctx: click.Context,
+    leaf: str,
+    sid: str,
+    speed: float,
+    idle_limit: float | None,
+    start_at: str | None,
+) -> None:
+    """``play --leaf``: the leaf's asciicast export through the root, played here."""
+    import tempfile
+
+    from sessionvault.cli.federation import leaf_export, write_stream
+
+    settings = get_settings(ctx)
+    with tempfile.NamedTemporaryFile(suffix=".cast") as fh:
+        write_stream(
+            leaf_export(settings, leaf, sid, _leaf_export_params("asciicast-v2", start_at)),
+            cast(BinaryIO, fh),
+        )
+        _play_cmd(ctx, fh.name, speed, idle_limit, None, settings.tenant)
+
+
+def _sessions_leaves(ctx: click.Context, leaves: tuple[str, ...], limit: int) -> None:
+    from sessionvault.cli.federation import federated_pages
+
+    params = [("leaf", leaf) for leaf in leaves if leaf != "*"] + [("limit", str(limit))]
+    for page in federated_pages(
+        get_settings(ctx),
+        "/v1/federation/sessions",
+        params,
+        "sessions",
+        cursor=None,
+        all_pages=False,
+    ):
+        for s in page["sessions"]:
+            click.echo(
+                f"{s['started_at']}\t{s['leaf']}\t{s['sid']}\t{s['kind']}\t{s['user']}\t"
+                f"{s['server_id']}\t{s['status']}\t{s['bytes']} bytes"
+            )
 
 
 def _export_bundle(

@@ -58,6 +58,45 @@ _backend_option = click.option(
 )
 
 
+#: ``--leaf`` on the commands a root answers from its leaves (docs/federation.md).
+_leaf_option = click.option(
+    "--leaf",
+    "leaves",
+    multiple=True,
+    metavar="NAME",
+    help="Ask these leaf clusters through the root's API (repeatable; * for every leaf).",
+)
+
+
+def _federated_search(
+    settings: Any,
+    leaves: tuple[str, ...],
+    terms: tuple[str, ...],
+    texts: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    kind: str,
+    limit: int,
+    cursor: str | None,
+    all_pages: bool,
+    fmt: str,
+    filters: dict[str, tuple[str, ...]],
+) -> None:
+    from sessionvault.cli.federation import federated_pages, print_federated_hits
+
+    if fmt == "csv":
+        raise click.UsageError("--format csv is not available with --leaf")
+    params: list[tuple[str, str]] = [("leaf", leaf) for leaf in leaves if leaf != "*"]
+    params += [("text", t) for t in (*terms, *texts)]
+    params += [(name, v) for name, values in filters.items() for v in values]
+    params += [(k, v) for k, v in (("since", since), ("until", until)) if v]
+    params += [("kind", kind), ("limit", str(limit))]
+    pages = federated_pages(
+        settings, "/v1/federation/search", params, "hits", cursor=cursor, all_pages=all_pages
+    )
+    print_federated_hits(pages, fmt)
+
+
 def _register_search(main: click.Group) -> None:
     def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
         for opt, dest, help_text in reversed(_FILTER_OPTIONS):
@@ -94,6 +133,7 @@ def _register_search(main: click.Group) -> None:
         show_default=True,
     )
     @_backend_option
+    @_leaf_option
     @tenant_option
     @click.pass_context
     def search_cmd(
@@ -109,6 +149,7 @@ def _register_search(main: click.Group) -> None:
         all_pages: bool,
         fmt: str,
         backend: str,
+        leaves: tuple[str, ...],
         tenant: str,
         **filters: tuple[str, ...],
     ) -> None:
@@ -121,6 +162,22 @@ def _register_search(main: click.Group) -> None:
         from api.search_query import make_query
 
         settings = get_settings(ctx)
+        if leaves:
+            _federated_search(
+                settings,
+                leaves,
+                terms,
+                texts,
+                since,
+                until,
+                kind,
+                limit,
+                cursor,
+                all_pages,
+                fmt,
+                filters,
+            )
+            return
         query = make_query(
             tenant,
             filters=filters,

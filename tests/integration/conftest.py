@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -94,43 +95,57 @@ def _check_running(stack: LocalStack) -> None:
         stack.start_opensearch(same_port=True)
 
 
-@pytest.fixture
-def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
-    """Settings for one test: fresh database, unique topics and tenant, private home/spool."""
+def new_installation(stack: LocalStack, base: Path, **overrides: object) -> Settings:
+    """Settings of a fresh installation on the shared servers: its own migrated database,
+    topics, tenant, home, spool and evidence keys (``base`` must exist and be empty)."""
     _check_running(stack)
     hexid = uuid.uuid4().hex[:12]
     database = f"t_{hexid}"
     asyncio.run(_admin(stack, f'CREATE DATABASE "{database}" TEMPLATE "{TEMPLATE_DB}"'))
-    home = tmp_path / "home"
+    home = base / "home"
     home.mkdir()
-    s = load_settings(
-        env={"SESSIONVAULT_HOME": str(home)},
-        home=home,
-        tenant=f"t-{hexid}",
-        kafka_bootstrap=stack.kafka_bootstrap,
-        postgres_dsn=Secret(stack.server_dsn(database)),
-        opensearch_url=stack.opensearch_url,
-        topic_chunks=f"sv.chunks.v1.{hexid}",
-        topic_events=f"sv.events.v1.{hexid}",
-        topic_deadletter=f"sv.deadletter.v1.{hexid}",
-        spool_dir=tmp_path / "spool",
+    values: dict[str, object] = {
+        "home": home,
+        "tenant": f"t-{hexid}",
+        "kafka_bootstrap": stack.kafka_bootstrap,
+        "postgres_dsn": Secret(stack.server_dsn(database)),
+        "opensearch_url": stack.opensearch_url,
+        "topic_chunks": f"sv.chunks.v1.{hexid}",
+        "topic_events": f"sv.events.v1.{hexid}",
+        "topic_deadletter": f"sv.deadletter.v1.{hexid}",
+        "spool_dir": base / "spool",
         # tansu answers a group's first JoinGroup after about half the session timeout: 1 s
         # here instead of 3 s with the production default, for each of the suite's ~100 joins.
-        consumer_session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
-        consumer_heartbeat_interval_ms=TEST_HEARTBEAT_INTERVAL_MS,
+        "consumer_session_timeout_ms": TEST_SESSION_TIMEOUT_MS,
+        "consumer_heartbeat_interval_ms": TEST_HEARTBEAT_INTERVAL_MS,
         # The production defaults spare an idle stack's CPU; the suite wants quick loops.
-        consumer_fetch_max_wait_ms=500,
-        worker_poll_wait_ms=500,
-    )
+        "consumer_fetch_max_wait_ms": 500,
+        "worker_poll_wait_ms": 500,
+        **overrides,
+    }
+    s = load_settings(env={"SESSIONVAULT_HOME": str(home)}, **values)
     stack.ensure_topics(s)
     KeyFile.create(key_file_path(s))  # as `up` does: the evidence keys of the installation
+    return s
+
+
+def drop_installation(stack: LocalStack, s: Settings) -> None:
+    """Undo :func:`new_installation` (topics and database)."""
+    stack.forget_topics(s)
+    database = urlsplit(s.postgres_dsn.get()).path.lstrip("/")
+    if stack.postgres_pid() is not None:
+        asyncio.run(_admin(stack, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(stack: LocalStack, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for one test: fresh database, unique topics and tenant, private home/spool."""
+    s = new_installation(stack, tmp_path)
     configure(s)  # this process opens encrypted recordings with them
     try:
         yield s
     finally:
-        stack.forget_topics(s)
-        if stack.postgres_pid() is not None:
-            asyncio.run(_admin(stack, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        drop_installation(stack, s)
 
 
 @pytest.fixture

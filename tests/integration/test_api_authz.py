@@ -344,6 +344,11 @@ def _check_keys(w: World, kind: str, r: httpx.Response) -> None:
     assert "key" not in r.text.replace('"keys"', "")
 
 
+def _check_not_a_root(w: World, kind: str, r: httpx.Response) -> None:
+    if r.status_code == 404:
+        assert "not a federation root" in r.json()["detail"], r.text
+
+
 def _check_share_self(w: World, kind: str, r: httpx.Response) -> None:
     if r.status_code == 200:
         assert r.json()["sid"] == w.sids["ssh"], r.text
@@ -409,6 +414,40 @@ CASES = [
     ),
     *(_export_case(t) for t in ("ssh", "prod", "dev", "b_ssh")),
     *(_bundle_case(t) for t in ("ssh", "prod", "dev", "b_ssh")),
+    # This installation is no federation root: its federated routes authenticate like every
+    # read route, then say so (tests/integration/test_federation.py runs a real root).
+    *(
+        Case(
+            "GET",
+            route,
+            f"federation-{route.rsplit('/', 1)[-1]}",
+            lambda w, path=path: (path, {}, None),
+            lambda w, k: auth_status(k, "read") or 404,
+            _check_not_a_root,
+        )
+        for route, path in (
+            ("/v1/federation/leaves", "/v1/federation/leaves"),
+            ("/v1/federation/search", "/v1/federation/search"),
+            ("/v1/federation/sessions", "/v1/federation/sessions"),
+            ("/v1/federation/kube/timeline", "/v1/federation/kube/timeline"),
+            (
+                "/v1/federation/leaves/{leaf}/{path}",
+                "/v1/federation/leaves/leaf-a/v1/sessions/x/export",
+            ),
+        )
+    ),
+    Case(
+        "POST",
+        "/v1/federation/join",
+        "federation-join",
+        lambda w: (
+            "/v1/federation/join",
+            {},
+            orjson.dumps({"token": "svj_x", "csr": ""}),
+        ),
+        lambda w, k: 404,  # the join token is the credential; no root here
+        _check_not_a_root,
+    ),
 ]
 
 
@@ -424,7 +463,7 @@ def test_every_route_times_every_token_kind_answers_by_the_one_read_rule(
         [bearer] = [name for name, s in schemes.items() if s.get("scheme") == "bearer"]
         for path, ops in spec["paths"].items():
             for op in ops.values():
-                public = path in ("/healthz", "/v1/keys")
+                public = path in ("/healthz", "/v1/keys", "/v1/federation/join")
                 wanted: list[dict[str, list[str]]] = [] if public else [{bearer: []}]
                 assert op.get("security", []) == wanted, path
         matrix: dict[tuple[str, str], int] = {}
