@@ -187,56 +187,52 @@ def _session_key(session: dict[str, Any]) -> merge.Key:
     return (_micros(str(session["started_at"])), str(session["sid"]))
 
 
-@router.get("/v1/federation/search")
-async def federated_search(
-    request: Request,
-    principal: Reader,
-    leaf: Annotated[
-        list[str] | None, Query(description="leaf name (repeatable; default all)")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
+def _list_route(
+    route: str, items_key: str, key: Callable[[dict[str, Any]], merge.Key], doc: str
+) -> None:
+    """``GET /v1/federation/<route>``: the leaves' ``GET /v1/<route>``, merged page by page."""
+
+    async def endpoint(
+        request: Request,
+        principal: Reader,
+        leaf: Annotated[
+            list[str] | None, Query(description="leaf name (repeatable; default all)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
+        return await _federated_page(
+            request,
+            principal,
+            route=route,
+            leaf_path=f"/v1/{route}",
+            items_key=items_key,
+            key=key,
+            after_param=lambda p: f"{p[0]}:{p[1]}",
+            limit=limit,
+            cursor=cursor,
+            wanted=leaf,
+        )
+
+    endpoint.__doc__ = doc
+    endpoint.__name__ = f"federated_{route}"
+    router.add_api_route(f"/v1/federation/{route}", endpoint, methods=["GET"])
+
+
+_list_route(
+    "search",
+    "hits",
+    _search_key,
     """``GET /v1/search`` across leaves: every other parameter as there, passed to each leaf;
     hits in the same order, each naming its ``leaf``; ``leaves`` lists each leaf's status and
-    ``partial`` says when one could not answer."""
-    return await _federated_page(
-        request,
-        principal,
-        route="search",
-        leaf_path="/v1/search",
-        items_key="hits",
-        key=_search_key,
-        after_param=lambda p: f"{p[0]}:{p[1]}",
-        limit=limit,
-        cursor=cursor,
-        wanted=leaf,
-    )
-
-
-@router.get("/v1/federation/sessions")
-async def federated_sessions(
-    request: Request,
-    principal: Reader,
-    leaf: Annotated[
-        list[str] | None, Query(description="leaf name (repeatable; default all)")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
-    """``GET /v1/sessions`` across leaves (same filters), newest first, each naming its leaf."""
-    return await _federated_page(
-        request,
-        principal,
-        route="sessions",
-        leaf_path="/v1/sessions",
-        items_key="sessions",
-        key=_session_key,
-        after_param=lambda p: f"{p[0]}:{p[1]}",
-        limit=limit,
-        cursor=cursor,
-        wanted=leaf,
-    )
+    ``partial`` says when one could not answer.""",
+)
+_list_route(
+    "sessions",
+    "sessions",
+    _session_key,
+    """``GET /v1/sessions`` across leaves (same filters), newest first, each naming its leaf.""",
+)
 
 
 @router.get("/v1/federation/kube/timeline")

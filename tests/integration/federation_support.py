@@ -19,40 +19,17 @@ from typing import Any
 
 import httpx
 
-from ingest.sdk import AuditEmitter, SessionRecorder
-from schemas.models import SessionInfo
 from sessionvault.settings import Settings
 from storage import pg
 from storage.tokens import create_token
 from tests.integration.conftest import env_for
 from tests.integration.import_support import SESSIONVAULT, drain
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.integration.search_front_support import _session
 
 
 def record(settings: Settings, started: str, lines: list[tuple[float, bytes]], **info: Any) -> str:
     """One session through the SDK (Kafka); returns its sid."""
-    clock = Clock()
-    rec = SessionRecorder(settings, SessionInfo(started, 80, 24, **info), clock=clock)
-    for t, data in lines:
-        clock.now = 1000.0 + t
-        rec.output(data)
-    clock.now += 1
-    assert rec.close(flush_timeout_s=30)
-    return rec.sid
-
-
-def emit(settings: Settings, events: list[dict[str, Any]]) -> None:
-    em = AuditEmitter(settings)
-    for e in events:
-        em.emit(e)
-    assert em.close(timeout_s=30)
+    return _session(settings, lines, started=started, **info)
 
 
 def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -36,9 +36,11 @@ class Corpus:
     sid_csv: str  # tenant A: output lines made to break spreadsheets
 
 
-def _session(settings: Settings, lines: list[tuple[float, bytes]], **info: Any) -> str:
+def _session(
+    settings: Settings, lines: list[tuple[float, bytes]], started: str = STARTED, **info: Any
+) -> str:
     clock = Clock()
-    rec = SessionRecorder(settings, SessionInfo(STARTED, 80, 24, **info), clock=clock)
+    rec = SessionRecorder(settings, SessionInfo(started, 80, 24, **info), clock=clock)
     for t, data in lines:
         clock.now = 500.0 + t
         rec.output(data)

@@ -344,6 +344,10 @@ def _check_keys(w: World, kind: str, r: httpx.Response) -> None:
     assert "key" not in r.text.replace('"keys"', "")
 
 
+def _fixed_request(path: str) -> Callable[[World], tuple[str, dict[str, Any], bytes | None]]:
+    return lambda w: (path, {}, None)
+
+
 def _check_not_a_root(w: World, kind: str, r: httpx.Response) -> None:
     if r.status_code == 404:
         assert "not a federation root" in r.json()["detail"], r.text
@@ -421,7 +425,7 @@ CASES = [
             "GET",
             route,
             f"federation-{route.rsplit('/', 1)[-1]}",
-            lambda w, path=path: (path, {}, None),
+            _fixed_request(path),
             lambda w, k: auth_status(k, "read") or 404,
             _check_not_a_root,
         )
