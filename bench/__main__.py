@@ -31,6 +31,7 @@ BENCHES = (
     "siem",
     "detect",
     "console",
+    "federation",
 )
 
 

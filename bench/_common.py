@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 
 MIB = 1024 * 1024
+#: The ``sessionvault`` command of the interpreter running the benchmarks.
+SESSIONVAULT = str(Path(sys.executable).parent / "sessionvault")
 
 
 @dataclass(frozen=True)

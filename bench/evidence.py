@@ -18,12 +18,10 @@ Target: "on" persists at >= 90% of "off" (issue 13: < 10% slower).
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 
-from bench._common import MIB, Figure, bench_main
+from bench._common import MIB, SESSIONVAULT, Figure, bench_main
 from bench.compression import MB
 from bench.corpus import build_corpus
 from bench.persist import produce, run_worker
@@ -48,9 +46,8 @@ def _evidence_worker(bs: BenchStack) -> subprocess.Popen[bytes]:
         "SESSIONVAULT_MANIFEST_DELAY_MS": "0",
     }
     log = open(bs.home / "logs" / "bench-evidence-worker.log", "wb")  # noqa: SIM115
-    exe = os.path.join(os.path.dirname(sys.executable), "sessionvault")
     return subprocess.Popen(
-        [exe, "worker", "evidence", "--status-every", "0"],
+        [SESSIONVAULT, "worker", "evidence", "--status-every", "0"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

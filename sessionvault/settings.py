@@ -204,6 +204,19 @@ class Settings:
         return out
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``SESSIONVAULT_*`` variables that make a child process load exactly ``settings``
+    (secrets included: for a child's environment only, never for printing)."""
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        raw = value.get() if isinstance(value, Secret) else str(value)
+        env[ENV_PREFIX + f.name.upper()] = raw
+    return env
+
+
 def _coerce(name: str, raw: str, current: Any) -> Any:
     try:
         if isinstance(current, bool):

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from deploy.stack import LocalStack
-from sessionvault.settings import Secret, Settings, load_settings
+from sessionvault.settings import Secret, Settings, load_settings, settings_env
 from storage import pg
 from storage.datakeys import configure
 from storage.keyring import KeyFile, key_file_path
@@ -157,12 +157,7 @@ def pg_dsn(settings: Settings) -> str:
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment for a ``sessionvault`` subprocess that must use exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONVAULT_")}
-    for name, value in vars(settings).items():
-        if value is None:
-            continue
-        raw = value.get() if isinstance(value, Secret) else str(value)
-        env["SESSIONVAULT_" + name.upper()] = raw
-    return env
+    return {**env, **settings_env(settings)}
 
 
 @pytest.fixture
