@@ -42,6 +42,7 @@ WORKERS: tuple[tuple[str, ...], ...] = (
     ("worker", "index"),
     ("worker", "detect"),
     ("worker", "evidence"),
+    ("worker", "tunnel"),
 )
 
 
@@ -420,6 +421,12 @@ class OpenSearchServer(ProcessBook):
         return stopped
 
 
+def _joined_as_leaf(home: Path) -> bool:
+    from api.federation.files import LeafFiles
+
+    return LeafFiles.at(home).joined()
+
+
 class WorkerProcesses(ProcessBook):
     """The ``sessionvault worker ...`` processes ``up`` starts."""
 
@@ -438,8 +445,10 @@ class WorkerProcesses(ProcessBook):
         paths: list[tuple[tuple[str, ...], str]] = [
             (path, "-".join(path))
             for path in WORKERS
-            # The index worker feeds OpenSearch: nothing to do without one.
-            if path != ("worker", "index") or self.opensearch_url
+            # The index worker feeds OpenSearch: nothing to do without one. The tunnel worker
+            # serves a root this installation joined as a leaf: nothing to do before a join.
+            if (path != ("worker", "index") or self.opensearch_url)
+            and (path != ("worker", "tunnel") or _joined_as_leaf(self.home))
         ]
         if settings is not None and settings.siem_config:
             from siem.config import load_siem_config

@@ -13,6 +13,7 @@ calls these, so a link found anywhere has the same shape and names the same mome
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 from urllib.parse import quote
 
@@ -73,7 +74,7 @@ def via_leaf(leaf: str, item: dict[str, Any]) -> dict[str, Any]:
     out = dict(item)
     command = out.get("replay")
     if isinstance(command, str) and command.startswith("sessionvault play "):
-        out["replay"] = f"sessionvault play --leaf {leaf} " + command.removeprefix(
+        out["replay"] = f"sessionvault play --leaf {shlex.quote(leaf)} " + command.removeprefix(
             "sessionvault play "
         )
     path = out.get("replay_api")

@@ -280,6 +280,10 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"SESSIONVAULT_LOCAL_BROKER_STORAGE={s.local_broker_storage!r}: use s3 or memory"
         )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}", s.federation_name):
+        raise ConfigError(
+            f"SESSIONVAULT_FEDERATION_NAME={s.federation_name!r}: use [A-Za-z0-9_.:-], 1-253"
+        )
     if s.chunk_max_bytes > s.max_record_bytes // 2:
         raise ConfigError("SESSIONVAULT_CHUNK_MAX_BYTES must be at most half of MAX_RECORD_BYTES")
 

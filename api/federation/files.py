@@ -108,7 +108,12 @@ class LeafFiles:
 
     @classmethod
     def of(cls, settings: Settings) -> LeafFiles:
-        return cls(settings.home / "federation" / "leaf")
+        return cls.at(settings.home)
+
+    @classmethod
+    def at(cls, home: Path) -> LeafFiles:
+        """The files of the installation whose home is ``home``."""
+        return cls(home / "federation" / "leaf")
 
     @property
     def key(self) -> Path:
