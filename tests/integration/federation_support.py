@@ -24,7 +24,7 @@ from storage import pg
 from storage.tokens import create_token
 from tests.integration.conftest import env_for
 from tests.integration.import_support import SESSIONVAULT, drain
-from tests.integration.search_front_support import _session
+from tests.integration.search_front_support import _events, _session
 
 
 def record(settings: Settings, started: str, lines: list[tuple[float, bytes]], **info: Any) -> str:
@@ -177,9 +177,10 @@ def tunnels(leaves: list[Leaf]) -> Iterator[None]:
             leaf.kill_tunnel()
 
 
-def seed(leaf: Leaf, starts: list[str], marker: str) -> None:
-    """Sessions at ``starts`` in ``leaf``, each printing ``marker`` lines, through Kafka and the
-    real persist worker and segmenter."""
+def seed(leaf: Leaf, starts: list[str], marker: str, kube_at: list[str]) -> None:
+    """Sessions at ``starts`` in ``leaf``, each printing ``marker`` lines, and a ``kubectl
+    delete`` in cluster ``prod`` at each of ``kube_at``, through Kafka and the real persist
+    worker and segmenter."""
     for n, started in enumerate(starts):
         sid = record(
             leaf.settings,
@@ -196,4 +197,24 @@ def seed(leaf: Leaf, starts: list[str], marker: str) -> None:
             cluster_name=leaf.name,
         )
         leaf.sids.append(sid)
-    drain(leaf.settings, [leaf.settings.topic_chunks])
+    _events(
+        leaf.settings,
+        [
+            {
+                "event": "kube.request",
+                "code": "T3009I",
+                "uid": f"{leaf.name}-kr-{n}",
+                "time": at,
+                "user": "bob",
+                "kubernetes_cluster": "prod",
+                "verb": "DELETE",
+                "request_path": f"/api/v1/namespaces/shop/pods/web-{n}",
+                "resource_kind": "pods",
+                "resource_namespace": "shop",
+                "resource_name": f"web-{n}",
+                "response_code": 200,
+            }
+            for n, at in enumerate(kube_at)
+        ],
+    )
+    drain(leaf.settings)

@@ -44,6 +44,9 @@ from tests.integration.import_support import SESSIONVAULT, drain
 from tests.integration.persist_helpers import fetch_all
 
 MARK = "fedmark"
+KUBE_A = ["2026-11-20T10:00:01.000Z", "2026-11-20T10:00:04.000Z"]
+KUBE_B = ["2026-11-20T10:00:02.000Z", "2026-11-20T10:00:03.000Z"]
+WINDOW = {"since": "2026-11-19T00:00:00Z", "until": "2026-11-22T00:00:00Z"}
 
 
 @dataclass
@@ -73,12 +76,8 @@ def fed(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     a = Leaf("leaf-a", install("leaf-a"), log=base_dir / "leaf-a.log")
     b = Leaf("leaf-b", install("leaf-b"), log=base_dir / "leaf-b.log")
     # Interleaved start times, so the merged order alternates between the leaves.
-    seed(
-        a,
-        ["2026-11-20T09:00:00.000Z", "2026-11-20T09:02:00.000Z", "2026-11-20T09:04:00.000Z"],
-        MARK,
-    )
-    seed(b, ["2026-11-20T09:01:00.000Z", "2026-11-20T09:03:00.000Z"], MARK)
+    seed(a, [f"2026-11-20T09:0{m}:00.000Z" for m in (0, 2, 4)], MARK, KUBE_A)
+    seed(b, [f"2026-11-20T09:0{m}:00.000Z" for m in (1, 3)], MARK, KUBE_B)
     try:
         with serve(root) as url:
             tunnel_port = _tunnel_port(root, url)
@@ -207,6 +206,30 @@ def test_root_session_list_merges_leaves_newest_first(fed: Federation) -> None:
         body = r.json()
     assert [leaf for _, leaf, _ in seen] == ["leaf-a", "leaf-b", "leaf-a", "leaf-b", "leaf-a"]
     assert {sid for *_, sid in seen} == set(fed.a.sids) | set(fed.b.sids)
+
+
+def test_who_ran_kubectl_delete_in_prod_is_answered_across_leaves_in_time_order(
+    fed: Federation,
+) -> None:
+    r = get(fed, "/v1/federation/kube/timeline", {**WINDOW, "cluster": "prod"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["partial"] is False
+    requests = [e for e in body["entries"] if e["kind"] == "request"]
+    assert [(e["leaf"], e["verb"], e["name"]) for e in requests] == [
+        ("leaf-a", "delete", "web-0"),
+        ("leaf-b", "delete", "web-0"),
+        ("leaf-b", "delete", "web-1"),
+        ("leaf-a", "delete", "web-1"),
+    ]
+    r = get(fed, "/v1/federation/search", [("verb", "delete"), ("kubernetes_cluster", "prod")])
+    hits = r.json()["hits"]
+    assert [(h["leaf"], h["fields"]["resource_name"]) for h in hits] == [
+        ("leaf-a", "web-1"),
+        ("leaf-b", "web-1"),
+        ("leaf-b", "web-0"),
+        ("leaf-a", "web-0"),
+    ]
 
 
 def test_replay_through_the_root_is_byte_exact_and_the_root_stores_no_leaf_record(
