@@ -112,9 +112,14 @@ async def visible_session(request: Request, principal: Principal, sid: str) -> S
 
 
 @router.get("/v1/whoami")
-async def whoami(principal: Reader) -> dict[str, Any]:
-    """The token's tenant, clusters and scopes (the console shows who it acts as)."""
+async def whoami(request: Request, principal: Reader) -> dict[str, Any]:
+    """The token's tenant, clusters and scopes (the console shows who it acts as); on a root,
+    also the user and roles it reads leaf clusters as."""
     return {
+        "user": principal.user,
+        "roles": sorted(principal.roles),
+        # This installation is a federation root: /v1/federation/* answer (docs/federation.md).
+        "federation_root": getattr(request.app.state, "hub", None) is not None,
         "tenant": principal.tenant,
         "clusters": sorted(principal.clusters),
         "scopes": sorted(principal.scopes),

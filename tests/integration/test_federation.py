@@ -46,6 +46,7 @@ from tests.integration.persist_helpers import fetch_all
 MARK = "fedmark"
 KUBE_A = ["2026-11-20T10:00:01.000Z", "2026-11-20T10:00:04.000Z"]
 KUBE_B = ["2026-11-20T10:00:02.000Z", "2026-11-20T10:00:03.000Z"]
+ROWS = "n => document.querySelectorAll('table.sessions tbody tr').length === n"
 WINDOW = {"since": "2026-11-19T00:00:00Z", "until": "2026-11-22T00:00:00Z"}
 
 
@@ -467,3 +468,48 @@ def test_a_certificate_from_another_root_is_refused_and_rotation_revokes_the_old
     r = get(fed, "/v1/federation/sessions", {"leaf": "leaf-b"})
     assert r.status_code == 200
     assert r.json()["partial"] is False
+
+
+def test_the_web_console_on_the_root_lists_searches_and_replays_its_leaves(
+    fed: Federation,
+) -> None:
+    from tests.integration.console_support import chromium, login, player_ready, player_screen, shot
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        login(page, fed.base, fed.alice)
+        # On a root the nav offers the leaves; "all leaf clusters" lists both, newest first.
+        page.wait_for_selector("#leaf-scope")
+        page.select_option("#leaf-scope", "*")
+        page.wait_for_selector("#leaves")
+        page.wait_for_function(
+            "() => document.querySelectorAll('table.sessions tbody tr').length === 5"
+        )
+        leaves = page.locator("table.sessions tbody td.leaf").all_inner_texts()
+        assert leaves == ["leaf-a", "leaf-b", "leaf-a", "leaf-b", "leaf-a"]
+        assert "leaf-a ok (3)" in page.inner_text("#leaves")
+        shot(page, "federation-sessions")
+        # A search hit opens the leaf's session through the root, at the hit.
+        page.goto(f"{fed.base}/ui/#/search?q={MARK}%20leaf-b%201")
+        page.wait_for_selector("li.hit a.open")
+        assert "leaf leaf-b" in page.inner_text("li.hit .meta")
+        shot(page, "federation-search")
+        page.click("li.hit a.open")
+        player_ready(page)
+        assert page.inner_text("#leaf") == "leaf leaf-b"
+        assert any(f"{MARK} leaf-b 1" in line for line in player_screen(page))
+        assert page.locator("#share").count() == 0  # share links are the leaf's to make
+        shot(page, "federation-player")
+        # One leaf only: the other's sessions are not listed.
+        page.goto(f"{fed.base}/ui/#/sessions")
+        page.select_option("#leaf-scope", "leaf-b")
+        page.wait_for_function(
+            "() => document.querySelectorAll('table.sessions tbody tr').length === 2"
+        )
+        assert set(page.locator("table.sessions tbody td.leaf").all_inner_texts()) == {"leaf-b"}
+        # A user the leaves map to nothing sees nothing, and is told which leaves said so.
+        page.evaluate(f"() => sessionStorage.setItem('sv.token', '{fed.mallory}')")
+        page.reload()
+        page.wait_for_selector("#leaves")
+        assert "no access" in page.inner_text("#leaves")
+        assert page.locator("table.sessions tbody tr").count() == 0

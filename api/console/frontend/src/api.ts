@@ -21,6 +21,53 @@ export function setToken(value: string | null): void {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
+// -- trusted clusters (docs/federation.md) ------------------------------------------------------
+// On a root, the console reads either this installation or its leaves: "" (this installation),
+// "*" (every leaf) or one leaf's name, kept for the tab like the token.
+
+const SCOPE_KEY = "sv.leaf";
+
+export function leafScope(): string {
+  return sessionStorage.getItem(SCOPE_KEY) ?? "";
+}
+
+export function setLeafScope(value: string): void {
+  if (value) sessionStorage.setItem(SCOPE_KEY, value);
+  else sessionStorage.removeItem(SCOPE_KEY);
+}
+
+/** The path of a session route: the leaf's own route through the root when `leaf` is set. */
+export function sessionPath(sid: string, leaf: string | null | undefined, rest = ""): string {
+  const own = `/v1/sessions/${encodeURIComponent(sid)}${rest}`;
+  return leaf ? `/v1/federation/leaves/${encodeURIComponent(leaf)}${own}` : own;
+}
+
+/** A list route (`sessions`, `search`, `kube/timeline`) in the scope: the root's federated
+ *  route, asking one leaf or every leaf, or this installation's own. */
+export function scopedList(route: string, params: Params): [string, Params] {
+  const scope = leafScope();
+  if (!scope) return [`/v1/${route}`, params];
+  return [`/v1/federation/${route}`, scope === "*" ? params : { ...params, leaf: scope }];
+}
+
+export interface LeafStatus {
+  name: string;
+  status: string;
+  items?: number;
+  message?: string;
+}
+
+/** What a federated answer says of its leaves: "leaf-a ok (3) · leaf-b DOWN: ..." */
+export function leafStatusText(leaves: LeafStatus[] | undefined): string {
+  return (leaves ?? [])
+    .map((l) => {
+      const ok = l.status === "ok" || l.status === "no_access";
+      const shown = ok ? l.status.replace("_", " ") : l.status.toUpperCase();
+      return `${l.name} ${shown}${l.status === "ok" && l.items !== undefined ? ` (${l.items})` : ""}${!ok && l.message ? `: ${l.message}` : ""}`;
+    })
+    .join(" · ");
+}
+
 export type Params = Record<string, string | number | string[] | undefined | null>;
 
 export function query(params: Params): string {
@@ -74,6 +121,7 @@ export function b64bytes(s: string): Uint8Array {
 
 export interface Session {
   sid: string;
+  leaf?: string;
   kind: string;
   user: string;
   login: string;
@@ -113,6 +161,7 @@ export interface WindowAnswer {
 
 export interface SearchHit {
   kind: "event" | "output";
+  leaf?: string;
   time: string;
   id: string;
   user: string;
@@ -133,7 +182,9 @@ export interface SearchHit {
 export interface SearchPage {
   hits: SearchHit[];
   next_cursor: string | null;
-  backend: string;
-  reason: string;
-  indexed_until: string | null;
+  backend?: string;
+  reason?: string;
+  indexed_until?: string | null;
+  partial?: boolean;
+  leaves?: LeafStatus[];
 }

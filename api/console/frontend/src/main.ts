@@ -2,8 +2,10 @@
 // the tab's token (or a share link's token). Pages: sessions, search, player, kubernetes,
 // alerts, login, share.
 
-import { ApiError, get, post, query, request, setToken, token } from "./api";
-import type { SearchHit, SearchPage, Session } from "./api";
+import {
+  ApiError, get, leafScope, leafStatusText, post, query, request, scopedList, sessionPath, setLeafScope, setToken, token,
+} from "./api";
+import type { LeafStatus, SearchHit, SearchPage, Session } from "./api";
 import { clear, fmtBytes, fmtDuration, fmtTime, h } from "./dom";
 import { type Marker, Player } from "./player";
 
@@ -36,16 +38,59 @@ function nav(active: string): HTMLElement {
     link("/search", "Search"),
     link("/kube", "Kubernetes"),
     link("/alerts", "Alerts"),
+    h("span", { class: "scope", id: "scope" }),
     h("span", { class: "who", id: "who" }),
     h("button", { class: "link", onclick: () => { setToken(null); go("/login"); } }, "Sign out"),
   );
 }
 
+/** On a root, a selector of what the list pages read: this installation, every leaf, or one
+ *  leaf (docs/federation.md). Elsewhere nothing is shown. */
+async function showScope(root: boolean): Promise<void> {
+  if (!root) {
+    if (leafScope()) setLeafScope(""); // not a root (any more): this installation
+    return;
+  }
+  let leaves: { name: string; connected: boolean }[];
+  try {
+    leaves = (await get<{ leaves: { name: string; connected: boolean }[] }>("/v1/federation/leaves")).leaves;
+  } catch {
+    return;
+  }
+  const el = document.getElementById("scope");
+  if (!el) return;
+  const scope = leafScope();
+  const sel = h("select", { id: "leaf-scope", "aria-label": "cluster" },
+    h("option", { value: "", selected: scope === "" }, "this cluster"),
+    h("option", { value: "*", selected: scope === "*" }, "all leaf clusters"),
+    ...leaves.map((l) => h("option", { value: l.name, selected: scope === l.name }, `leaf ${l.name}${l.connected ? "" : " (down)"}`)),
+  ) as HTMLSelectElement;
+  sel.addEventListener("change", () => {
+    setLeafScope(sel.value);
+    void render();
+  });
+  clear(el).append(sel);
+}
+
+/** A line naming each leaf's part of a federated answer; an error box when one is missing. */
+function leavesLine(answer: { partial?: boolean; leaves?: LeafStatus[] }): HTMLElement | string {
+  if (!answer.leaves) return "";
+  return h("p", { class: answer.partial ? "error leaves" : "hint leaves", id: "leaves", role: answer.partial ? "alert" : "status" },
+    answer.partial ? "Incomplete: " : "Leaf clusters: ", leafStatusText(answer.leaves));
+}
+
+function playHref(sid: string, leaf: string | undefined, params: Record<string, string> = {}): string {
+  return `#/play/${encodeURIComponent(sid)}${query(leaf ? { ...params, leaf } : params)}`;
+}
+
 async function showWho(): Promise<void> {
   try {
-    const me = await get<{ tenant: string; clusters: string[] }>("/v1/whoami");
+    const me = await get<{ user: string; roles: string[]; tenant: string; clusters: string[]; federation_root: boolean }>(
+      "/v1/whoami");
+    void showScope(me.federation_root);
     const el = document.getElementById("who");
-    if (el) el.textContent = `tenant ${me.tenant}${me.clusters.length ? ` · clusters ${me.clusters.join(", ")}` : ""}`;
+    const user = me.user ? `${me.user}${me.roles.length ? ` (${me.roles.join(", ")})` : ""} · ` : "";
+    if (el) el.textContent = `${user}tenant ${me.tenant}${me.clusters.length ? ` · clusters ${me.clusters.join(", ")}` : ""}`;
   } catch {
     /* shown by the page's own request */
   }
@@ -110,7 +155,8 @@ function sessionRow(s: Session): HTMLElement {
   return h(
     "tr",
     { class: `status-${s.status}` },
-    h("td", {}, h("a", { href: `#/play/${encodeURIComponent(s.sid)}` }, s.sid.slice(0, 8))),
+    h("td", {}, h("a", { href: playHref(s.sid, s.leaf) }, s.sid.slice(0, 8))),
+    ...(leafScope() ? [h("td", { class: "leaf" }, s.leaf ?? "")] : []),
     h("td", {}, s.status === "active" ? h("span", { class: "live-badge" }, "LIVE") : s.status),
     h("td", {}, s.kind === "kube" ? "kubectl" : "ssh"),
     h("td", {}, s.user),
@@ -165,11 +211,12 @@ async function sessionsPage(r: Route): Promise<void> {
   const table = h(
     "table",
     { class: "sessions" },
-    h("thead", {}, h("tr", {}, ...["Session", "Status", "Type", "User", "Login", "Server / cluster", "Proxy cluster", "Started", "Length", "Size"].map((c) => h("th", {}, c)))),
+    h("thead", {}, h("tr", {}, ...["Session", ...(leafScope() ? ["Leaf"] : []), "Status", "Type", "User", "Login", "Server / cluster", "Proxy cluster", "Started", "Length", "Size"].map((c) => h("th", {}, c)))),
     body,
   );
   const status = h("p", { class: "hint" });
-  page("Sessions", h("h1", {}, "Sessions"), form, table, more, status);
+  const leavesSlot = h("div");
+  page("Sessions", h("h1", {}, "Sessions"), form, leavesSlot, table, more, status);
   let cursor: string | null = null;
   const load = async () => {
     const params: Record<string, string | string[]> = { limit: "50" };
@@ -179,7 +226,9 @@ async function sessionsPage(r: Route): Promise<void> {
     }
     if (cursor) params.cursor = cursor;
     try {
-      const answer = await get<{ sessions: Session[]; next_cursor: string | null }>("/v1/sessions", params);
+      const answer = await get<{ sessions: Session[]; next_cursor: string | null; partial?: boolean; leaves?: LeafStatus[] }>(
+        ...scopedList("sessions", params));
+      clear(leavesSlot).append(leavesLine(answer));
       answer.sessions.forEach((s) => body.append(sessionRow(s)));
       cursor = answer.next_cursor;
       more.hidden = !cursor;
@@ -199,7 +248,7 @@ function hitLink(hit: SearchHit, q: string): HTMLElement | string {
   const t = hit.kind === "output" ? (hit.end_ms ?? hit.offset_ms ?? 0) : (hit.offset_ms ?? 0);
   const params: Record<string, string> = { t: String(t) };
   if (hit.kind === "output" && q) params.hl = q;
-  return h("a", { href: `#/play/${encodeURIComponent(hit.sid)}${query(params)}`, class: "open" }, "open at this moment");
+  return h("a", { href: playHref(hit.sid, hit.leaf, params), class: "open" }, "open at this moment");
 }
 
 function hitSummary(hit: SearchHit): HTMLElement {
@@ -272,21 +321,24 @@ async function searchPage(r: Route): Promise<void> {
     const params: Record<string, string | string[]> = { limit: "100", ...parsed.filters };
     if (parsed.text.length) params.text = parsed.text;
     if (Array.isArray(params.kind)) params.kind = params.kind[0];
-    const answer = await get<SearchPage>("/v1/search", params);
-    status.textContent = `${answer.hits.length} hits · answered by ${answer.backend}` +
-      (answer.indexed_until ? ` (OpenSearch holds data up to ${fmtTime(answer.indexed_until)}; later data from PostgreSQL)` : "");
+    const answer = await get<SearchPage>(...scopedList("search", params));
+    status.textContent = answer.backend
+      ? `${answer.hits.length} hits · answered by ${answer.backend}` +
+        (answer.indexed_until ? ` (OpenSearch holds data up to ${fmtTime(answer.indexed_until)}; later data from PostgreSQL)` : "")
+      : `${answer.hits.length} hits`;
+    status.after(leavesLine(answer));
     for (const hit of answer.hits) {
       results.append(
         h("li", { class: `hit hit-${hit.kind}` },
           h("div", { class: "meta" },
-            fmtTime(hit.time), " · ", hit.user || "-", " · ", hit.kubernetes_cluster || hit.server_id || hit.cluster_name || "-",
+            fmtTime(hit.time), hit.leaf ? ` · leaf ${hit.leaf}` : "", " · ", hit.user || "-", " · ", hit.kubernetes_cluster || hit.server_id || hit.cluster_name || "-",
             hit.sid ? ` · session ${hit.sid.slice(0, 8)}` : ""),
           hitSummary(hit),
           hitLink(hit, parsed.text[0] ?? ""),
         ),
       );
     }
-    if (!answer.hits.length) status.textContent = `No hits (answered by ${answer.backend}).`;
+    if (!answer.hits.length) status.textContent = answer.backend ? `No hits (answered by ${answer.backend}).` : "No hits.";
   } catch (err) {
     status.replaceWith(errorBox(err));
   }
@@ -294,19 +346,19 @@ async function searchPage(r: Route): Promise<void> {
 
 // -- player ------------------------------------------------------------------------------------
 
-async function sessionMarkers(sid: string): Promise<Marker[]> {
+async function sessionMarkers(sid: string, leaf: string): Promise<Marker[]> {
   try {
-    const answer = await get<{ markers: Marker[] }>(`/v1/sessions/${encodeURIComponent(sid)}/markers`);
+    const answer = await get<{ markers: Marker[] }>(sessionPath(sid, leaf, "/markers"));
     return answer.markers;
   } catch {
     return []; // the player works without its marks
   }
 }
 
-async function download(sid: string, format: string): Promise<void> {
+async function download(sid: string, format: string, leaf: string): Promise<void> {
   // The evidence bundle is signed on the server (docs/evidence.md); the rest are exports.
-  const path = format === "bundle" ? "bundle" : `export?format=${format}`;
-  const resp = await request(`/v1/sessions/${encodeURIComponent(sid)}/${path}`);
+  const path = format === "bundle" ? "/bundle" : `/export?format=${format}`;
+  const resp = await request(sessionPath(sid, leaf, path));
   const blob = await resp.blob();
   const ext = { "asciicast-v2": "cast", raw: "raw", text: "txt", ndjson: "ndjson", bundle: "evidence.zip" }[format] ?? "bin";
   const a = h("a", { href: URL.createObjectURL(blob), download: `${sid}.${ext}` }) as HTMLAnchorElement;
@@ -330,9 +382,10 @@ function keyLabel(data: Uint8Array): string {
 
 async function playerPage(r: Route, shared = false): Promise<void> {
   const sid = r.path[1];
+  const leaf = shared ? "" : (r.params.get("leaf") ?? "");
   let session: Session;
   try {
-    session = await get<Session>(`/v1/sessions/${encodeURIComponent(sid)}`);
+    session = await get<Session>(sessionPath(sid, leaf));
   } catch (err) {
     if (shared) throw err; // the share page says the link cannot be opened
     page("Sessions", errorBox(err));
@@ -351,6 +404,7 @@ async function playerPage(r: Route, shared = false): Promise<void> {
   const keysBox = h("input", { type: "checkbox", id: "keys" }) as HTMLInputElement;
   const keysTrack = h("div", { class: "keys", id: "keystrokes", hidden: true });
   const info = h("div", { class: "info" },
+    leaf ? h("span", { class: "leaf-badge", id: "leaf" }, `leaf ${leaf}`) : "",
     h("strong", {}, session.user || "?"), ` as ${session.login || "?"} on `,
     h("strong", {}, session.kind === "kube" ? session.kubernetes_cluster : session.server_id),
     ` · ${fmtTime(session.started_at)} · ${fmtDuration(session.duration_ms)} · ${session.status}`,
@@ -359,18 +413,19 @@ async function playerPage(r: Route, shared = false): Promise<void> {
   const bundleOut = h("span", { class: "share-out", id: "bundle-error" });
   const exports = h("span", { class: "exports" }, "Export: ",
     ...["asciicast-v2", "raw", "text", "ndjson"].map((f) =>
-      h("button", { class: "link", onclick: () => void download(sid, f) }, f === "ndjson" ? "json" : f)),
+      h("button", { class: "link", onclick: () => void download(sid, f, leaf) }, f === "ndjson" ? "json" : f)),
     h("button", {
       class: "link", id: "bundle", title: "signed evidence bundle (verify offline with sessionvault verify-bundle)",
       onclick: () => {
         bundleOut.textContent = "";
-        download(sid, "bundle").catch((err: unknown) => {
+        download(sid, "bundle", leaf).catch((err: unknown) => {
           bundleOut.textContent = err instanceof Error ? err.message : String(err);
         });
       },
     }, "evidence bundle"), bundleOut);
   const shareOut = h("span", { class: "share-out", id: "share-url" });
-  const shareBtn = shared ? "" : h("button", { id: "share", onclick: async () => {
+  // A share link is a token of this installation: a leaf's session is shared on the leaf.
+  const shareBtn = shared || leaf ? "" : h("button", { id: "share", onclick: async () => {
     try {
       const link = await post<{ url: string; expires_at: string }>("/v1/shares", { sid, at_ms: Math.round(player.pos), ttl_s: 86400 });
       const url = new URL(link.url, location.href).href;
@@ -391,7 +446,7 @@ async function playerPage(r: Route, shared = false): Promise<void> {
   } else {
     page("Sessions", info, host, bar, controls, keysTrack, shareOut, help);
   }
-  const player = new Player(host, session);
+  const player = new Player(host, session, leaf);
   current = player;
   (window as unknown as { svPlayer: Player }).svPlayer = player;
   let markers: Marker[] = [];
@@ -450,7 +505,7 @@ async function playerPage(r: Route, shared = false): Promise<void> {
   // From navigation to the first screen drawn (bench/console.py reads it).
   (window as unknown as { svFirstScreenMs: number }).svFirstScreenMs = performance.now();
   if (r.params.get("live") === "1" && session.status === "active") void player.followLive();
-  markers = await sessionMarkers(sid);
+  markers = await sessionMarkers(sid, leaf);
   if (hl) markers.push({ t, kind: "hit", label: `match: ${hl}` });
   drawMarkers();
 }
@@ -459,6 +514,7 @@ async function playerPage(r: Route, shared = false): Promise<void> {
 
 interface KubeEntry {
   kind: string;
+  leaf?: string;
   time: string;
   user: string;
   cluster: string;
@@ -496,14 +552,14 @@ async function kubePage(r: Route): Promise<void> {
   page("Kubernetes", h("h1", {}, "Kubernetes activity"), form, status,
     h("table", { class: "kube" }, h("thead", {}, h("tr", {}, ...["Time", "User", "Cluster", "Request / session", "Namespace", "Status"].map((c) => h("th", {}, c)))), body));
   try {
-    const answer = await get<{ entries: KubeEntry[]; truncated: boolean }>("/v1/kube/timeline", {
-      since, user: r.params.get("user"), cluster: r.params.get("cluster"), limit: 2000,
-    });
+    const answer = await get<{ entries: KubeEntry[]; truncated: boolean; partial?: boolean; leaves?: LeafStatus[] }>(
+      ...scopedList("kube/timeline", { since, user: r.params.get("user"), cluster: r.params.get("cluster"), limit: 2000 }));
+    status.after(leavesLine(answer));
     for (const e of answer.entries) {
       const what = e.kind === "request"
         ? `${e.verb ?? ""} ${e.resource ?? ""}${e.subresource ? "/" + e.subresource : ""}${e.name ? " " + e.name : ""}`
-        : h("a", { href: `#/play/${encodeURIComponent(e.sid ?? "")}`, class: "exec" }, `exec session ${(e.sid ?? "").slice(0, 8)} ${e.command ?? ""} (${fmtDuration(e.duration_ms ?? 0)})`);
-      body.append(h("tr", { class: `kube-${e.kind}` }, h("td", {}, fmtTime(e.time)), h("td", {}, e.user), h("td", {}, e.cluster), h("td", {}, what),
+        : h("a", { href: playHref(e.sid ?? "", e.leaf), class: "exec" }, `exec session ${(e.sid ?? "").slice(0, 8)} ${e.command ?? ""} (${fmtDuration(e.duration_ms ?? 0)})`);
+      body.append(h("tr", { class: `kube-${e.kind}` }, h("td", {}, fmtTime(e.time)), h("td", {}, e.leaf ? `${e.user} @ ${e.leaf}` : e.user), h("td", {}, e.cluster), h("td", {}, what),
         h("td", {}, e.namespace ?? ""), h("td", {}, e.response_code === undefined || e.response_code === null ? "" : String(e.response_code))));
     }
     status.textContent = `${answer.entries.length} entries${answer.truncated ? " (truncated: narrow the window)" : ""}`;
@@ -522,7 +578,8 @@ async function alertsPage(r: Route): Promise<void> {
   const status = h("p", { class: "hint" });
   page("Alerts", h("h1", {}, "Alerts"), status, list);
   try {
-    const answer = await get<SearchPage>("/v1/search", { event: "alert.sigma", kind: "events", since, limit: "500" });
+    const answer = await get<SearchPage>(...scopedList("search", { event: "alert.sigma", kind: "events", since, limit: "500" }));
+    status.after(leavesLine(answer));
     const hits = [...answer.hits].sort((a, b) => {
       const la = LEVELS.indexOf(String(a.fields?.["level"] ?? "low"));
       const lb = LEVELS.indexOf(String(b.fields?.["level"] ?? "low"));

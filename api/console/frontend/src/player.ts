@@ -7,7 +7,7 @@
 // session is followed with long polls (/frames?wait_ms=...).
 
 import { Terminal } from "@xterm/xterm";
-import { b64bytes, get, type SeekAnswer, type Session, type WindowAnswer } from "./api";
+import { b64bytes, get, type SeekAnswer, type Session, sessionPath, type WindowAnswer } from "./api";
 
 interface Frame {
   t: number;
@@ -57,7 +57,12 @@ export class Player {
   private clockPos = 0;
   private timer = 0;
 
-  constructor(host: HTMLElement, session: Session) {
+  constructor(
+    host: HTMLElement,
+    session: Session,
+    /** The leaf the session is on, read through the root (docs/federation.md); "" here. */
+    private readonly leaf = "",
+  ) {
     this.session = session;
     this.term = new Terminal({
       cols: session.cols,
@@ -125,7 +130,7 @@ export class Player {
     // Within the session (a live one grows: its end is wherever the recording is now).
     const at = Math.max(0, Math.round(this.live ? ms : Math.min(ms, this.duration)));
     const answer = await get<SeekAnswer>(
-      `/v1/sessions/${encodeURIComponent(this.session.sid)}/seek`,
+      sessionPath(this.session.sid, this.leaf, "/seek"),
       { at_ms: at },
     );
     if (gen !== this.generation) return;
@@ -157,7 +162,7 @@ export class Player {
     const gen = this.generation;
     const wait = this.live ? 1000 : 0;
     this.fetching = get<WindowAnswer>(
-      `/v1/sessions/${encodeURIComponent(this.session.sid)}/frames`,
+      sessionPath(this.session.sid, this.leaf, "/frames"),
       { seq: this.next.seq, skip: this.next.skip, max_bytes: WINDOW_BYTES, wait_ms: wait },
     )
       .then((w) => {
