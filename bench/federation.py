@@ -20,15 +20,17 @@ import os
 import socket
 import statistics
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import psutil
 
 from bench._common import MIB, SESSIONVAULT, Figure, bench_main, cache_dir, load_average
 from bench.replay import write_session
@@ -212,14 +214,35 @@ def _p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) >= 2 else values[0]
 
 
-def _download(client: httpx.Client, path: str) -> tuple[float, int]:
+def _download(
+    client: httpx.Client, path: str, watch: Sequence[int] = ()
+) -> tuple[float, int, float]:
+    """(seconds, bytes, the largest RSS growth of the ``watch`` processes in MiB) of one export
+    read to its end; the RSS is sampled every 20 ms while it runs."""
+    procs = [psutil.Process(pid) for pid in watch]
+    base = [p.memory_info().rss for p in procs]
+    peak = list(base)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            for i, p in enumerate(procs):
+                peak[i] = max(peak[i], p.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     n = 0
-    with client.stream("GET", path, params={"format": "raw"}) as r:
-        r.raise_for_status()
-        for piece in r.iter_raw(1 << 20):
-            n += len(piece)
-    return time.perf_counter() - t0, n
+    try:
+        with client.stream("GET", path, params={"format": "raw"}) as r:
+            r.raise_for_status()
+            for piece in r.iter_raw(1 << 20):
+                n += len(piece)
+    finally:
+        done.set()
+        sampler.join()
+    growth = max((p - b for p, b in zip(peak, base, strict=True)), default=0)
+    return time.perf_counter() - t0, n, growth / MIB
 
 
 def run(quick: bool) -> list[Figure]:
@@ -227,7 +250,7 @@ def run(quick: bool) -> list[Figure]:
     with bench_stack("bench-federation") as bs, ExitStack() as stack:
         logs = cache_dir() / "federation"
         root_port, tunnel_port, leaf_port = _free_port(), _free_port(), _free_port()
-        root = _install(bs, "root", federation_listen=f"127.0.0.1:{tunnel_port}")
+        root_settings = _install(bs, "root", federation_listen=f"127.0.0.1:{tunnel_port}")
         leaves = {name: _install(bs, name) for name in ("leaf-a", "leaf-b")}
         print(f"  seeding {EVENTS[quick]:,} events per leaf ...", flush=True)
         for s in leaves.values():
@@ -239,11 +262,11 @@ def run(quick: bool) -> list[Figure]:
                 dataclasses.replace(bs, settings=leaf_a), sid, SESSION_BYTES[quick], leaf_a.tenant
             )
         )
-        stack.enter_context(_serve(root, root_port, logs / "root.log"))
+        root = stack.enter_context(_serve(root_settings, root_port, logs / "root.log"))
         root_url = f"http://127.0.0.1:{root_port}"
         _wait_http(f"{root_url}/healthz")
         for name, s in leaves.items():
-            tok = _cli(root, "federation", "token", "--leaf", name)
+            tok = _cli(root_settings, "federation", "token", "--leaf", name)
             _cli(s, "federation", "join", "--root", root_url, "--token", tok)
             _cli(s, "federation", "map", "--user", "auditor", "--tenant", s.tenant)
             stack.enter_context(
@@ -253,7 +276,7 @@ def run(quick: bool) -> list[Figure]:
                     logs / f"{name}.log",
                 )
             )
-        root_token = _token(root, "auditor")
+        root_token = _token(root_settings, "auditor")
         _wait_leaves(root_url, root_token, set(leaves))
         stack.enter_context(_serve(leaf_a, leaf_port, logs / "leaf-a-api.log"))
         leaf_url = f"http://127.0.0.1:{leaf_port}"
@@ -276,9 +299,9 @@ def run(quick: bool) -> list[Figure]:
             _latencies(root_client, "/v1/federation/search", queries[:5])
             single = _latencies(leaf_client, "/v1/search", queries)
             federated = _latencies(root_client, "/v1/federation/search", queries)
-            direct_s, direct_n = _download(leaf_client, f"/v1/sessions/{sid}/export")
-            tunnel_s, tunnel_n = _download(
-                root_client, f"/v1/federation/leaves/leaf-a/v1/sessions/{sid}/export"
+            direct_s, direct_n, _ = _download(leaf_client, f"/v1/sessions/{sid}/export")
+            tunnel_s, tunnel_n, root_growth = _download(
+                root_client, f"/v1/federation/leaves/leaf-a/v1/sessions/{sid}/export", [root.pid]
             )
         if tunnel_n != direct_n or direct_n < raw_bytes * 0.9:
             raise RuntimeError(f"the exports differ: {direct_n} and {tunnel_n} bytes")
@@ -312,6 +335,13 @@ def run(quick: bool) -> list[Figure]:
                 ">= 50",
                 tunnel_n / MIB / tunnel_s >= 50,
                 note=f"{tunnel_s / direct_s:.2f}x the leaf's own time; {load}",
+            ),
+            Figure(
+                NAME,
+                "root RSS growth during that replay",
+                root_growth,
+                "MiB",
+                note=f"the whole {tunnel_n / MIB:.0f} MB streamed through the root process",
             ),
         ]
     return figures

@@ -302,6 +302,40 @@ def test_replay_through_the_root_is_byte_exact_and_the_root_stores_no_leaf_recor
     assert {"user_name": "alice", "route": f"/v1/sessions/{sid}/export"} in asked
 
 
+def test_the_cli_asks_the_root_with_leaf_as_it_asks_one_installation(fed: Federation) -> None:
+    env = {
+        **env_for(fed.root),
+        "SESSIONVAULT_API_URL": fed.base,
+        "SESSIONVAULT_API_TOKEN": fed.alice,
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [SESSIONVAULT, *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    found = run("search", "--leaf", "*", "--text", f"{MARK} leaf-b 1", "--all-pages")
+    lines = [line.split("\t") for line in found.stdout.splitlines()]
+    assert {cols[1] for cols in lines} == {"leaf-b"}
+    assert all(cols[-1].startswith("sessionvault play --leaf leaf-b ") for cols in lines)
+    assert "leaf-a ok (0), leaf-b ok (2)" in found.stderr
+    listed = run("sessions", "--leaf", "leaf-a").stdout.splitlines()
+    assert [line.split("\t")[2] for line in listed] == list(reversed(fed.a.sids))
+    # Without the root's API settings, one clear line.
+    bare = subprocess.run(
+        [SESSIONVAULT, "sessions", "--leaf", "leaf-a"],
+        env=env_for(fed.root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bare.returncode != 0
+    assert "SESSIONVAULT_API_URL" in bare.stderr
+    assert len(bare.stderr.strip().splitlines()) == 1
+
+
 def test_a_leaf_killed_mid_query_is_named_and_the_same_cursor_continues_after_it_returns(
     fed: Federation,
 ) -> None:
