@@ -273,14 +273,16 @@ class LeafAgent:
         self.stats.requests += 1
         try:
             if req.get("method") != "GET" or not ALLOWED.match(path):
+                await self._audit(self.settings.tenant, path, query, user, roles, False, "route")
                 await self._refuse(ws, stream_id, 403, f"{path} is not readable through a tunnel")
-                self._audit(self.settings.tenant, path, query, user, roles, False, "route")
                 return
             rules = await list_mappings(self.app.state.pool)
             rule = choose_mapping(rules, self.root, user, roles)
             if rule is None:
                 self.stats.denied += 1
-                self._audit(self.settings.tenant, path, query, user, roles, False, "no mapping")
+                await self._audit(
+                    self.settings.tenant, path, query, user, roles, False, "no mapping"
+                )
                 await self._refuse(
                     ws,
                     stream_id,
@@ -288,7 +290,7 @@ class LeafAgent:
                     f"leaf {self.name!r} maps no tenant for {self.root}/{user}",
                 )
                 return
-            self._audit(rule.tenant, path, query, user, roles, True)
+            await self._audit(rule.tenant, path, query, user, roles, True)
             principal = Principal(
                 token_id=f"root:{self.root}:{user}",
                 tenant=rule.tenant,
@@ -317,7 +319,7 @@ class LeafAgent:
         await ws.send(encode_json(Kind.DATA, stream_id, {"detail": detail}))
         await ws.send(encode(Kind.END, stream_id))
 
-    def _audit(
+    async def _audit(
         self,
         tenant: str,
         path: str,
@@ -327,7 +329,9 @@ class LeafAgent:
         allowed: bool,
         reason: str = "",
     ) -> None:
-        self.app.state.view_auditor.record(
+        # The first event creates the emitter (spool directory, sender thread): off the loop.
+        await asyncio.to_thread(
+            self.app.state.view_auditor.record,
             federation_read_event(
                 tenant=tenant,
                 leaf=self.name,
@@ -338,7 +342,7 @@ class LeafAgent:
                 query=query,
                 allowed=allowed,
                 reason=reason,
-            )
+            ),
         )
 
     async def _call(
