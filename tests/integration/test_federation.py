@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -360,6 +362,26 @@ def test_a_leaf_killed_mid_query_is_named_and_the_same_cursor_continues_after_it
     wait_connected(fed.base, fed.alice, {"leaf-b"})
     rest = [k for page in federated_pages(fed, params, cursor) for k in keys(page)]
     assert keys(first) + rest == want
+
+
+def test_a_leaf_too_slow_to_answer_is_named_as_such_and_not_waited_for(fed: Federation) -> None:
+    assert fed.b.proc is not None
+    os.kill(fed.b.proc.pid, signal.SIGSTOP)  # the tunnel stays open; nothing answers on it
+    try:
+        t0 = time.monotonic()
+        body = get(fed, "/v1/federation/search", [("text", MARK)]).json()
+        waited = time.monotonic() - t0
+        status = {e["name"]: e for e in body["leaves"]}
+        assert body["partial"] is True
+        assert status["leaf-b"]["status"] == "timeout"
+        assert "did not answer within 3s" in status["leaf-b"]["message"]
+        assert status["leaf-a"]["status"] == "ok"
+        assert {h["leaf"] for h in body["hits"]} == {"leaf-a"}
+        assert waited < 30  # the root's deadline (3 s here), not the leaf's silence
+    finally:
+        os.kill(fed.b.proc.pid, signal.SIGCONT)
+    body = get(fed, "/v1/federation/search", [("text", MARK)]).json()
+    assert body["partial"] is False
 
 
 def test_a_cut_tunnel_is_named_then_redialled_when_the_network_returns(fed: Federation) -> None:
