@@ -30,6 +30,7 @@ from storage.tokens import Principal
 
 router = APIRouter(tags=["federation"])
 Reader = Annotated[Principal, Depends(require_token("read"))]
+LeafParam = Annotated[list[str] | None, Query(description="leaf name (repeatable; default all)")]
 
 #: Largest JSON answer a root accepts from a leaf for one page (bounded memory per question).
 MAX_PAGE_BYTES = 64 * 1024 * 1024
@@ -195,9 +196,7 @@ def _list_route(
     async def endpoint(
         request: Request,
         principal: Reader,
-        leaf: Annotated[
-            list[str] | None, Query(description="leaf name (repeatable; default all)")
-        ] = None,
+        leaf: LeafParam = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: Annotated[str | None, Query()] = None,
     ) -> dict[str, Any]:
@@ -239,9 +238,7 @@ _list_route(
 async def federated_timeline(
     request: Request,
     principal: Reader,
-    leaf: Annotated[
-        list[str] | None, Query(description="leaf name (repeatable; default all)")
-    ] = None,
+    leaf: LeafParam = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> dict[str, Any]:
     """``GET /v1/kube/timeline`` across leaves (same parameters but ``group_by``), in time

@@ -69,28 +69,13 @@ _leaf_option = click.option(
 
 
 def _federated_search(
-    settings: Any,
-    leaves: tuple[str, ...],
-    terms: tuple[str, ...],
-    texts: tuple[str, ...],
-    since: str | None,
-    until: str | None,
-    kind: str,
-    limit: int,
-    cursor: str | None,
-    all_pages: bool,
-    fmt: str,
-    filters: dict[str, tuple[str, ...]],
+    settings: Any, params: list[tuple[str, str]], cursor: str | None, all_pages: bool, fmt: str
 ) -> None:
+    """``search --leaf``: the root's federated search, printed with each hit's leaf."""
     from sessionvault.cli.federation import federated_pages, print_federated_hits
 
     if fmt == "csv":
         raise click.UsageError("--format csv is not available with --leaf")
-    params: list[tuple[str, str]] = [("leaf", leaf) for leaf in leaves if leaf != "*"]
-    params += [("text", t) for t in (*terms, *texts)]
-    params += [(name, v) for name, values in filters.items() for v in values]
-    params += [(k, v) for k, v in (("since", since), ("until", until)) if v]
-    params += [("kind", kind), ("limit", str(limit))]
     pages = federated_pages(
         settings, "/v1/federation/search", params, "hits", cursor=cursor, all_pages=all_pages
     )
@@ -163,20 +148,12 @@ def _register_search(main: click.Group) -> None:
 
         settings = get_settings(ctx)
         if leaves:
-            _federated_search(
-                settings,
-                leaves,
-                terms,
-                texts,
-                since,
-                until,
-                kind,
-                limit,
-                cursor,
-                all_pages,
-                fmt,
-                filters,
-            )
+            params = [("leaf", leaf) for leaf in leaves if leaf != "*"]
+            params += [("text", t) for t in (*terms, *texts)]
+            params += [(name, v) for name, values in filters.items() for v in values]
+            params += [(k, v) for k, v in (("since", since), ("until", until)) if v]
+            params += [("kind", kind), ("limit", str(limit))]
+            _federated_search(settings, params, cursor, all_pages, fmt)
             return
         query = make_query(
             tenant,
