@@ -323,6 +323,8 @@ def test_the_cli_asks_the_root_with_leaf_as_it_asks_one_installation(fed: Federa
     assert {cols[1] for cols in lines} == {"leaf-b"}
     assert all(cols[-1].startswith("sessionvault play --leaf leaf-b ") for cols in lines)
     assert "leaf-a ok (0), leaf-b ok (2)" in found.stderr
+    played = run("play", "--leaf", "leaf-b", fed.b.sids[0], "--speed", "50")
+    assert f"{MARK} leaf-b 0" in played.stdout
     listed = run("sessions", "--leaf", "leaf-a").stdout.splitlines()
     assert [line.split("\t")[2] for line in listed] == list(reversed(fed.a.sids))
     # Without the root's API settings, one clear line.
