@@ -15,11 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api import console
 from api.console import security_headers
 from ingest.kafka import SharedProducer
+from ingest.metrics import REGISTRY, watch_spool
 from ingest.view_audit import ViewAuditor
 from sessionvault import __version__
 from sessionvault.errors import (
@@ -46,6 +48,14 @@ def _default_producer(settings: Settings) -> Any:
     return make_producer(settings)
 
 
+HTTP_REQUESTS = Counter(
+    "sessionvault_http_requests",
+    "API requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+
+
 def _status_of(exc: SessionVaultError) -> int:
     if isinstance(exc, ValidationError):
         return 400
@@ -67,6 +77,7 @@ def create_app(
     """The API for ``settings`` (PostgreSQL DSN and Kafka bootstrap required)."""
     require(settings, "postgres_dsn", "kafka_bootstrap")
     configure_keys(settings)
+    watch_spool(settings.resolved_spool_dir)  # the access audit's spool, when Kafka is down
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +127,17 @@ def create_app(
     ) -> Response:
         response = await call_next(request)
         response.headers.update(security_headers())
+        # The route's template, never the path: no session id or tenant becomes a label.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         return response
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus metrics of this API process (docs/operations.md): requests by route and
+        status, the audit spool, process CPU and memory. No token: scraped from inside the
+        cluster, and no label carries a tenant, a session or a user."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -188,17 +188,24 @@ class BatchConsumer:
 
     def lag(self) -> int | None:
         """Records behind the high watermark over the assigned partitions (None: unknown yet)."""
+        lags = self.partition_lags()
+        return None if lags is None else sum(lags.values())
+
+    def partition_lags(self) -> dict[tuple[str, int], int] | None:
+        """Records behind the high watermark per assigned (topic, partition); None while
+        nothing is assigned or a watermark is not known yet."""
         try:
             assigned = self._consumer.assignment()
             if not assigned:
                 return None
-            total = 0
+            out: dict[tuple[str, int], int] = {}
             for tp in assigned:
                 high = self._consumer.highwater(tp)
                 if high is None:
                     return None
-                total += max(0, int(high) - int(self._consumer.position(tp, timeout_ms=1000)))
-            return total
+                position = int(self._consumer.position(tp, timeout_ms=1000))
+                out[(tp.topic, tp.partition)] = max(0, int(high) - position)
+            return out
         except (kerr.KafkaError, OSError) as exc:
             raise to_transport_error(exc, "read lag") from exc
 

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from ingest import metrics
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.runtime import BatchReport as StageReport
@@ -102,6 +103,10 @@ SEG_CURSOR_CAPACITY = 100_000
 RESYNC_EVENTS = frozenset({"session.start", "session.end"})
 #: Longest time between two checks that OpenSearch still holds a complete copy.
 COMPLETENESS_CHECK_S = 5.0
+
+
+#: How often the index worker refreshes the search watermark's age gauge.
+WATERMARK_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ class IndexWorker:
         self.persist_group = persist_group
         self.prefix = prefix = prefix or settings.opensearch_index_prefix
         self.stats = IndexStats()
+        self._watermark_read_at = 0.0
         self.max_bulk_bytes = max_bulk_bytes
         self.rt = KafkaRuntime(
             settings,
@@ -539,6 +545,12 @@ class IndexWorker:
         commit on the partition deletes them too)."""
         try:
             await self._on_conn(lambda c: watermark.clear_pending(c, offsets))
+            if time.monotonic() - self._watermark_read_at >= WATERMARK_EVERY_S:
+                self._watermark_read_at = time.monotonic()
+                behind = await self._on_conn(watermark.backlog)
+                oldest = behind.oldest_created_us
+                age_s = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
+                metrics.WATERMARK_AGE.set(age_s)
         except StorageError as exc:
             log.warning("index: search watermark not moved yet: %s", exc)
             await self._drop_connection()

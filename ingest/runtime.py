@@ -39,11 +39,13 @@ import contextlib
 import inspect
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ingest import metrics
 from ingest.consumer import BatchConsumer, CommitRejectedError, Record, next_offsets
 from ingest.deadletter import DeadLetterProducer
 from ingest.health import Health
@@ -53,6 +55,8 @@ from sessionvault.settings import Settings
 
 T = TypeVar("T")
 
+#: How often the run loop refreshes the per-partition lag gauge.
+LAG_EVERY_S = 5.0
 #: Seconds between polls after a failed poll (the consumer reconnects meanwhile).
 POLL_RETRY_S = 1.0
 #: Longest single sleep while waiting to retry: the consumer is polled (kept in its group)
@@ -184,6 +188,7 @@ class Runtime:
             except self.retried as exc:
                 self.health.failed(what, exc)
                 self.retries += 1
+                metrics.RETRIES.labels(self.name, what).inc()
                 if self.on_failure is not None:
                     await self.on_failure(exc)
                 delay = jittered_s(attempt, self.settings.retry_backoff_max_ms)
@@ -265,6 +270,7 @@ class KafkaRuntime(Runtime):
         self._deadletters: DeadLetterProducer | None = None
         self._idle_since: float | None = None
         self._last_lag: int | None = None
+        self._lag_read_at = 0.0
 
     async def sleep_or_stop(self, seconds: float) -> None:
         """:meth:`Runtime.sleep_or_stop`, keeping the consumer in its group meanwhile (its
@@ -397,16 +403,24 @@ class KafkaRuntime(Runtime):
         self.stats.batches += 1
         self.stats.records += len(records)
         self.stats.dead_letters += len(letters)
+        for letter in letters:
+            metrics.DEAD_LETTERS.labels(self.name, letter.reason).inc()
         return Committed(len(letters), offsets, committed)
 
     async def lag(self) -> int | None:
-        """Records behind the high watermark on this member's partitions (None: unknown)."""
+        """Records behind the high watermark on this member's partitions (None: unknown);
+        also sets the per-partition lag gauge."""
         if self.consumer is None:
             return None
         try:
-            self._last_lag = await self.kafka(self.consumer.lag)
+            lags = await self.kafka(self.consumer.partition_lags)
         except TransportError as exc:
             self.log.debug("%s: lag unavailable: %s", self.name, exc)
+            return self._last_lag
+        self._last_lag = None if lags is None else sum(lags.values())
+        for (topic, partition), behind in (lags or {}).items():
+            metrics.LAG.labels(self.name, topic, str(partition)).set(behind)
+        self._lag_read_at = time.monotonic()
         return self._last_lag
 
     async def run(
@@ -434,7 +448,14 @@ class KafkaRuntime(Runtime):
                         if on_idle is not None:
                             await on_idle()
                     else:
+                        started = time.monotonic()
                         report = await handle(records)
+                        metrics.observe_batch(
+                            self.name,
+                            time.monotonic() - started,
+                            len(records),
+                            sum(len(r.value or b"") for r in records),
+                        )
                         self.health.progressed()
                         if on_batch is not None:
                             res = on_batch(report)
@@ -442,6 +463,8 @@ class KafkaRuntime(Runtime):
                                 await res
                     if after_poll is not None:
                         await after_poll()
+                    if time.monotonic() - self._lag_read_at >= LAG_EVERY_S:
+                        await self.lag()  # the lag gauge stays fresh between scrapes
             except Stopped:
                 self.log.info("%s: stopping with an uncommitted batch; it will be redelivered",
                               self.name)  # fmt: skip

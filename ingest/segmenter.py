@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ingest import metrics
 from ingest.runtime import Runtime, Stopped
 from replay.segments import SessionText, render_session
 from schemas.models import Chunk
@@ -263,6 +264,7 @@ class Segmenter:
         """One round over (up to ``sessions_per_round``) queued sessions, oldest first.
         Returns (sessions that made progress, whether work is known to remain)."""
         conn = await self._connection()
+        metrics.SEGMENT_BACKLOG.set(await store.queue_length(conn))
         sids = await store.queued_sessions(conn, self.sessions_per_round)
         self.stats.rounds += 1
         progressed = 0
@@ -277,6 +279,7 @@ class Segmenter:
                 progressed += 1
             s.sessions += 1
             s.chunks += st.chunks
+            metrics.RECORDS.labels(self.rt.name).inc(st.chunks)  # chunks rendered
             s.segments += st.segments
             s.resynced += st.resynced
             remaining = remaining or not st.caught_up

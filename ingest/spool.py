@@ -144,6 +144,20 @@ def list_segments(directory: Path) -> list[Path]:
         raise SpoolError(f"cannot list spool directory {directory}: {exc}") from exc
 
 
+def spool_bytes(root: Path) -> int:
+    """Bytes held in every owner's segments under spool ``root`` (what waits for Kafka)."""
+    total = 0
+    try:
+        owners = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:
+        return 0
+    for owner in owners:
+        for segment in list_segments(owner):
+            with contextlib.suppress(OSError):  # drained and deleted meanwhile
+                total += segment.stat().st_size
+    return total
+
+
 class Spool:
     """One process's spool directory: append, seal, read back, delete. Not thread-safe.
 

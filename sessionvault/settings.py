@@ -177,6 +177,10 @@ class Settings:
     api_url: str = ""
     api_token: Secret = field(default_factory=lambda: Secret(""))
 
+    # Each worker serves its Prometheus metrics and probes (/metrics, /livez, /readyz) on this
+    # port (0: not served; one per host, so the local stack leaves it off).
+    metrics_port: int = 0
+
     log_level: str = "INFO"
 
     # SIEM sinks: a TOML/YAML/JSON file listing them (see siem.config); empty: none configured.

@@ -134,9 +134,14 @@ def run_async_worker(
     quiet_loggers: Sequence[str] = ("kafka",),
     home: Path | None = None,
     name: str = "",
+    metrics_port: int = 0,
+    spool_dir: Path | None = None,
 ) -> None:
     """Run a long-lived asyncio worker until SIGTERM/SIGINT: the shared shell of the
     ``worker ...`` commands.
+
+    With ``metrics_port``, the worker's Prometheus metrics and its probes (``/metrics``,
+    ``/livez``, ``/readyz``: :mod:`ingest.metrics`) are served on that port while it runs.
 
     With ``home`` and ``name``, the worker's health (its ``health`` and ``stats``) is written
     for ``status`` about once a second (:class:`ingest.health.Reporter`), and a stalled worker's
@@ -181,6 +186,13 @@ def run_async_worker(
             asyncio.create_task(ticker()) if status_line is not None and status_every > 0 else None
         )
         reporter = Reporter(home, name, worker) if home is not None and name else None
+        server = None
+        if metrics_port:
+            from ingest.metrics import serve_metrics
+
+            server = serve_metrics(
+                metrics_port, name.removeprefix("worker-") or "worker", worker, spool_dir=spool_dir
+            )
         try:
             await run(worker, stop)
         finally:
@@ -188,6 +200,8 @@ def run_async_worker(
                 task.cancel()
             if reporter is not None:
                 reporter.close()
+            if server is not None:
+                server.close()
         click.echo(stopped(worker), err=True)
 
     asyncio.run(main_task())
@@ -316,6 +330,8 @@ def run_worker_command(
         quiet_loggers=quiet_loggers,
         home=settings.home,
         name=name,
+        metrics_port=settings.metrics_port,
+        spool_dir=settings.resolved_spool_dir,
     )
 
 

@@ -344,6 +344,13 @@ def _check_keys(w: World, kind: str, r: httpx.Response) -> None:
     assert "key" not in r.text.replace('"keys"', "")
 
 
+def _check_metrics(w: World, kind: str, r: httpx.Response) -> None:
+    # Public, so it names no tenant, session or user: route templates and counts only.
+    assert "sessionvault_http_requests" in r.text
+    for secret in (w.a, w.b, *w.sids.values(), "alice"):
+        assert secret not in r.text, secret
+
+
 def _fixed_request(path: str) -> Callable[[World], tuple[str, dict[str, Any], bytes | None]]:
     return lambda w: (path, {}, None)
 
@@ -395,6 +402,14 @@ CASES = [
         for t in ("ssh", "prod", "dev", "b_ssh")
     ),
     Case("GET", "/healthz", "healthz", lambda w: ("/healthz", {}, None), lambda w, k: 200),
+    Case(
+        "GET",
+        "/metrics",
+        "metrics",
+        lambda w: ("/metrics", {}, None),
+        lambda w, k: 200,
+        _check_metrics,
+    ),
     Case(
         "GET", "/v1/keys", "keys", lambda w: ("/v1/keys", {}, None), lambda w, k: 200, _check_keys
     ),
@@ -467,7 +482,7 @@ def test_every_route_times_every_token_kind_answers_by_the_one_read_rule(
         [bearer] = [name for name, s in schemes.items() if s.get("scheme") == "bearer"]
         for path, ops in spec["paths"].items():
             for op in ops.values():
-                public = path in ("/healthz", "/v1/keys", "/v1/federation/join")
+                public = path in ("/healthz", "/metrics", "/v1/keys", "/v1/federation/join")
                 wanted: list[dict[str, list[str]]] = [] if public else [{bearer: []}]
                 assert op.get("security", []) == wanted, path
         matrix: dict[tuple[str, str], int] = {}
