@@ -23,9 +23,10 @@ if [[ $profile == test ]]; then
     # full-screen programs recorded and searched as they stood on screen, rsyslog +
     # rsyslog-gnutls (the syslog-over-TLS SIEM peer), faketime (the suite's date-dependent
     # paths run at injected dates), chromium and firefox-esr (the web console's browser tests:
-    # Playwright drives chromium, WebDriver BiDi drives firefox).
+    # Playwright drives chromium, WebDriver BiDi drives firefox), kubectl (`kubectl kustomize`
+    # renders deploy/k8s for its schema checks).
     packages+=(sudo tmux asciinema vim-tiny less procps rsyslog rsyslog-gnutls faketime chromium
-        firefox-esr)
+        firefox-esr kubectl)
 fi
 if [[ $profile != venv && $profile != test ]]; then
     echo "system-packages: unknown profile '$profile' (venv or test)" >&2

@@ -420,7 +420,8 @@ class LeafAgent:
             if left.total_seconds() < self.settings.federation_cert_ttl_s * RENEW_AT_FRACTION:
                 try:
                     await self.renew()
-                except (SessionVaultError, TimeoutError) as exc:
+                except (SessionVaultError, TimeoutError, OSError) as exc:
+                    # OSError: the files are read-only here (a Secret); rotate by a new join.
                     log.warning("federation: certificate renewal failed: %s", exc)
                 else:
                     await self.reconnect()  # the next tunnel uses the new certificate

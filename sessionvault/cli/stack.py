@@ -192,7 +192,32 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(1)
 
 
+@click.command("migrate")
+@click.option("--no-topics", is_flag=True, help="Only PostgreSQL (topics are managed elsewhere).")
+@click.pass_context
+def migrate_cmd(ctx: click.Context, no_topics: bool) -> None:
+    """Apply the PostgreSQL migrations and create the Kafka topics (idempotent: what the
+    Kubernetes migrations Job and the compose `init` service run before the workers)."""
+    import asyncio
+
+    from sessionvault.cli.common import get_settings, postgres_dsn
+    from storage import pg
+
+    settings = get_settings(ctx)
+    applied = asyncio.run(pg.migrate(postgres_dsn(settings)))
+    click.echo(f"migrations applied: {', '.join(applied) or 'none (up to date)'}", err=True)
+    if not no_topics:
+        from ingest.topics import ensure_topics
+
+        ensure_topics(settings)
+        click.echo(
+            f"topics: {settings.topic_chunks}, {settings.topic_events}, {settings.topic_deadletter}",
+            err=True,
+        )
+
+
 def register(main: click.Group) -> None:
+    main.add_command(migrate_cmd)
     main.add_command(up_cmd)
     main.add_command(down_cmd)
     main.add_command(status_cmd)
