@@ -210,10 +210,8 @@ def migrate_cmd(ctx: click.Context, no_topics: bool) -> None:
         from ingest.topics import ensure_topics
 
         ensure_topics(settings)
-        click.echo(
-            f"topics: {settings.topic_chunks}, {settings.topic_events}, {settings.topic_deadletter}",
-            err=True,
-        )
+        topics = (settings.topic_chunks, settings.topic_events, settings.topic_deadletter)
+        click.echo(f"topics: {', '.join(topics)}", err=True)
 
 
 def register(main: click.Group) -> None:
