@@ -20,7 +20,7 @@ import kafka.errors as kerr
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from ingest.kafka import API_VERSION, to_transport_error
+from ingest.kafka import API_VERSION, security_config, to_transport_error
 from ingest.topics import consumer_tuning
 from sessionvault.errors import TransportError
 from sessionvault.settings import Settings, require
@@ -82,6 +82,7 @@ def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
 
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        **security_config(settings),
         "bootstrap_servers": settings.kafka_bootstrap.split(","),
         "group_id": group_id,
         "client_id": f"sessionvault-{group_id}",

@@ -43,6 +43,7 @@ from ingest.kafka import (
     confirmed_prefix,
     make_producer,
     max_request_bytes,
+    security_config,
     to_transport_error,
 )
 from ingest.topics import end_offsets
@@ -227,6 +228,7 @@ def iter_deadletters(
     topic = topic or settings.topic_deadletter
     try:
         consumer = KafkaConsumer(
+            **security_config(settings),
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             enable_auto_commit=False,
             client_id="sessionvault-deadletter-reader",

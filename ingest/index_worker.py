@@ -63,6 +63,7 @@ from typing import Any, TypeVar
 from ingest import metrics
 from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
+from ingest.kafka import security_config
 from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
 from ingest.topics import admin_client, group_offsets
@@ -290,7 +291,9 @@ class IndexWorker:
     # -- step 2: durability ------------------------------------------------------------------
 
     def _persist_committed(self) -> dict[tuple[str, int], int]:
-        with admin_client(self.settings.kafka_bootstrap) as admin:
+        with admin_client(
+            self.settings.kafka_bootstrap, security=security_config(self.settings)
+        ) as admin:
             try:
                 offsets = group_offsets(admin, self.persist_group)
             except Exception as exc:

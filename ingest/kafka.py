@@ -42,9 +42,30 @@ def max_request_bytes(settings: Settings) -> int:
     return settings.max_record_bytes + 64 * 1024
 
 
+def security_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python's transport security options from the settings (the one place they are
+    read; empty for PLAINTEXT). Every client the project makes is given them."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    config: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        config.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get(),
+        )
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(settings, f"kafka_{name}")
+        if value:
+            config[name] = value
+    return config
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The producer configuration described in the module docstring (overridable)."""
     config: dict[str, Any] = {
+        **security_config(settings),
         "bootstrap_servers": settings.kafka_bootstrap.split(","),
         "client_id": "sessionvault-producer",
         "acks": "all",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 
+from ingest.kafka import security_config
 from sessionvault.errors import TransportError
 from sessionvault.settings import Settings, require
 
@@ -48,10 +49,14 @@ def consumer_tuning(settings: Settings) -> dict[str, int]:
 
 
 @contextmanager
-def admin_client(bootstrap: str, *, timeout_ms: int = 10_000) -> Iterator[Any]:
-    """A connected ``KafkaAdminClient``, closed on exit; connection errors -> TransportError."""
+def admin_client(
+    bootstrap: str, *, timeout_ms: int = 10_000, security: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
+    """A connected ``KafkaAdminClient``, closed on exit; connection errors -> TransportError.
+    ``security``: :func:`ingest.kafka.security_config` of the settings (none: plaintext)."""
     try:
         client = KafkaAdminClient(
+            **(security or {}),
             bootstrap_servers=bootstrap.split(","),
             request_timeout_ms=timeout_ms,
             client_id="sessionvault-admin",
@@ -93,7 +98,9 @@ def ensure_topics(
     count = partitions or settings.topic_partitions
     spec = {name: {"num_partitions": count, "replication_factor": 1} for name in wanted}
     created: list[str] = []
-    with admin_client(settings.kafka_bootstrap, timeout_ms=timeout_ms) as admin:
+    with admin_client(
+        settings.kafka_bootstrap, timeout_ms=timeout_ms, security=security_config(settings)
+    ) as admin:
         try:
             response = admin.create_topics(
                 spec, timeout_ms=timeout_ms, raise_errors=False, wait_for_metadata=True

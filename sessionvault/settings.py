@@ -23,6 +23,7 @@ from sessionvault.errors import ConfigError
 from sessionvault.names import TENANT_RULE, is_tenant_name
 
 ENV_PREFIX = "SESSIONVAULT_"
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 STACK_FILE = "stack.json"
 
 
@@ -69,6 +70,16 @@ class Settings:
     tenant: str = "default"
 
     kafka_bootstrap: str = ""
+    # Kafka transport security, passed to every client (docs/operations.md): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; a SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with
+    # its user and password; the CA (and a client certificate for mutual TLS) as PEM files.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     postgres_dsn: Secret = field(default_factory=lambda: Secret(""))
     opensearch_url: str = ""
     # Index names are <prefix>-events-YYYY.MM / <prefix>-output-YYYY.MM (several installations
@@ -284,6 +295,13 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"SESSIONVAULT_LOCAL_BROKER_STORAGE={s.local_broker_storage!r}: use s3 or memory"
         )
+    if s.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"SESSIONVAULT_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol!r}: use one of"
+            f" {', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+        )
+    if s.kafka_security_protocol.startswith("SASL_") and not s.kafka_sasl_mechanism:
+        raise ConfigError("SASL needs SESSIONVAULT_KAFKA_SASL_MECHANISM (e.g. SCRAM-SHA-512)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}", s.federation_name):
         raise ConfigError(
             f"SESSIONVAULT_FEDERATION_NAME={s.federation_name!r}: use [A-Za-z0-9_.:-], 1-253"

@@ -212,3 +212,42 @@ def test_alert_rules_and_dashboard_name_only_metrics_the_code_exports() -> None:
     for used in (_used(exprs), _used(panels)):
         assert used
         assert used <= exported, sorted(used - exported)
+
+
+def test_compose_runs_the_same_processes_with_real_settings_and_a_valid_siem_config(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import fields
+
+    from sessionvault.settings import ENV_PREFIX, Settings
+    from siem.config import load_siem_config
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    commands = {
+        tuple(s["command"]) for s in services.values() if isinstance(s.get("command"), list)
+    }
+    assert _processes("overlays/production") | {("migrate",)} <= commands, sorted(commands)
+    known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        used = {k for k in env if k.startswith(ENV_PREFIX)} - {"SESSIONVAULT_SPLUNK_TOKEN"}
+        assert used <= known, (name, sorted(used - known))
+    # The SIEM configuration both deployments ship parses, and names the sink deployed.
+    k8s_siem = next(
+        d
+        for d in render("base")
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sessionvault-siem"
+    )["data"]["siem.yaml"]
+    (tmp_path / "k8s-siem.yaml").write_text(k8s_siem)
+    env = {"SESSIONVAULT_SPLUNK_TOKEN": "x"}
+    for path in (ROOT / "deploy" / "siem.example.yaml", tmp_path / "k8s-siem.yaml"):
+        config = load_siem_config(path=path, env=env)
+        assert [s.name for s in config.sinks] == ["splunk"]
+    # Every variable the ConfigMap sets is a setting too.
+    config_map = next(
+        d
+        for d in render("base")
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sessionvault"
+    )
+    assert set(config_map["data"]) <= known, sorted(set(config_map["data"]) - known)
