@@ -157,10 +157,11 @@ def run_async_worker(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING)
     root_level = logging.getLogger().level
-    for name in ("ingest", "storage", "siem"):
-        logging.getLogger(name).setLevel(min(root_level, logging.INFO))
-    for name in quiet_loggers:
-        logging.getLogger(name).setLevel(max(root_level, logging.ERROR))
+    # (Not `name`: that is the worker's, for its health file and metrics.)
+    for logger_name in ("ingest", "storage", "siem"):
+        logging.getLogger(logger_name).setLevel(min(root_level, logging.INFO))
+    for logger_name in quiet_loggers:
+        logging.getLogger(logger_name).setLevel(max(root_level, logging.ERROR))
 
     from ingest.health import Reporter, status_suffix
 
@@ -190,9 +191,9 @@ def run_async_worker(
         if metrics_port:
             from ingest.metrics import serve_metrics
 
-            server = serve_metrics(
-                metrics_port, name.removeprefix("worker-") or "worker", worker, spool_dir=spool_dir
-            )
+            # The label the runtime counts under (persist, index, siem-NAME, ...).
+            label = getattr(getattr(worker, "rt", None), "name", "") or name.removeprefix("worker-")
+            server = serve_metrics(metrics_port, label or "worker", worker, spool_dir=spool_dir)
         try:
             await run(worker, stop)
         finally:
