@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
 from typing import Any
+
+import httpx
 
 from deploy.stack import ServerStatus, StackStatus
 from ingest.health import read_health
@@ -36,14 +40,20 @@ def _report(settings: Settings, pid: int, deadline_s: float, want: str) -> dict[
     raise AssertionError(f"worker {pid} never reported {want!r}; last report {last}")
 
 
-def _start(settings: Settings) -> subprocess.Popen[bytes]:
-    env = env_for(settings)
+def _start(settings: Settings, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    env = {**env_for(settings), "SESSIONVAULT_METRICS_PORT": str(metrics_port)}
     return subprocess.Popen(
         [SESSIONVAULT, "worker", "persist", "--status-every", "0.5"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -66,11 +76,22 @@ def test_a_persist_worker_that_cannot_write_reports_stalled_and_recovers(
     session = build_session(s.tenant, str(uuid.uuid4()), 3, random.Random(7))
     produce(s, s.topic_chunks, ((c.sid.encode(), encode_chunk(c)) for c in session.chunks))
 
-    proc = _start(dead_pg)
+    port = _free_port()
+    proc = _start(dead_pg, port)
     try:
         report = _report(s, proc.pid, 60, "stalled")
         assert "failing" in report["reason"]
         assert report["metrics"]["records"] == 0
+        # The orchestrator sees it too: not ready (with why), and the metrics say so.
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert "stalled" in ready.text
+        assert httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5).status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'sessionvault_worker_stalled{worker="persist"} 1.0' in metrics
+        assert re.search(
+            r'sessionvault_retries_total\{what="[^"]+",worker="persist"\} [1-9]', metrics
+        )
         row = ServerStatus(
             "worker-persist", proc.pid, True, True, "", "", report["reason"], report["state"]
         )
