@@ -221,7 +221,7 @@ async def record_query(
     roles: Iterable[str],
     route: str,
     leaves: Iterable[str],
-    params: dict[str, Any],
+    params: list[list[str]],
 ) -> None:
     """The root's own audit line: who asked which leaves what (never what they answered)."""
     try:

@@ -98,6 +98,25 @@ async def leaves(request: Request, principal: Reader) -> dict[str, Any]:
     }
 
 
+async def _asked(
+    request: Request,
+    principal: Principal,
+    route: str,
+    leaves: list[str],
+    params: list[tuple[str, str]],
+) -> None:
+    """The root's own audit line for one question (what was asked, of whom; no answer)."""
+    await fed.record_query(
+        request.app.state.pool,
+        token_id=principal.token_id,
+        user=principal.display_user,
+        roles=principal.roles,
+        route=route,
+        leaves=leaves,
+        params=[[k, v] for k, v in params],
+    )
+
+
 async def _ask_json(
     hub: Hub, leaf: str, path: str, query: list[tuple[str, str]], who: dict[str, Any]
 ) -> tuple[str, Any, str]:
@@ -143,15 +162,7 @@ async def _federated_page(
         merge.decode_cursor(cursor, fp) if cursor else {name: None for name in names}
     )
     who = identity(principal, root)
-    await fed.record_query(
-        request.app.state.pool,
-        token_id=principal.token_id,
-        user=principal.display_user,
-        roles=principal.roles,
-        route=route,
-        leaves=names,
-        params={k: v for k, v in params},
-    )
+    await _asked(request, principal, route, names, params)
     base = [(k, v) for k, v in params if k != "limit"] + [("limit", str(limit))]
 
     async def one(name: str) -> merge.LeafAnswer:
@@ -249,15 +260,7 @@ async def federated_timeline(
     names = await _leaves(request, leaf)
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "leaf"]
     who = identity(principal, request.app.state.settings.federation_name)
-    await fed.record_query(
-        request.app.state.pool,
-        token_id=principal.token_id,
-        user=principal.display_user,
-        roles=principal.roles,
-        route="kube/timeline",
-        leaves=names,
-        params={k: v for k, v in params},
-    )
+    await _asked(request, principal, "kube/timeline", names, params)
     results = await asyncio.gather(
         *(_ask_json(hub, name, "/v1/kube/timeline", params, who) for name in names)
     )
@@ -307,15 +310,7 @@ async def through_leaf(leaf: str, path: str, request: Request, principal: Reader
         raise NotFoundError(f"{leaf_path} is not readable through a leaf")
     await _leaves(request, [leaf])
     params = list(request.query_params.multi_items())
-    await fed.record_query(
-        request.app.state.pool,
-        token_id=principal.token_id,
-        user=principal.display_user,
-        roles=principal.roles,
-        route=leaf_path,
-        leaves=[leaf],
-        params={k: v for k, v in params},
-    )
+    await _asked(request, principal, leaf_path, [leaf], params)
     who = identity(principal, request.app.state.settings.federation_name)
     try:
         stream = await hub.link(leaf).request(leaf_path, params, who, timeout_s=hub.timeout_s)
