@@ -18,9 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_token
 from ingest.view_audit import view_event
-from replay.export import FORMAT_CHOICES, encoder, export_frames, format_name, read_from_ms
+from replay.export import FORMAT_CHOICES, encoded_pieces, encoder, format_name, read_from_ms
 from sessionvault.errors import ConfigError, NotFoundError, SessionVaultError
-from storage.reader import SessionRecord, check_readable, get_session, iter_frames
+from storage.reader import SessionRecord, check_readable, get_session, iter_frame_lists
 from storage.tokens import Principal, token_description
 
 router = APIRouter()
@@ -98,13 +98,12 @@ async def export_session(
     await audit_view(request, principal, session, fmt, start_ms)
 
     async def body() -> AsyncIterator[bytes]:
-        # Frames are small (a few hundred bytes of a keystroke-heavy session): sent one by one,
-        # the server's per-write cost, not the store, bounds the rate (10 MB/s here). Pieces
-        # of up to EXPORT_PIECE_BYTES keep memory bounded and the rate that of the store.
+        # A piece per stored chunk (encoded_pieces), gathered up to EXPORT_PIECE_BYTES: written
+        # one frame at a time, the server's per-write cost bounded the rate (10 MB/s here).
         buf = bytearray(enc.header())
-        stored = iter_frames(pool, principal.tenant, sid, start_ms=read_from_ms(fmt, start_ms))
-        async for frame in export_frames(stored, fmt, start_ms):
-            buf += enc.frame(frame)
+        stored = iter_frame_lists(pool, principal.tenant, sid, start_ms=read_from_ms(fmt, start_ms))
+        async for piece in encoded_pieces(stored, enc, fmt, start_ms):
+            buf += piece
             if len(buf) >= EXPORT_PIECE_BYTES:
                 yield bytes(buf)
                 buf.clear()

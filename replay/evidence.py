@@ -58,7 +58,7 @@ from sessionvault.errors import IntegrityError, NotFoundError, ShreddedError
 from storage import evidence_store as store
 from storage.evidence_logic import Expected, Finding, Tombstones, check_checkpoints, compare
 from storage.keyring import KeyProvider, parse_public_keys, public_key_document, sign_body
-from storage.reader import get_session, iter_chunks, iter_frames, verify_session
+from storage.reader import get_session, iter_chunks, iter_frame_lists, verify_session
 
 # -- verify --since ----------------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ async def build_bundle(
     """Write the evidence bundle of ``sid`` to ``out`` (see the module docstring); returns
     its manifest body. The session must have a manifest in a checkpoint (the evidence stage,
     :class:`ingest.evidence.EvidenceWorker`, makes both; the caller runs a round first)."""
-    from replay.export import export_async
+    from replay.export import export_lists_async
 
     session = await get_session(pool, tenant, sid)
     manifest = await store.latest_manifest(pool, tenant, sid)
@@ -242,7 +242,7 @@ async def build_bundle(
         ):
             with z.open(name, "w", force_zip64=True) as raw:
                 h = _Hashing(raw)
-                await export_async(iter_frames(pool, tenant, sid), session, fmt, h)  # type: ignore[arg-type]
+                await export_lists_async(iter_frame_lists(pool, tenant, sid), session, fmt, h)  # type: ignore[arg-type]
                 sums.append((h.sha.hexdigest(), name))
         text = "".join(f"{digest}  {name}\n" for digest, name in sums).encode()
         z.writestr("SHA256SUMS", text)

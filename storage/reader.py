@@ -374,7 +374,25 @@ async def iter_frames(
     chunk_batch: int = 8,
     decompressor: Decompressor | None = None,
 ) -> AsyncIterator[Frame]:
-    """Every frame of the session in order, streamed chunk by chunk.
+    """Every frame of the session in order, streamed chunk by chunk (see
+    :func:`iter_frame_lists`, which gives them a chunk at a time)."""
+    async for frames in iter_frame_lists(
+        db, tenant, sid, start_ms=start_ms, chunk_batch=chunk_batch, decompressor=decompressor
+    ):
+        for frame in frames:
+            yield frame
+
+
+async def iter_frame_lists(
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    start_ms: int = 0,
+    chunk_batch: int = 8,
+    decompressor: Decompressor | None = None,
+) -> AsyncIterator[list[Frame]]:
+    """The session's frames in order, one stored chunk's at a time (none empty).
 
     With ``start_ms``, exactly the frames with ``offset_ms >= start_ms`` (reading starts at the
     chunk that holds that offset, found through the ``(sid, first_offset_ms)`` index). Raises
@@ -389,9 +407,11 @@ async def iter_frames(
         for row in rows:
             if row["last_offset_ms"] < start_ms:
                 continue
-            for frame in await decoder.frames(sid, row):
-                if frame.offset_ms >= start_ms:
-                    yield frame
+            frames = await decoder.frames(sid, row)
+            if frames and frames[0].offset_ms < start_ms:
+                frames = [f for f in frames if f.offset_ms >= start_ms]
+            if frames:
+                yield frames
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
-from replay.export import FORMAT_CHOICES, export_async, format_name, read_from_ms
+from replay.export import FORMAT_CHOICES, export_lists_async, format_name, read_from_ms
 from replay.frames import format_offset, parse_offset
 from schemas.models import Frame
 from sessionvault.cli.common import (
@@ -261,7 +261,7 @@ def register(main: click.Group) -> None:
         tenant: str,
     ) -> None:
         """Export a session (binary-safe; raw is byte-exact)."""
-        from storage.reader import get_session, iter_frames
+        from storage.reader import get_session, iter_frame_lists
 
         if leaf:
             _export_leaf(ctx, leaf, sid, fmt, output, start_at)
@@ -278,13 +278,15 @@ def register(main: click.Group) -> None:
 
         async def work(pool: Any) -> None:
             session = await get_session(pool, t, sid)
-            frames = iter_frames(pool, t, sid, start_ms=read_from_ms(fmt, start_ms))
+            frames = iter_frame_lists(pool, t, sid, start_ms=read_from_ms(fmt, start_ms))
             if output is None:
-                await export_async(frames, session, fmt, sys.stdout.buffer, start_ms)
+                await export_lists_async(frames, session, fmt, sys.stdout.buffer, start_ms)
                 return
             with open(output, "wb") as fh:
                 progress = _Progress(fh, f"export {sid}", sys.stderr.isatty())
-                stats = await export_async(frames, session, fmt, cast(BinaryIO, progress), start_ms)
+                stats = await export_lists_async(
+                    frames, session, fmt, cast(BinaryIO, progress), start_ms
+                )
             click.echo(
                 f"\rexported {stats.frames} frames ({stats.bytes_in} bytes) of {sid} as {fmt}"
                 f" to {output} ({stats.bytes_out} bytes)",
