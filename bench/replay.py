@@ -4,9 +4,9 @@ The session is written once through the storage write path the persist worker us
 (:func:`storage.chunkstore.write_chunks`, zstd-3 payloads, 64 KiB chunks from the SDK's chunk
 builder) and kept between runs. Then, each in a fresh subprocess:
 
-* library: ``replay.export.export_async(storage.reader.iter_frames(...), fmt="raw")`` to
-  /dev/null; time to first byte from the export call (connection included), and the process's
-  ``ru_maxrss``;
+* library: ``replay.export.export_lists_async(storage.reader.iter_frame_lists(...),
+  fmt="raw")`` (what the CLI and the API run) to /dev/null; time to first byte from the
+  export call (connection included), and the process's ``ru_maxrss``;
 * CLI: ``sessionvault export SID --format raw`` with stdout piped to this process, which
   discards it; time from spawn to the first byte (interpreter start-up and imports included)
   and the child's peak RSS from ``wait4``;
@@ -49,9 +49,9 @@ TENANT = "bench-replay"
 _IMPORTS = """
 import asyncio, json, os, resource, sys, time
 import orjson
-from replay.export import export_async
+from replay.export import export_lists_async
 from storage.pg import create_pool
-from storage.reader import get_session, iter_frames
+from storage.reader import get_session, iter_frame_lists
 """
 
 LIBRARY_CHILD = (
@@ -77,7 +77,7 @@ async def main(dsn, tenant, sid):
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
         session = await get_session(pool, tenant, sid)
-        await export_async(iter_frames(pool, tenant, sid), session, "raw", sink)
+        await export_lists_async(iter_frame_lists(pool, tenant, sid), session, "raw", sink)
     finally:
         await pool.close()
     t1 = time.perf_counter()
@@ -236,7 +236,7 @@ def run(quick: bool) -> list[Figure]:
             "ms",
             "< 100",
             lib_ttfb < 100,
-            note="export_async(iter_frames) from the call, pool connect included",
+            note="export_lists_async(iter_frame_lists) from the call, pool connect included",
         ),
         Figure(NAME, "peak RSS, library export", lib_rss, "MiB", "< 50", lib_rss < 50),
         Figure(
