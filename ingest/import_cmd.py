@@ -20,15 +20,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ingest.batching import ChunkBuilder, ChunkLimits
 from ingest.importers import SESSION_FORMATS, Recording, load_recording
-from ingest.kafka import Producer, send_confirmed
 from schemas.codec import encode_chunk, encode_event, validate_event
 from schemas.models import Chunk
 from sessionvault.errors import SessionVaultError, ValidationError
 from sessionvault.settings import Settings
+
+if TYPE_CHECKING:  # the Kafka client loads in ~80 ms: not at every CLI start
+    from ingest.kafka import Producer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class _Sender:
         """Send the window and wait for every acknowledgement (TransportError if not)."""
         pending, self._pending = self._pending, []
         weight, self._weight = self._weight, 0
+        from ingest.kafka import send_confirmed
+
         send_confirmed(self.producer, pending, timeout_s=30, what="import: delivery")
         if self.progress is not None and weight:
             self.progress(weight)
