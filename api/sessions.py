@@ -20,7 +20,13 @@ from api.auth import require_token
 from ingest.view_audit import view_event
 from replay.export import FORMAT_CHOICES, encoded_pieces, encoder, format_name, read_from_ms
 from sessionvault.errors import ConfigError, NotFoundError, SessionVaultError
-from storage.reader import SessionRecord, check_readable, get_session, iter_frame_lists
+from storage.reader import (
+    SessionRecord,
+    check_readable,
+    get_session,
+    iter_frame_lists,
+    iter_raw_output,
+)
 from storage.tokens import Principal, token_description
 
 router = APIRouter()
@@ -101,8 +107,16 @@ async def export_session(
         # A piece per stored chunk (encoded_pieces), gathered up to EXPORT_PIECE_BYTES: written
         # one frame at a time, the server's per-write cost bounded the rate (10 MB/s here).
         buf = bytearray(enc.header())
-        stored = iter_frame_lists(pool, principal.tenant, sid, start_ms=read_from_ms(fmt, start_ms))
-        async for piece in encoded_pieces(stored, enc, fmt, start_ms):
+        pieces: AsyncIterator[bytes]
+        if fmt == "raw":  # straight from the stored chunks (byte for byte the same)
+            raw = iter_raw_output(pool, principal.tenant, sid, start_ms=start_ms)
+            pieces = (p.data async for p in raw)
+        else:
+            stored = iter_frame_lists(
+                pool, principal.tenant, sid, start_ms=read_from_ms(fmt, start_ms)
+            )
+            pieces = encoded_pieces(stored, enc, fmt, start_ms)
+        async for piece in pieces:
             buf += piece
             if len(buf) >= EXPORT_PIECE_BYTES:
                 yield bytes(buf)

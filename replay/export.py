@@ -37,7 +37,7 @@ import base64
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import orjson
 
@@ -46,6 +46,9 @@ from replay.frames import seek_frame
 from replay.kube import exit_code_from_status
 from replay.text import TextRenderer
 from schemas.models import Frame, Stream
+
+if TYPE_CHECKING:  # a type only: this module stays free of the store
+    from storage.codec import RawOutput
 
 FORMATS = ("asciicast-v2", "asciicast-v3", "raw", "text", "ndjson")
 FORMAT_ALIASES = {"json": "ndjson"}
@@ -278,6 +281,14 @@ class _Counter:
             if code is not None:
                 self.x_code = code
 
+    def took(self, piece: RawOutput) -> None:
+        self.frames += piece.frames
+        self.bytes_in += piece.bytes_in
+        for f in piece.errors:
+            code = exit_code_from_status(f.data)
+            if code is not None:
+                self.x_code = code
+
     def saw_all(self, frames: Sequence[Frame]) -> None:
         self.frames += len(frames)
         for f in frames:
@@ -338,6 +349,19 @@ async def export_lists_async(
     async for piece in encoded_pieces(frame_lists, enc, fmt, start_ms, c.saw_all):
         c.write(piece)
     c.write(enc.end())
+    out.flush()
+    return c.stats(session)
+
+
+async def export_raw_async(
+    pieces: AsyncIterable[RawOutput], session: SessionMeta, out: BinaryIO
+) -> ExportStats:
+    """The raw export from ``storage.reader.iter_raw_output``: each chunk's output bytes
+    written as they are stored, no frame object made (what ``export --format raw`` runs)."""
+    c = _Counter(out)
+    async for piece in pieces:
+        c.took(piece)
+        c.write(piece.data)
     out.flush()
     return c.stats(session)
 

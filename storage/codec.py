@@ -43,6 +43,52 @@ def frame_index_totals(index: bytes) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class RawOutput:
+    """What a raw export takes from one chunk: the output and stderr bytes of its frames from
+    ``from_ms`` on, in order; how many frames (and payload bytes) those were; and their
+    error-channel frames (a kubectl exec's exit status)."""
+
+    data: bytes
+    frames: int
+    bytes_in: int
+    errors: tuple[Frame, ...]
+
+
+_RAW_STREAMS = (Stream.OUTPUT.value.encode(), Stream.STDERR.value.encode())
+_ERROR_STREAM = Stream.ERROR.value.encode()
+
+
+def raw_output(index: bytes, payload: bytes, *, from_ms: int = 0) -> RawOutput:
+    """:class:`RawOutput` of a stored chunk, straight from its frame index: runs of output
+    frames are sliced out of the payload whole, no frame object made (the raw export's
+    path; byte for byte what the frames' data joined would be)."""
+    parts: list[bytes] = []
+    errors: list[Frame] = []
+    pos = frames = bytes_in = 0
+    start = -1
+    for off, st, ln in _FRAME.iter_unpack(index):
+        kept = off >= from_ms
+        if kept and st in _RAW_STREAMS:
+            if start < 0:
+                start = pos
+        elif start >= 0:
+            parts.append(payload[start:pos])
+            start = -1
+        if kept:
+            frames += 1
+            bytes_in += ln
+            if st == _ERROR_STREAM:
+                errors.append(Frame(off, Stream.ERROR, payload[pos : pos + ln]))
+        pos += ln
+    if pos != len(payload):
+        raise ValueError(f"frame index covers {pos} bytes, payload has {len(payload)}")
+    if start >= 0:
+        parts.append(payload[start:pos])
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return RawOutput(data, frames, bytes_in, tuple(errors))
+
+
 def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:
     frames: list[Frame] = []
     pos = 0

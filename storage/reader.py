@@ -34,7 +34,7 @@ from sessionvault.errors import (
     StorageError,
     ValidationError,
 )
-from storage.codec import Decompressor, unpack_frames
+from storage.codec import Decompressor, RawOutput, raw_output, unpack_frames
 from storage.datakeys import DATA_KEYS
 from storage.pg import translate
 
@@ -399,19 +399,48 @@ async def iter_frame_lists(
     :class:`NotFoundError` when the session is not visible to ``tenant``, ShreddedError
     when it was crypto-shredded.
     """
+    decoder = _ChunkDecoder(db, tenant, decompressor)
+    async for row in _rows_from(db, tenant, sid, start_ms, chunk_batch):
+        frames = await decoder.frames(sid, row)
+        if frames and frames[0].offset_ms < start_ms:
+            frames = [f for f in frames if f.offset_ms >= start_ms]
+        if frames:
+            yield frames
+
+
+async def iter_raw_output(
+    db: Executor,
+    tenant: str,
+    sid: str,
+    *,
+    start_ms: int = 0,
+    chunk_batch: int = 8,
+) -> AsyncIterator[RawOutput]:
+    """The raw export's view of the session (:func:`storage.codec.raw_output`), one stored
+    chunk at a time, from ``start_ms`` on; the same errors as :func:`iter_frame_lists`."""
+    decoder = _ChunkDecoder(db, tenant)
+    async for row in _rows_from(db, tenant, sid, start_ms, chunk_batch):
+        payload = await decoder.payload(sid, row)
+        try:
+            yield raw_output(bytes(row["frames"]), payload, from_ms=start_ms)
+        except ValueError as exc:
+            err = StorageError(f"sid {sid} seq {row['seq']}: frame index does not fit: {exc}")
+            err.retriable = False
+            raise err from exc
+
+
+async def _rows_from(
+    db: Executor, tenant: str, sid: str, start_ms: int, chunk_batch: int
+) -> AsyncIterator[Any]:
+    """The session's stored chunk rows that hold frames at or after ``start_ms``, in order
+    (after the visibility and shredding checks every read makes)."""
     await get_session(db, tenant, sid)
     await check_readable(db, tenant, sid)
     after = await _seek_seq(db, tenant, sid, start_ms)
-    decoder = _ChunkDecoder(db, tenant, decompressor)
     async for rows in _iter_chunk_rows(db, tenant, sid, after_seq=after, chunk_batch=chunk_batch):
         for row in rows:
-            if row["last_offset_ms"] < start_ms:
-                continue
-            frames = await decoder.frames(sid, row)
-            if frames and frames[0].offset_ms < start_ms:
-                frames = [f for f in frames if f.offset_ms >= start_ms]
-            if frames:
-                yield frames
+            if row["last_offset_ms"] >= start_ms:
+                yield row
 
 
 @dataclass(frozen=True, slots=True)

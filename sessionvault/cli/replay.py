@@ -261,7 +261,8 @@ def register(main: click.Group) -> None:
         tenant: str,
     ) -> None:
         """Export a session (binary-safe; raw is byte-exact)."""
-        from storage.reader import get_session, iter_frame_lists
+        from replay.export import ExportStats, export_raw_async
+        from storage.reader import get_session, iter_frame_lists, iter_raw_output
 
         if leaf:
             _export_leaf(ctx, leaf, sid, fmt, output, start_at)
@@ -276,17 +277,21 @@ def register(main: click.Group) -> None:
         start_ms = _start_at(start_at)
         audit = _audited_view(ctx, t, sid, fmt, start_ms)
 
+        async def write(pool: Any, session: Any, out: BinaryIO) -> ExportStats:
+            if fmt == "raw":  # straight from the stored chunks (byte for byte the same)
+                pieces = iter_raw_output(pool, t, sid, start_ms=start_ms)
+                return await export_raw_async(pieces, session, out)
+            frames = iter_frame_lists(pool, t, sid, start_ms=read_from_ms(fmt, start_ms))
+            return await export_lists_async(frames, session, fmt, out, start_ms)
+
         async def work(pool: Any) -> None:
             session = await get_session(pool, t, sid)
-            frames = iter_frame_lists(pool, t, sid, start_ms=read_from_ms(fmt, start_ms))
             if output is None:
-                await export_lists_async(frames, session, fmt, sys.stdout.buffer, start_ms)
+                await write(pool, session, sys.stdout.buffer)
                 return
             with open(output, "wb") as fh:
                 progress = _Progress(fh, f"export {sid}", sys.stderr.isatty())
-                stats = await export_lists_async(
-                    frames, session, fmt, cast(BinaryIO, progress), start_ms
-                )
+                stats = await write(pool, session, cast(BinaryIO, progress))
             click.echo(
                 f"\rexported {stats.frames} frames ({stats.bytes_in} bytes) of {sid} as {fmt}"
                 f" to {output} ({stats.bytes_out} bytes)",
