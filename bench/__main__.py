@@ -32,6 +32,7 @@ BENCHES = (
     "detect",
     "console",
     "federation",
+    "scaleout",
 )
 
 
