@@ -6,7 +6,11 @@ who/where into segments after session enrichment."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +22,8 @@ from sessionvault.settings import Settings
 from storage import pg
 from storage.persist_logic import parse_time
 from storage.search.model import to_us
+from tests.integration.conftest import env_for
+from tests.integration.import_support import SESSIONVAULT
 from tests.integration.persist_helpers import (
     Session,
     build_session,
@@ -186,3 +192,52 @@ def test_segments_take_who_and_where_from_a_session_start_that_arrives_after_the
         }
     ]
     assert asyncio.run(fetch_all(dsn, "SELECT * FROM segment_queue")) == []
+
+
+def test_segmenters_running_at_once_share_the_queue_and_one_killed_mid_batch_changes_nothing(
+    settings: Settings,
+) -> None:
+    """Two `worker segments` processes on one queue, one SIGKILLed while work is in flight and
+    a third started: the stored segments are exactly those of rendering each session once."""
+    rng = random.Random(43)
+    sessions = [
+        build_session(settings.tenant, f"conc-{i}", n, rng, sizes=(40, 300, 2000, 6000))
+        for i, n in enumerate((30, 24, 18, 36, 12, 27, 21, 33))
+    ]
+    produce_sessions(settings, sessions)
+    dsn = settings.postgres_dsn.get()
+    asyncio.run(run_until_drained(settings, [settings.topic_chunks], segments=False))
+    expected = one_pass(sessions)
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [SESSIONVAULT, "worker", "segments", "--status-every", "0"],
+            env=env_for(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def count(sql: str) -> int:
+        return int(asyncio.run(fetch_all(dsn, sql))[0]["n"])
+
+    members = [start(), start()]
+    try:
+        deadline = time.monotonic() + 60
+        while count("SELECT count(*) AS n FROM text_segments") == 0:
+            assert time.monotonic() < deadline, "no segmenter rendered anything"
+            time.sleep(0.02)
+        assert count("SELECT count(*) AS n FROM segment_queue") > 0, "killed too late to matter"
+        os.kill(members[0].pid, signal.SIGKILL)  # whatever it had in hand is rolled back
+        members[0].wait(10)
+        members.append(start())
+        deadline = time.monotonic() + 120
+        while count("SELECT count(*) AS n FROM segment_queue"):
+            assert time.monotonic() < deadline, "the segmenters did not empty the queue"
+            assert all(m.poll() is None for m in members[1:]), "a segmenter died"
+            time.sleep(0.2)
+    finally:
+        for m in members:
+            if m.poll() is None:
+                m.send_signal(signal.SIGTERM)
+                m.wait(30)
+    assert asyncio.run(stored_segments(dsn)) == expected
