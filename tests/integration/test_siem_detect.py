@@ -435,7 +435,7 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
     while the topic drains and a third started: every matching command gets its alert (none
     lost), and a match redelivered after the kill gets the same alert id again, so storing
     alerts (idempotent by uid) keeps exactly one per match."""
-    events = []
+    events: list[dict[str, Any]] = []
     for i in range(240):
         bad = i % 4 == 0
         events.append(
@@ -480,7 +480,7 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
             m.send_signal(signal.SIGTERM)
             m.wait(60)
     alerts = [a for a in alerts_on_kafka(settings) if a["rule_id"] == CURL_RULE]
-    matched = {e["uid"] for e in events if "| sh" in e["command"]}
+    matched = {str(e["uid"]) for e in events if "| sh" in str(e["command"])}
     assert {a["matched_uid"] for a in alerts} == matched
     ids: dict[str, set[str]] = {}
     for a in alerts:
