@@ -9,9 +9,7 @@ measured in bench.persist.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +17,15 @@ from pathlib import Path
 
 import orjson
 
-from bench._common import LAUNCHER, MIB, Figure, bench_main, cache_dir, rusage_from_stderr
+from bench._common import (
+    LAUNCHER,
+    MIB,
+    SESSIONVAULT,
+    Figure,
+    bench_main,
+    cache_dir,
+    rusage_from_stderr,
+)
 from bench.servers import bench_stack
 from ingest.import_cmd import import_path
 from ingest.importers import load_recording
@@ -120,7 +126,7 @@ def run(quick: bool) -> list[Figure]:
 
 def _cli_import_rss(path: Path, env: dict[str, str]) -> float:
     """Peak RSS (MiB) of ``sessionvault import asciicast PATH``, measured by the launcher."""
-    exe = shutil.which("sessionvault", path=os.path.dirname(sys.executable)) or "sessionvault"
+    exe = SESSIONVAULT
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, exe, "import", "asciicast", str(path)],
         env=env,

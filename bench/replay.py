@@ -34,7 +34,15 @@ from typing import Any
 
 import orjson
 
-from bench._common import LAUNCHER, MIB, Figure, bench_main, cache_dir, rusage_from_stderr
+from bench._common import (
+    LAUNCHER,
+    MIB,
+    SESSIONVAULT,
+    Figure,
+    bench_main,
+    cache_dir,
+    rusage_from_stderr,
+)
 from bench.compression import MB
 from bench.corpus import build_corpus
 from bench.persist import session_chunks
@@ -168,7 +176,7 @@ def _run_json(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def _cli_export(sid: str, env: dict[str, str]) -> tuple[float, float, int, float]:
     """(time to first byte, total time, bytes, peak RSS KiB) of ``sessionvault export``."""
-    exe = shutil.which("sessionvault", path=os.path.dirname(sys.executable)) or "sessionvault"
+    exe = SESSIONVAULT
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(
@@ -220,7 +228,7 @@ def _versus_asciinema(
     if asciinema is None:
         return [Figure(NAME, "export raw vs asciinema cat", float("nan"), "", note="no asciinema")]
     cast_path = cache_dir() / f"{sid}.cast"
-    exe = shutil.which("sessionvault", path=os.path.dirname(sys.executable)) or "sessionvault"
+    exe = SESSIONVAULT
     if not cast_path.exists():
         subprocess.run(
             [exe, "export", sid, "--format", "asciicast-v2", "-o", str(cast_path)],
@@ -253,7 +261,7 @@ def _versus_asciinema(
 def _cli_startup_s(env: dict[str, str]) -> float:
     """Shortest of three ``sessionvault --help`` runs: interpreter start-up plus the CLI's
     imports, the floor under the CLI's time to first byte."""
-    exe = shutil.which("sessionvault", path=os.path.dirname(sys.executable)) or "sessionvault"
+    exe = SESSIONVAULT
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()

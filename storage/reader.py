@@ -298,9 +298,22 @@ class _ChunkDecoder:
         try:
             return unpack_frames(bytes(row["frames"]), payload)
         except Exception as exc:
-            err = StorageError(f"sid {sid} seq {row['seq']}: frame index does not fit: {exc}")
-            err.retriable = False
-            raise err from exc
+            raise _index_error(sid, row, exc) from exc
+
+    async def raw(self, sid: str, row: Any, from_ms: int) -> RawOutput:
+        """The chunk's :class:`RawOutput` (output bytes from ``from_ms``, no frame objects)."""
+        payload = await self.payload(sid, row)
+        try:
+            return raw_output(bytes(row["frames"]), payload, from_ms=from_ms)
+        except Exception as exc:
+            raise _index_error(sid, row, exc) from exc
+
+
+def _index_error(sid: str, row: Any, exc: Exception) -> StorageError:
+    """A stored frame index that does not fit its payload: the store is at fault, for good."""
+    err = StorageError(f"sid {sid} seq {row['seq']}: frame index does not fit: {exc}")
+    err.retriable = False
+    return err
 
 
 async def _iter_chunk_rows(
@@ -420,13 +433,7 @@ async def iter_raw_output(
     chunk at a time, from ``start_ms`` on; the same errors as :func:`iter_frame_lists`."""
     decoder = _ChunkDecoder(db, tenant)
     async for row in _rows_from(db, tenant, sid, start_ms, chunk_batch):
-        payload = await decoder.payload(sid, row)
-        try:
-            yield raw_output(bytes(row["frames"]), payload, from_ms=start_ms)
-        except ValueError as exc:
-            err = StorageError(f"sid {sid} seq {row['seq']}: frame index does not fit: {exc}")
-            err.retriable = False
-            raise err from exc
+        yield await decoder.raw(sid, row, start_ms)
 
 
 async def _rows_from(
