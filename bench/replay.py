@@ -47,9 +47,10 @@ from bench.compression import MB
 from bench.corpus import build_corpus
 from bench.persist import session_chunks
 from bench.servers import BenchStack, bench_stack
+from schemas.frameindex import pack_chunk
 from storage import pg
 from storage.chunkstore import write_chunks
-from storage.codec import Compressor, pack_frames
+from storage.codec import Compressor
 from storage.persist_logic import PreparedChunk
 
 NAME = "replay"
@@ -144,14 +145,12 @@ async def write_session(
             batch.clear()
 
         for i, chunk in enumerate(session_chunks(corpus, tenant, sid, 77, total_bytes)):
-            payload = chunk.payload
-            codec, dict_id, stored = comp.compress(payload)
+            packed = pack_chunk(chunk)
+            codec, dict_id, stored = comp.compress(packed.payload)
             batch.append(
-                PreparedChunk(
-                    i, chunk, codec, dict_id, stored, pack_frames(chunk.frames), len(payload)
-                )
+                PreparedChunk(i, packed, codec, dict_id, stored, packed.index, packed.payload_len)
             )
-            raw += len(payload)
+            raw += packed.payload_len
             chunks += 1
             if len(batch) >= 64:
                 await flush()

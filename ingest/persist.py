@@ -32,7 +32,7 @@ from ingest.consumer import BatchConsumer, Record
 from ingest.deadletter import DeadLetterProducer
 from ingest.runtime import BatchReport as StageReport
 from ingest.runtime import DeadLetter, KafkaRuntime, StageStats
-from schemas.codec import decode_chunk, decode_event
+from schemas.codec import decode_event, decode_packed_chunk
 from sessionvault.errors import DataRejectedError, StorageError, TransportError, ValidationError
 from sessionvault.settings import Settings, require
 from storage import pg
@@ -43,7 +43,7 @@ from storage.chunkstore import (
     enqueue_segments,
     write_chunks,
 )
-from storage.codec import Compressor, pack_frames
+from storage.codec import Compressor
 from storage.datakeys import DATA_KEYS, configure
 from storage.dicts import latest_dictionary
 from storage.eventstore import (
@@ -107,17 +107,13 @@ def prepare_batch(
             if value is None:
                 raise ValidationError("empty", "record has no value")
             if rec.topic == settings.topic_chunks:
-                chunk = decode_chunk(value, max_bytes=settings.max_record_bytes)
+                # Packed: the frame index straight from the header, the payload the record's
+                # tail; no frame object is made (per-frame work was most of this stage).
+                chunk = decode_packed_chunk(value, max_bytes=settings.max_record_bytes)
                 check_chunk_storable(chunk)
-                raw_len = chunk.payload_len
-                # The payload is the record's tail (decode_chunk checked the framing), so no
-                # copy of the frames' bytes is needed.
-                payload = value[len(value) - raw_len :] if raw_len else b""
-                codec, dict_id, stored = compressor.compress(payload)
+                codec, dict_id, stored = compressor.compress(chunk.payload)
                 out.chunks.append(
-                    PreparedChunk(
-                        i, chunk, codec, dict_id, stored, pack_frames(chunk.frames), raw_len
-                    )
+                    PreparedChunk(i, chunk, codec, dict_id, stored, chunk.index, chunk.payload_len)
                 )
             elif rec.topic == settings.topic_events:
                 event = decode_event(value, max_bytes=settings.max_record_bytes)

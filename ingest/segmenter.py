@@ -46,13 +46,14 @@ from typing import Any
 from ingest import metrics
 from ingest.runtime import Runtime, Stopped
 from replay.segments import SessionText, render_session
+from schemas.frameindex import unpack_frames
 from schemas.models import Chunk
 from sessionvault.errors import IntegrityError, ShreddedError, StorageError
 from sessionvault.settings import Settings, require
 from storage import pg
 from storage import segment_store as store
 from storage.chunkstore import SEGMENT_CHANNEL
-from storage.codec import Decompressor, unpack_frames
+from storage.codec import Decompressor
 from storage.datakeys import DATA_KEYS, configure, text_kept
 from storage.dicts import dictionary
 from storage.pg import translate

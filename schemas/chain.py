@@ -10,24 +10,31 @@ boundary of a session breaks every later link.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterable, Sequence
 
+from schemas.frameindex import pack_frames
 from schemas.models import GENESIS_HASH, Chunk, Frame
-
-_FRAME = struct.Struct(">QcI")
 
 
 def chain_hash(prev_hash: str, sid: str, seq: int, frames: Sequence[Frame]) -> str:
+    """The hash of a chunk of ``frames`` (see the module's docstring)."""
+    return chain_hash_packed(
+        prev_hash, sid, seq, pack_frames(frames), b"".join(f.data for f in frames)
+    )
+
+
+def chain_hash_packed(
+    prev_hash: str, sid: str, seq: int, index: bytes, payload: bytes | memoryview
+) -> str:
+    """The same hash from the chunk's frame index (:mod:`schemas.frameindex`: the per-frame
+    part of the preimage is exactly the index) and its payload."""
     h = hashlib.sha256()
     h.update(bytes.fromhex(prev_hash))
     h.update(sid.encode())
     h.update(b"\x00")
     h.update(seq.to_bytes(8, "big"))
-    for f in frames:
-        h.update(_FRAME.pack(f.offset_ms, f.stream.value.encode(), len(f.data)))
-    for f in frames:
-        h.update(f.data)
+    h.update(index)
+    h.update(payload)
     return h.hexdigest()
 
 

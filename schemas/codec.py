@@ -16,13 +16,15 @@ from typing import Any
 
 import orjson
 
-from schemas.chain import chain_hash
+from schemas.chain import chain_hash_packed
+from schemas.frameindex import STREAM_CODES, pack_specs, unpack_chunk
 from schemas.models import (
     CHUNK_VERSION,
     EVENT_VERSION,
     AuditEvent,
     Chunk,
     Frame,
+    PackedChunk,
     SessionInfo,
     Stream,
 )
@@ -152,15 +154,55 @@ def _frames(raw_frames: object, value: bytes, start: int) -> list[Frame]:
     return frames
 
 
-def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True) -> Chunk:
-    """Decode and validate a chunk record. Raises :class:`ValidationError` with a reason code.
+def _pack_fast(raw_frames: object, payload_len: int) -> tuple[bytes, int | None, int | None]:
+    """``(index, first offset, largest offset)`` of a header's frames, checked column-wise
+    (a few C-level passes instead of Python per frame). Raises (TypeError, ValueError,
+    KeyError, struct.error) on anything :func:`_frames` would reject; the caller then asks
+    :func:`_frames` for the message naming the first bad frame."""
+    if type(raw_frames) is not list:
+        raise TypeError("frames")
+    if not raw_frames:
+        if payload_len:
+            raise ValueError("payload beyond frames")
+        return b"", None, None
+    if set(map(type, raw_frames)) != {list} or set(map(len, raw_frames)) != {3}:
+        raise TypeError("frame spec")
+    offsets, streams, lengths = zip(*raw_frames, strict=True)
+    # type() rather than isinstance: bool is an int subclass and is not a valid count here.
+    if set(map(type, offsets)) != {int} or set(map(type, lengths)) != {int}:
+        raise TypeError("offset or length")
+    if min(offsets) < 0 or min(lengths) < 0 or sum(lengths) != payload_len:
+        raise ValueError("offset, length or payload size")
+    codes = [STREAM_CODES[st] for st in streams]
+    return pack_specs(offsets, codes, lengths), offsets[0], max(offsets)
+
+
+def _frame_index(
+    raw_frames: object, value: bytes, start: int
+) -> tuple[bytes, int | None, int | None]:
+    try:
+        return _pack_fast(raw_frames, len(value) - start)
+    except (TypeError, ValueError, KeyError, struct.error):
+        pass
+    _frames(raw_frames, value, start)  # raises, naming the first bad frame
+    # _frames accepts what the index cannot hold: an offset past 2^64-1.
+    raise _bad("wrong_type", "chunk header: a frame's offset_ms does not fit 64 bits")
+
+
+def decode_packed_chunk(
+    value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True
+) -> PackedChunk:
+    """Decode and validate a chunk record into a :class:`PackedChunk`: its frame index is
+    built straight from the header and its payload is the record's tail, so no frame object
+    is made (the persist worker's path). Raises :class:`ValidationError` with a reason code,
+    exactly as :func:`decode_chunk` does.
 
     With ``verify`` the chunk's own hash is recomputed; a mismatch is ``bad_hash``.
     """
     header, start = decode_chunk_header(value, max_bytes)
     _check_identity(header)
     tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
-    frames = _frames(header["frames"], value, start)
+    index, first, last = _frame_index(header["frames"], value, start)
     session = None
     if "session" in header:
         session = _decode_session(header["session"])
@@ -174,20 +216,32 @@ def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool
     exit_code = header.get("exit_code")
     if exit_code is not None and not _is_int(exit_code):
         raise _bad("wrong_type", "chunk header: 'exit_code' must be an integer or null")
-    chunk = Chunk(
+    payload = value[start:]
+    if (
+        verify
+        and chain_hash_packed(header["prev_hash"], sid, seq, index, payload) != header["hash"]
+    ):
+        raise _bad("bad_hash", f"sid {sid} seq {seq}: content does not match its hash")
+    return PackedChunk(
         tenant,
         sid,
         seq,
-        tuple(frames),
+        index,
+        payload,
         header["prev_hash"],
         header["hash"],
         final,
         exit_code,
         session,
+        first,
+        last,
     )
-    if verify and chain_hash(chunk.prev_hash, sid, seq, chunk.frames) != chunk.hash:
-        raise _bad("bad_hash", f"sid {sid} seq {seq}: content does not match its hash")
-    return chunk
+
+
+def decode_chunk(value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True) -> Chunk:
+    """Decode and validate a chunk record, cut into frames. Raises :class:`ValidationError`
+    with a reason code (see :func:`decode_packed_chunk`)."""
+    return unpack_chunk(decode_packed_chunk(value, max_bytes=max_bytes, verify=verify))
 
 
 def _decode_session(d: object) -> SessionInfo:

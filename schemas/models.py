@@ -112,6 +112,35 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class PackedChunk:
+    """A chunk as the persist path handles it: the header's fields, and its frames as a packed
+    frame index (:mod:`schemas.frameindex`) beside the payload they cut, with no
+    :class:`Frame` per frame. The same chunk as :class:`Chunk`: same identity, same hash.
+
+    Invariant: ``index`` describes frames whose lengths add up to ``len(payload)``;
+    ``first_offset_ms`` is the first frame's offset and ``last_offset_ms`` the largest, both
+    ``None`` for a chunk without frames.
+    """
+
+    tenant: str
+    sid: str
+    seq: int
+    index: bytes
+    payload: bytes
+    prev_hash: str
+    hash: str
+    final: bool = False
+    exit_code: int | None = None
+    session: SessionInfo | None = None
+    first_offset_ms: int | None = None
+    last_offset_ms: int | None = None
+
+    @property
+    def payload_len(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """An audit event: Teleport field names, plus ``tenant``. ``fields`` holds everything,
     unknown fields included, exactly as they came (never dropped)."""

@@ -11,12 +11,11 @@ doubled the CPU cost for a gain of well under 1%. A payload that does not shrink
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import zstandard
 
+from schemas.frameindex import FRAME
 from schemas.models import Frame, Stream
 
 CODEC_RAW = 0
@@ -25,19 +24,11 @@ CODEC_ZSTD_DICT = 2
 #: Largest payload sampled for dictionary training (small payloads gain the most).
 DICT_MAX_INPUT = 16 * 1024
 
-_FRAME = struct.Struct(">QcI")
-_STREAMS = {s.value.encode(): s for s in Stream}
-
-
-def pack_frames(frames: Iterable[Frame]) -> bytes:
-    """Frame index as stored: per frame offset_ms (u64 BE), stream (1 byte), length (u32 BE)."""
-    return b"".join(_FRAME.pack(f.offset_ms, f.stream.value.encode(), len(f.data)) for f in frames)
-
 
 def frame_index_totals(index: bytes) -> dict[str, int]:
     """Bytes per stream code (``o``, ``i``, ...) in a frame index, without the payload."""
     out: dict[str, int] = {}
-    for _, st, ln in _FRAME.iter_unpack(index):
+    for _, st, ln in FRAME.iter_unpack(index):
         key = st.decode()
         out[key] = out.get(key, 0) + ln
     return out
@@ -67,7 +58,7 @@ def raw_output(index: bytes, payload: bytes, *, from_ms: int = 0) -> RawOutput:
     errors: list[Frame] = []
     pos = frames = bytes_in = 0
     start = -1
-    for off, st, ln in _FRAME.iter_unpack(index):
+    for off, st, ln in FRAME.iter_unpack(index):
         kept = off >= from_ms
         if kept and st in _RAW_STREAMS:
             if start < 0:
@@ -87,17 +78,6 @@ def raw_output(index: bytes, payload: bytes, *, from_ms: int = 0) -> RawOutput:
         parts.append(payload[start:pos])
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     return RawOutput(data, frames, bytes_in, tuple(errors))
-
-
-def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:
-    frames: list[Frame] = []
-    pos = 0
-    for off, st, ln in _FRAME.iter_unpack(index):
-        frames.append(Frame(off, _STREAMS[st], payload[pos : pos + ln]))
-        pos += ln
-    if pos != len(payload):
-        raise ValueError(f"frame index covers {pos} bytes, payload has {len(payload)}")
-    return frames
 
 
 @dataclass(frozen=True)

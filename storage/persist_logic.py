@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.models import GENESIS_HASH, AuditEvent, Chunk, SessionInfo
+from schemas.models import GENESIS_HASH, AuditEvent, PackedChunk, SessionInfo
 from sessionvault.errors import ValidationError
 from storage.search.model import EventColumns, event_columns, to_us
 
@@ -52,7 +52,7 @@ class PreparedChunk:
     """A decoded chunk with its stored form. ``ref`` is the caller's handle for the record."""
 
     ref: int
-    chunk: Chunk
+    chunk: PackedChunk
     codec: int
     dict_id: int | None
     stored: bytes
@@ -159,7 +159,7 @@ def _has_nul(value: str) -> bool:
     return "\x00" in value
 
 
-def check_chunk_storable(chunk: Chunk) -> None:
+def check_chunk_storable(chunk: PackedChunk) -> None:
     """Reject values a valid chunk may carry but PostgreSQL columns cannot hold.
 
     Without this a single such record would fail its whole batch's transaction on every retry.
@@ -168,11 +168,10 @@ def check_chunk_storable(chunk: Chunk) -> None:
         raise ValidationError("out_of_range", f"sid {chunk.sid}: seq {chunk.seq} exceeds 2^31-1")
     if chunk.exit_code is not None and not -(2**31) <= chunk.exit_code <= INT32_MAX:
         raise ValidationError("out_of_range", f"sid {chunk.sid}: exit_code out of int32 range")
-    for f in chunk.frames:
-        if f.offset_ms > INT64_MAX:
-            raise ValidationError(
-                "out_of_range", f"sid {chunk.sid} seq {chunk.seq}: offset_ms exceeds 2^63-1"
-            )
+    if chunk.last_offset_ms is not None and chunk.last_offset_ms > INT64_MAX:
+        raise ValidationError(
+            "out_of_range", f"sid {chunk.sid} seq {chunk.seq}: offset_ms exceeds 2^63-1"
+        )
     info = chunk.session
     if info is not None:
         for name, value in info.to_json().items():
@@ -292,8 +291,8 @@ def classify_chunks(
             repeats.append(p)
             continue
         seen[key] = c.hash
-        if c.frames:
-            first, last = c.frames[0].offset_ms, max(f.offset_ms for f in c.frames)
+        if c.first_offset_ms is not None and c.last_offset_ms is not None:
+            first, last = c.first_offset_ms, c.last_offset_ms
         else:
             # An empty chunk (the opening chunk, a bare final one) sits at the session's end so
             # far, which keeps first_offset_ms usable for seeking.

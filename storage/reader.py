@@ -26,6 +26,7 @@ from typing import Any, TypeAlias
 import orjson
 
 from schemas.chain import chain_hash, verify_chain
+from schemas.frameindex import unpack_frames
 from schemas.models import Chunk, Frame
 from sessionvault.errors import (
     NotFoundError,
@@ -34,7 +35,7 @@ from sessionvault.errors import (
     StorageError,
     ValidationError,
 )
-from storage.codec import Decompressor, RawOutput, raw_output, unpack_frames
+from storage.codec import Decompressor, RawOutput, raw_output
 from storage.datakeys import DATA_KEYS
 from storage.pg import translate
 

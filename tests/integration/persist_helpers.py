@@ -17,9 +17,10 @@ from ingest.persist import BatchReport, PersistWorker
 from ingest.segmenter import Segmenter
 from ingest.topics import consumer_lag
 from schemas import GENESIS_HASH, Chunk, Frame, SessionInfo, Stream, chain_hash, encode_chunk
+from schemas.frameindex import unpack_frames
 from sessionvault.settings import Settings
 from storage import pg
-from storage.codec import Decompressor, unpack_frames
+from storage.codec import Decompressor
 
 AWKWARD = b"\x00\xff\xfe\x1b[31mred\x1b[0m\r\n\xc3\x28 bad utf8 \x80\x00"
 

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.chain import chain_hash
+from schemas.frameindex import pack_frames
 from schemas.models import GENESIS_HASH, Frame
-from storage.codec import Compressor, ZstdDict, pack_frames
+from storage.codec import Compressor, ZstdDict
 
 STARTED = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
 

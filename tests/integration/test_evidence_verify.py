@@ -13,9 +13,9 @@ import pytest
 from ingest.evidence import read_checkpoint_copies
 from schemas import GENESIS_HASH, Frame, Stream, chain_hash
 from schemas.evidence import verify_envelope
+from schemas.frameindex import pack_frames
 from sessionvault.settings import Settings
 from storage import pg
-from storage.codec import pack_frames
 from storage.evidence_store import load_tombstones
 from storage.retention import apply_retention, release_hold, set_hold, set_policy
 from tests.integration.evidence_support import keys_for, sign, sql, store, verify

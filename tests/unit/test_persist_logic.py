@@ -21,6 +21,7 @@ from schemas import (
     chain_hash,
     encode_chunk,
 )
+from schemas.frameindex import pack_chunk, unpack_chunk
 from sessionvault.backoff import backoff_ms
 from sessionvault.errors import ValidationError
 from sessionvault.settings import Settings
@@ -62,7 +63,13 @@ def chain(sid: str, n: int, tenant: str = "acme", *, final: bool = False) -> lis
 def prep(chunks: list[Chunk], start_ref: int = 0) -> list[PreparedChunk]:
     return [
         PreparedChunk(
-            start_ref + i, c, 1, None, b"z" * max(1, c.payload_len // 2), b"", c.payload_len
+            start_ref + i,
+            pack_chunk(c),
+            1,
+            None,
+            b"z" * max(1, c.payload_len // 2),
+            b"",
+            c.payload_len,
         )
         for i, c in enumerate(chunks)
     ]
@@ -117,7 +124,7 @@ def _forged(c: Chunk) -> Chunk:
 def test_same_seq_with_other_content_in_a_batch_is_rejected_as_a_conflict_first_copy_kept() -> None:
     c = chain("s", 2)
     plan = classify_chunks({}, prep([c[0], c[1], _forged(c[1])]))
-    assert [r.prepared.chunk for r in plan.rows] == [c[0], c[1]]
+    assert [unpack_chunk(r.prepared.chunk) for r in plan.rows] == [c[0], c[1]]
     assert plan.rejects == []
     rejects, dups = judge_repeats(plan.repeats, {("s", 1): c[1].hash})
     assert ([(r.ref, r.reason) for r in rejects], dups) == ([(2, "conflicting_duplicate")], 0)
@@ -131,7 +138,7 @@ def test_a_forgery_before_a_redelivery_of_a_stored_chunk_is_the_conflict_not_the
     forged = _forged(c[1])
     # c[1] is stored; the batch brings a forged seq 1, then c[1] again (a redelivery).
     plan = classify_chunks(existing("s"), prep([forged, c[1]]))
-    assert [r.prepared.chunk for r in plan.rows] == [forged]
+    assert [unpack_chunk(r.prepared.chunk) for r in plan.rows] == [forged]
     stored = {("s", 1): c[1].hash}  # the database kept its chunk: nothing was inserted
     conflicts = conflicting_rows(plan.rows, [], stored)
     assert [(r.ref, r.reason) for r in conflicts] == [(0, "conflicting_duplicate")]
@@ -219,7 +226,7 @@ def test_final_chunk_keeps_an_end_time_already_set_by_session_end_event() -> Non
 def test_seq_beyond_int32_is_rejected_before_it_can_fail_a_transaction() -> None:
     c = Chunk("acme", "s", 2**31, (), GENESIS_HASH, GENESIS_HASH)
     with pytest.raises(ValidationError) as err:
-        check_chunk_storable(c)
+        check_chunk_storable(pack_chunk(c))
     assert err.value.reason == "out_of_range"
 
 
@@ -227,7 +234,7 @@ def test_nul_in_session_metadata_is_rejected() -> None:
     info = SessionInfo("2026-11-21T10:00:00Z", 80, 24, user="al\x00ice")
     c = Chunk("acme", "s", 0, (), GENESIS_HASH, GENESIS_HASH, session=info)
     with pytest.raises(ValidationError) as err:
-        check_chunk_storable(c)
+        check_chunk_storable(pack_chunk(c))
     assert err.value.reason == "wrong_type"
 
 
@@ -351,3 +358,11 @@ def test_a_chunk_for_an_abandoned_session_revives_it_and_a_final_one_closes_it()
     assert closed.status == "closed"
     assert closed.ended_at is not None
     assert closed.ended_at != T0  # at its last frame, not where it was given up
+
+
+def test_offset_beyond_int64_is_rejected_before_it_can_fail_a_transaction() -> None:
+    frames = (Frame(2**63, Stream.OUTPUT, b"x"),)
+    c = Chunk("acme", "s", 1, frames, GENESIS_HASH, chain_hash(GENESIS_HASH, "s", 1, frames))
+    with pytest.raises(ValidationError) as err:
+        check_chunk_storable(pack_chunk(c))
+    assert err.value.reason == "out_of_range"

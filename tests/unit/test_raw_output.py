@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.frameindex import pack_frames
 from schemas.models import Frame, Stream
-from storage.codec import pack_frames, raw_output
+from storage.codec import raw_output
 
 frames_st = st.lists(
     st.builds(

@@ -1,0 +1,83 @@
+"""The frame index: per frame ``offset_ms`` (u64 BE), stream code (1 ASCII byte), length
+(u32 BE), 13 bytes a frame, in frame order. Pure.
+
+One definition used three ways: it is what a chunk's hash covers for its frames
+(:mod:`schemas.chain`), what is stored beside each payload (the ``chunks.frames`` column), and
+what the persist worker builds straight from a chunk header, with no :class:`Frame` made per
+frame (:func:`schemas.codec.decode_packed_chunk`). Keeping the three the same bytes is what
+lets the worker hash and store a chunk without ever cutting its payload into frames.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from itertools import chain
+
+from schemas.models import Chunk, Frame, PackedChunk, Stream
+
+FRAME = struct.Struct(">QcI")
+"""One frame's descriptor in the index."""
+FRAME_BYTES = FRAME.size
+STREAM_CODES: dict[str, bytes] = {s.value: s.value.encode() for s in Stream}
+"""A stream's one-letter name (as in a chunk header) -> its byte in the index."""
+_STREAMS = {s.value.encode(): s for s in Stream}
+
+
+def pack_frames(frames: Iterable[Frame]) -> bytes:
+    """The index of ``frames``."""
+    return b"".join(FRAME.pack(f.offset_ms, f.stream.value.encode(), len(f.data)) for f in frames)
+
+
+def pack_specs(offsets: Sequence[int], codes: Sequence[bytes], lengths: Sequence[int]) -> bytes:
+    """The index of frames given column-wise (one ``struct.pack`` call for the whole chunk:
+    the per-frame Python work was most of the persist worker's CPU). Raises
+    :class:`struct.error` for a value the index cannot hold."""
+    fmt = ">" + "QcI" * len(offsets)
+    return struct.pack(fmt, *chain.from_iterable(zip(offsets, codes, lengths, strict=True)))
+
+
+def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:
+    """The frames an index cuts from ``payload``; the index must cover it exactly."""
+    frames: list[Frame] = []
+    pos = 0
+    for off, st, ln in FRAME.iter_unpack(index):
+        frames.append(Frame(off, _STREAMS[st], payload[pos : pos + ln]))
+        pos += ln
+    if pos != len(payload):
+        raise ValueError(f"frame index covers {pos} bytes, payload has {len(payload)}")
+    return frames
+
+
+def pack_chunk(chunk: Chunk) -> PackedChunk:
+    """``chunk`` as a :class:`PackedChunk` (what the persist path takes)."""
+    frames = chunk.frames
+    return PackedChunk(
+        chunk.tenant,
+        chunk.sid,
+        chunk.seq,
+        pack_frames(frames),
+        chunk.payload,
+        chunk.prev_hash,
+        chunk.hash,
+        chunk.final,
+        chunk.exit_code,
+        chunk.session,
+        frames[0].offset_ms if frames else None,
+        max(f.offset_ms for f in frames) if frames else None,
+    )
+
+
+def unpack_chunk(packed: PackedChunk) -> Chunk:
+    """The :class:`Chunk` with frames that ``packed`` describes."""
+    return Chunk(
+        packed.tenant,
+        packed.sid,
+        packed.seq,
+        tuple(unpack_frames(packed.index, packed.payload)),
+        packed.prev_hash,
+        packed.hash,
+        packed.final,
+        packed.exit_code,
+        packed.session,
+    )

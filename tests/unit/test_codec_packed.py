@@ -1,0 +1,126 @@
+"""The column-wise chunk decoder (schemas.codec.decode_packed_chunk, the persist worker's path)
+agrees with a per-frame reference on every frame list: the same frame index and offsets for
+the ones it accepts, the same reason and message for the ones it rejects."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from schemas.chain import chain_hash
+from schemas.codec import CHUNK_MAGIC, decode_chunk, decode_packed_chunk
+from schemas.frameindex import pack_frames, unpack_frames
+from schemas.models import GENESIS_HASH, Frame, Stream
+from sessionvault.errors import ValidationError
+
+
+def _record(frames: list[Any], payload: bytes, hash_: str = GENESIS_HASH) -> bytes:
+    header = {
+        "sv_version": 1,
+        "tenant": "acme",
+        "sid": "s-1",
+        "seq": 1,
+        "frames": frames,
+        "prev_hash": GENESIS_HASH,
+        "hash": hash_,
+    }
+    h = orjson.dumps(header)
+    return CHUNK_MAGIC + struct.pack(">I", len(h)) + h + payload
+
+
+def _reference(frames: list[Any], payload: bytes) -> list[Frame] | tuple[str, str]:
+    """Frame by frame, the rules the wire format states (schemas/json/chunk.v1.json)."""
+    out, pos = [], 0
+    for i, rf in enumerate(frames):
+        if not (isinstance(rf, list) and len(rf) == 3):
+            return ("wrong_type", f"frames[{i}] must be")
+        off, stream, ln = rf
+        if type(off) is not int or off < 0:
+            return ("wrong_type", f"frames[{i}][0]")
+        if not isinstance(stream, str) or stream not in {s.value for s in Stream}:
+            return ("wrong_type", f"frames[{i}][1]")
+        if type(ln) is not int or ln < 0:
+            return ("wrong_type", f"frames[{i}][2]")
+        if pos + ln > len(payload):
+            return ("bad_framing", f"frames[{i}] needs")
+        out.append(Frame(off, Stream(stream), payload[pos : pos + ln]))
+        pos += ln
+    if pos != len(payload):
+        return ("bad_framing", "beyond the last frame")
+    return out
+
+
+scalars = st.one_of(
+    st.integers(min_value=-2, max_value=2**40),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=16),
+    st.sampled_from(["o", "i", "r", "m", "e", "x", "z", "", "oo"]),
+)
+good_frame = st.tuples(
+    st.integers(min_value=0, max_value=2**40),
+    st.sampled_from([s.value for s in Stream]),
+    st.integers(min_value=0, max_value=6),
+).map(list)
+# A good frame with one field replaced: the cases a column-wise check most easily misses
+# (a bool offset, a float length, a stream that is not a str).
+near_frame = st.tuples(good_frame, st.integers(min_value=0, max_value=2), scalars).map(
+    lambda t: [t[2] if i == t[1] else v for i, v in enumerate(t[0])]
+)
+any_frame = st.one_of(
+    good_frame,
+    near_frame,
+    st.lists(scalars, max_size=4),
+    scalars,
+    st.dictionaries(st.text(max_size=2), scalars),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    frames=st.one_of(st.lists(good_frame, max_size=12), st.lists(any_frame, max_size=6)),
+    slack=st.integers(min_value=-3, max_value=3),
+)
+@example(frames=[[True, "o", 1]], slack=0)
+@example(frames=[[0, "o", 2], [3, "i", True]], slack=0)
+@example(frames=[[0, "o", 1.0]], slack=1)
+@example(frames=[[0, 1, 1]], slack=1)
+@example(frames=[[0, "o", 1, 2]], slack=0)
+@example(frames=[[2**64 - 1, "o", 1]], slack=0)
+def test_packed_decoder_matches_the_per_frame_rules(frames: list[Any], slack: int) -> None:
+    lengths = [f[2] for f in frames if isinstance(f, list) and len(f) == 3]
+    lengths = [x for x in lengths if isinstance(x, int)]
+    payload = bytes(range(256))[: max(0, sum(x for x in lengths if x > 0) + slack)]
+    expected = _reference(frames, payload)
+    if isinstance(expected, list):
+        value = _record(frames, payload, chain_hash(GENESIS_HASH, "s-1", 1, expected))
+        packed = decode_packed_chunk(value)
+        assert packed.index == pack_frames(expected)
+        assert packed.payload == payload
+        assert unpack_frames(packed.index, packed.payload) == expected
+        offsets = [f.offset_ms for f in expected]
+        assert packed.first_offset_ms == (offsets[0] if offsets else None)
+        assert packed.last_offset_ms == (max(offsets) if offsets else None)
+        assert decode_chunk(value).frames == tuple(expected)
+    else:
+        reason, fragment = expected
+        for decode in (decode_packed_chunk, decode_chunk):
+            with pytest.raises(ValidationError) as err:
+                decode(_record(frames, payload))
+            assert err.value.reason == reason
+            assert fragment in str(err.value)
+
+
+def test_a_tampered_payload_byte_is_bad_hash_on_the_packed_path() -> None:
+    frames = [Frame(0, Stream.OUTPUT, b"hello"), Frame(5, Stream.INPUT, b"x")]
+    spec = [[f.offset_ms, f.stream.value, len(f.data)] for f in frames]
+    good = _record(spec, b"hellox", chain_hash(GENESIS_HASH, "s-1", 1, frames))
+    assert decode_packed_chunk(good).index == pack_frames(frames)
+    with pytest.raises(ValidationError) as err:
+        decode_packed_chunk(good[:-1] + b"y")
+    assert err.value.reason == "bad_hash"
