@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -269,6 +270,11 @@ class PersistWorker:
         self._partitions: set[str] | None = None
         self._compressor = Compressor(settings.zstd_level)
         self._dict_checked_at = float("-inf")
+        # The CPU stage runs on its own thread, one batch at a time (a zstd compressor is not
+        # thread-safe), so a prefetched batch is decoded and compressed while the batch before
+        # it is written: zstd and sha256 release the GIL.
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="sv-persist-cpu")
+        self._ahead: tuple[Sequence[Record], asyncio.Future[PreparedBatch]] | None = None
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
@@ -363,7 +369,7 @@ class PersistWorker:
         """
         t0 = time.monotonic()
         await self._refresh_dictionary()
-        batch = prepare_batch(records, self.settings, self._compressor)
+        batch = await self._prepared(records)
         # Step 3: durable write (returns only once committed in PostgreSQL).
         result, attempts = await self._store_with_retry(batch)
         rejects = sorted(batch.rejects + result.chunks.rejects, key=lambda r: r.ref)
@@ -392,6 +398,23 @@ class PersistWorker:
         s.chunks_inserted += report.chunks_inserted
         s.events_inserted += report.events_inserted
         return report
+
+    def _prepare(self, records: Sequence[Record]) -> asyncio.Future[PreparedBatch]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(
+            self._cpu, prepare_batch, records, self.settings, self._compressor
+        )
+
+    def _prepare_ahead(self, records: Sequence[Record]) -> None:
+        """Start the CPU stage of a prefetched batch (see :meth:`KafkaRuntime.run`)."""
+        self._ahead = (records, self._prepare(records))
+
+    async def _prepared(self, records: Sequence[Record]) -> PreparedBatch:
+        """``records`` decoded and compressed: the work started ahead for them, or now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is records:
+            return await ahead[1]
+        return await self._prepare(records)
 
     async def _close_abandoned(self) -> None:
         """When idle (caught up), at most once a minute: close sessions whose recorder stopped
@@ -435,7 +458,12 @@ class PersistWorker:
         uncommitted, to be redelivered)."""
         try:
             await self.rt.run(
-                self.handle_batch, stop=stop, on_batch=on_batch, on_idle=self._close_abandoned
+                self.handle_batch,
+                stop=stop,
+                on_batch=on_batch,
+                on_idle=self._close_abandoned,
+                prefetch=self.settings.persist_prefetch,
+                ahead=self._prepare_ahead,
             )
         finally:
             await self._close()
@@ -443,6 +471,7 @@ class PersistWorker:
     async def _close(self) -> None:
         await self.rt.close()
         await self._drop_connection()
+        self._cpu.shutdown(wait=True)
 
 
 async def run_persist_worker(

@@ -432,22 +432,43 @@ class KafkaRuntime(Runtime):
         on_idle: Callable[[], Awaitable[None]] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         after_poll: Callable[[], Awaitable[None]] | None = None,
+        prefetch: bool = False,
+        ahead: Callable[[Sequence[Record]], object] | None = None,
     ) -> None:
         """Poll and handle until stopped. ``handle`` is the stage's whole batch step (it calls
         :meth:`finish`); ``on_idle`` runs after a poll that found nothing, ``after_poll`` after
-        every poll. A stop while a batch is in hand leaves it uncommitted (redelivered)."""
+        every poll. A stop while a batch is in hand leaves it uncommitted (redelivered).
+
+        With ``prefetch`` the next batch is polled (on the Kafka thread) while this one is
+        handled, so fetching overlaps decoding and writing. The invariant is unchanged: a
+        batch's offsets are still committed only by its own ``handle``, after its durable
+        write, and batches are handled in poll order. What it adds is a window in which a
+        rebalance inside the prefetching poll can hand back records of the batch in hand
+        (they are handled twice, which idempotent writes make harmless) or revoke its
+        partitions (its commit is then refused and the new owner redoes it, as without
+        prefetch). A prefetched batch not yet handled at a stop is dropped, uncommitted.
+        ``ahead(records)`` is called with a prefetched batch as soon as it arrives, while the
+        batch before it is still being handled: a stage may start work for it there (and find
+        that work again in ``handle``); it must not store or commit anything.
+        """
         async with self.watching(stop):
+            ahead_poll: asyncio.Future[list[Record]] | None = None
             try:
                 await self.open()
                 if on_start is not None:
                     await on_start()
                 while not self.stop.is_set():
-                    records = await self.poll()
+                    if ahead_poll is not None:
+                        records, ahead_poll = await ahead_poll, None
+                    else:
+                        records = await self.poll()
                     if not records:
                         self.health.progressed()
                         if on_idle is not None:
                             await on_idle()
                     else:
+                        if prefetch:
+                            ahead_poll = asyncio.ensure_future(self._poll_ahead(ahead))
                         started = time.monotonic()
                         report = await handle(records)
                         metrics.observe_batch(
@@ -468,6 +489,18 @@ class KafkaRuntime(Runtime):
             except Stopped:
                 self.log.info("%s: stopping with an uncommitted batch; it will be redelivered",
                               self.name)  # fmt: skip
+            finally:
+                if ahead_poll is not None:
+                    # Its records are dropped uncommitted; wait for the poll so the Kafka
+                    # thread is free for close().
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await ahead_poll
+
+    async def _poll_ahead(self, ahead: Callable[[Sequence[Record]], object] | None) -> list[Record]:
+        records = await self.poll()
+        if records and ahead is not None:
+            ahead(records)
+        return records
 
     async def close(self) -> None:
         """Leave the group and close the dead-letter producer and the Kafka thread."""

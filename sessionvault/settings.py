@@ -114,6 +114,9 @@ class Settings:
     persist_batch_max_records: int = 2000
     persist_batch_max_bytes: int = 32 * 1024 * 1024
     persist_linger_ms: int = 20
+    # Poll the next batch while this one is decoded and written (fetching overlaps the CPU
+    # stage and PostgreSQL; see ingest.runtime.KafkaRuntime.run). Off: strictly one at a time.
+    persist_prefetch: bool = True
     zstd_level: int = 3
     retry_backoff_max_ms: int = 30_000
     # A session with no chunk for this long and no final chunk (its recorder was killed) is
