@@ -173,7 +173,7 @@ def _pack_fast(raw_frames: object, payload_len: int) -> tuple[bytes, int | None,
         raise TypeError("offset or length")
     if min(offsets) < 0 or min(lengths) < 0 or sum(lengths) != payload_len:
         raise ValueError("offset, length or payload size")
-    codes = [STREAM_CODES[st] for st in streams]
+    codes = list(map(STREAM_CODES.__getitem__, streams))
     return pack_specs(offsets, codes, lengths), offsets[0], max(offsets)
 
 
