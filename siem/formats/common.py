@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -58,8 +59,11 @@ _KUBE_AUDIT_BODIES = ("requestObject", "responseObject")
 TERMINAL_OUTPUT_EVENTS = frozenset({"print", "session.print", "session.data", "output"})
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    """True when a key's name says its value is a secret."""
+    """True when a key's name says its value is a secret. Cached: events repeat the same few
+    hundred keys, and this runs on every key of every event a sink sends (bounded, so keys an
+    attacker varies only evict entries)."""
     return bool(_SECRET_KEY.search(key))
 
 
@@ -116,6 +120,15 @@ def event_time_ms(event: Mapping[str, Any]) -> int:
     value = event.get("time")
     if not isinstance(value, str):
         return 0
+    try:
+        # The common case (up to 6 fractional digits) parses at once.
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return _slow_time_ms(value)
+    return _epoch_ms(dt)
+
+
+def _slow_time_ms(value: str) -> int:
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     # fromisoformat in 3.11 accepts up to 6 fractional digits; trim nanoseconds.
     m = re.match(r"^(.*?\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
@@ -126,9 +139,16 @@ def event_time_ms(event: Mapping[str, Any]) -> int:
         dt = datetime.fromisoformat(text)
     except ValueError:
         return 0
+    return _epoch_ms(dt)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ms(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = dt - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 

@@ -28,6 +28,7 @@ import httpx
 import orjson
 
 from siem.config import HecOptions
+from siem.formats.hec import hec_envelope
 from siem.sinks.base import (
     SinkError,
     SinkRejectedError,
@@ -110,12 +111,16 @@ class HecSink:
 
     def encode(self, event: Mapping[str, Any]) -> bytes | None:
         o = self.options
-        if self._body is not None:
-            # An event the format does not map (OCSF) is skipped, not sent as null.
-            probe = self._body(event) if self.format == "ocsf" else True
-            if probe is None:
+        body = self._body
+        if body is not None:
+            # Rendered once (every format strips secrets itself); an event the format does
+            # not map (OCSF) is skipped, not sent as null.
+            rendered = body(event)
+            if rendered is None:
                 return None
-        from siem.formats.hec import hec_envelope
+
+            def body(_: Mapping[str, Any]) -> Any:
+                return rendered
 
         env = hec_envelope(
             event,
@@ -123,7 +128,7 @@ class HecSink:
             source=o.source,
             sourcetype=o.sourcetype,
             host=o.host or None,
-            body=self._body,
+            body=body,
         )
         return orjson.dumps(env)
 
