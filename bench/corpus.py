@@ -270,6 +270,10 @@ class _Proc:
     centis: int
 
 
+TOP_ENTER = b"\x1b[?1049h\x1b[H\x1b[2J"
+TOP_LEAVE = b"\x1b[?1049l"
+
+
 def gen_top(max_bytes: int, seed: int, cols: int = 160, rows: int = 48) -> bytes:
     """htop-like full-screen screens: a full paint then partial repaints of changed rows with
     cursor addressing, reverse-video header and coloured meters, one update per second."""
@@ -401,7 +405,13 @@ class Corpus:
             pos = 0
             while pos < len(data):
                 n = rng.randrange(segment_bytes // 4, segment_bytes + 1)
-                segs.append((kind, data[pos : pos + n]))
+                seg = data[pos : pos + n]
+                if kind == "top":
+                    # One run of top: it takes the alternate screen and gives it back when it
+                    # quits, before the next program runs (without this, everything after the
+                    # first top segment was drawn on the alternate screen).
+                    seg = TOP_ENTER + seg + TOP_LEAVE
+                segs.append((kind, seg))
                 pos += n
         rng.shuffle(segs)
         return segs

@@ -44,6 +44,8 @@ __all__ = ["TimedScreen"]
 _ESC = "\x1b"
 _SPECIAL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CSI_SEQ = re.compile("\x1b\\[([\x30-\x3f]*)([\x20-\x2f]*)([\x40-\x7e])")
+_SGR = re.compile("\x1b\\[[0-9;:]*m")
+_EL = re.compile("\x1b\\[0?K")
 _NORMAL, _ESCAPE, _CSI, _STRING, _STRING_ESC, _ESC_INTER = range(6)
 _MAX_PARAMS = 64
 _MAX_DIM = 1000  # columns or rows: larger sizes are clamped (memory stays bounded)
@@ -87,7 +89,13 @@ class TimedScreen:
     """
 
     def __init__(
-        self, cols: int = 80, rows: int = 24, *, stand_ms: int = 1000, max_line_chars: int = 4096
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        *,
+        stand_ms: int = 1000,
+        max_line_chars: int = 4096,
+        fast_lines: bool = True,
     ) -> None:
         self.cols = max(1, min(cols, _MAX_DIM))
         self.rows = max(1, min(rows, _MAX_DIM))
@@ -107,6 +115,7 @@ class TimedScreen:
         self._params: list[str] = []
         self._now = 0
         self._out: list[Line] = []
+        self._fast_lines = fast_lines
 
     # -- public -------------------------------------------------------------------------------
 
@@ -324,7 +333,14 @@ class TimedScreen:
     def _run(self, text: str) -> None:
         i, n = 0, len(text)
         search = _SPECIAL.search
+        fast = self._fast_lines
         while i < n:
+            if fast and self._state == _NORMAL and self._x == 0:
+                j = self._simple_lines(text, i)
+                if j > i:
+                    i = j
+                    continue
+                fast = False  # not at a line's start in the state it needs: until the next LF
             if self._state == _NORMAL:
                 m = search(text, i)
                 j = n if m is None else m.start()
@@ -338,8 +354,142 @@ class TimedScreen:
                         self._csi_final(m.group(3), m.group(1)[:_MAX_PARAMS], m.group(2))
                         i = m.end()
                         continue
+            if text[i] == "\n":
+                fast = self._fast_lines
             self._char(text[i])
             i += 1
+
+    def _simple_lines(self, text: str, i: int) -> int:
+        """The fast path for what bulk output mostly is: whole lines of printable text,
+        colours (SGR) and erase-to-end-of-line (EL, as grep and gcc colour with), ending in a
+        line feed, written on the main screen's bottom row. Their effect is known without
+        feeding them a character at a time: each line is given out as it stands (a line
+        longer than the screen is wide wraps onto several rows and is given whole), and the
+        screen scrolls up by one row per row written. Only rows that stay on the screen are
+        built. Returns where it stopped (``i``: not applicable here).
+
+        Applies only in the state where that is exactly what the character path does (a
+        property test holds the two to the same output and the same :meth:`state`): normal
+        parser state, main screen, full scroll region, cursor at the start of the bottom row
+        with no pending wrap, that row blank and never given, and no row that would give
+        text when scrolled out or be joined to a line (``_give``'s own test)."""
+        rows, cols = self.rows, self.cols
+        if self._alt_on or self._pending_wrap or self._y != rows - 1:
+            return i
+        if self._top != 0 or self._bottom != rows - 1:
+            return i
+        end = text.rfind("\n", i)
+        if end < 0:
+            return i
+        buf = self._main
+        first = buf[-1]
+        if first.last_given is not None or first.carry or first.wrapped or first.dirty:
+            return i
+        if first.chars.count(" ") != cols:
+            return i
+        for row in buf:
+            if not row.consumed and (row.dirty or row.carry or row.wrapped):
+                return i
+        now, limit = self._now, self.max_line_chars
+        special = _SPECIAL.search
+        lines: list[tuple[str, bool]] = []  # (visible text, whether it erased to the end)
+        pos = i
+        while pos <= end:
+            nl = text.index("\n", pos)
+            # Only carriage returns at the very end: one before an erase or more text moves
+            # the cursor back (left to the character path, as the special character it is).
+            line = text[pos:nl].rstrip("\r")
+            erased = False
+            if "\x1b" in line:
+                line = _SGR.sub("", line)
+                if "\x1b" in line:
+                    line, n = _EL.subn("", line)
+                    erased = n > 0
+            w = len(line)
+            if special(line) is not None:
+                break
+            # Wider than the screen: it wraps; more rows than the screen has would scroll its
+            # own start away mid-line (carried, not joined), and an erase on a full row
+            # clears the pending wrap: both left to the character path.
+            if w > cols and (erased or w > cols * rows):
+                break
+            if erased and w >= cols:
+                break
+            lines.append((line, erased))
+            pos = nl + 1
+        if not lines:
+            return i
+        out = self._out
+        for vis, _ in lines:
+            if len(vis) <= cols:
+                shown = vis.rstrip(" ")
+            else:
+                shown = "".join(vis[k : k + cols].rstrip(" ") for k in range(0, len(vis), cols))
+            if shown.strip():
+                for k in range(0, len(shown), limit):
+                    part = shown[k : k + limit]
+                    if part.strip():
+                        out.append((part, [now] * len(part)))
+        # The rows that stay on the screen: the last ones written, then the blank row the
+        # last line feed scrolled in.
+        want = rows - 1
+        start, have = len(lines), 0
+        while start > 0 and have < want:
+            start -= 1
+            have += max(1, -(-len(lines[start][0]) // cols))
+        built: list[_Row] = []
+        for idx in range(start, len(lines)):
+            vis, erased = lines[idx]
+            base = first if idx == 0 else None
+            built += self._line_rows(vis, erased, base)
+        if have > want:
+            del built[: have - want]  # the first line's top rows scrolled away
+        built.append(_blank(cols, now))
+        buf[:] = (buf[:-1] + built)[-rows:]
+        self._x = 0
+        return pos
+
+    def _line_rows(self, vis: str, erased: bool, base: _Row | None) -> list[_Row]:
+        """The rows one line of :meth:`_simple_lines` leaves, as the character path leaves
+        them: written at ``now``, given (the last row remembers its text), rows it wrapped
+        from marked consumed. ``base`` is the row it was written on when that row was the
+        screen's bottom row before this feed (its older times and stand time carry on)."""
+        cols, now = self.cols, self._now
+        w = len(vis)
+        if w <= cols:
+            dirty = erased or bool(vis.strip(" "))
+            if base is not None and not erased:
+                times = [now] * w + base.times[w:]
+            else:
+                times = [now] * w + [-1] * (cols - w)
+            stood = now if dirty or base is None else base.stood_since
+            return [
+                _Row(
+                    list(vis) + [" "] * (cols - w),
+                    times,
+                    stood_since=stood,
+                    last_given=vis.rstrip(" ") if dirty else None,
+                )
+            ]
+        out = []
+        for k in range(0, w - cols, cols):
+            piece = vis[k : k + cols]
+            dirty = bool(piece.strip(" "))  # blanks written over blanks change nothing
+            stood = base.stood_since if k == 0 and base is not None and not dirty else now
+            out.append(
+                _Row(list(piece), [now] * cols, True, stood, None, consumed=True, dirty=dirty)
+            )
+        tail = vis[len(out) * cols :]
+        t = len(tail)
+        out.append(
+            _Row(
+                list(tail) + [" "] * (cols - t),
+                [now] * t + [-1] * (cols - t),
+                stood_since=now,
+                last_given=tail.rstrip(" "),
+            )
+        )
+        return out
 
     def _char(self, ch: str) -> None:
         state = self._state
