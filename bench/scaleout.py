@@ -34,6 +34,7 @@ from bench.corpus import build_corpus
 from bench.persist import Produced, produce
 from bench.servers import BenchStack, WorkerProcess, bench_stack
 from storage import pg
+from storage.datakeys import DERIVED_TABLES
 
 NAME = "scaleout"
 PARTITIONS = 12
@@ -67,10 +68,14 @@ def _env(bs: BenchStack) -> dict[str, str]:
 
 
 async def _clear(dsn: str, tenant: str) -> None:
+    """Forget an earlier run's phase: its chunks and sessions, and every table of text derived
+    from them. (Leaving session_text behind made a rerun's segmenters find the same session
+    ids already rendered: they emptied the queue in a second and rendered nothing.)"""
     conn = await pg.connect(dsn)
     try:
         await conn.execute("DELETE FROM chunks WHERE tenant = $1", tenant)
-        await conn.execute("DELETE FROM segment_queue WHERE tenant = $1", tenant)
+        for table in DERIVED_TABLES:
+            await conn.execute(f"DELETE FROM {table} WHERE tenant = $1", tenant)
         await conn.execute("DELETE FROM sessions WHERE tenant = $1", tenant)
     finally:
         await conn.close()
