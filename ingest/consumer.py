@@ -192,6 +192,13 @@ class BatchConsumer:
         lags = self.partition_lags()
         return None if lags is None else sum(lags.values())
 
+    def assigned(self) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs this member owns now."""
+        try:
+            return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        except (kerr.KafkaError, OSError) as exc:
+            raise to_transport_error(exc, "read the assignment") from exc
+
     def partition_lags(self) -> dict[tuple[str, int], int] | None:
         """Records behind the high watermark per assigned (topic, partition); None while
         nothing is assigned or a watermark is not known yet."""

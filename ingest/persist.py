@@ -44,7 +44,7 @@ from storage.chunkstore import (
     enqueue_segments,
     write_chunks,
 )
-from storage.codec import Compressor
+from storage.codec import Compressor, store_index
 from storage.datakeys import DATA_KEYS, configure
 from storage.dicts import latest_dictionary
 from storage.eventstore import (
@@ -113,8 +113,9 @@ def prepare_batch(
                 chunk = decode_packed_chunk(value, max_bytes=settings.max_record_bytes)
                 check_chunk_storable(chunk)
                 codec, dict_id, stored = compressor.compress(chunk.payload)
+                index = store_index(chunk.index)
                 out.chunks.append(
-                    PreparedChunk(i, chunk, codec, dict_id, stored, chunk.index, chunk.payload_len)
+                    PreparedChunk(i, chunk, codec, dict_id, stored, index, chunk.payload_len)
                 )
             elif rec.topic == settings.topic_events:
                 event = decode_event(value, max_bytes=settings.max_record_bytes)

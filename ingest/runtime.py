@@ -270,6 +270,9 @@ class KafkaRuntime(Runtime):
         self._deadletters: DeadLetterProducer | None = None
         self._idle_since: float | None = None
         self._last_lag: int | None = None
+        # Offsets whose records are durable but whose commit the group refused (a rebalance
+        # was in progress): committed after the next poll for the partitions still owned.
+        self._refused: dict[tuple[str, int], int] = {}
         self._lag_read_at = 0.0
 
     async def sleep_or_stop(self, seconds: float) -> None:
@@ -385,10 +388,44 @@ class KafkaRuntime(Runtime):
         try:
             await self.retry("offset commit", lambda: self.kafka(consumer.commit, offsets))
         except CommitRejectedError as exc:
-            self.log.warning("%s: %s; the batch will be redelivered", self.name, exc)
+            self.log.warning(
+                "%s: %s; committing again after the rebalance if the partitions stay ours",
+                self.name,
+                exc,
+            )
+            for key, offset in offsets.items():
+                self._refused[key] = max(offset, self._refused.get(key, -1))
             return offsets, False
         self.stats.commits += 1
+        for key, offset in offsets.items():
+            if self._refused.get(key, -1) <= offset:
+                self._refused.pop(key, None)
         return offsets, True
+
+    async def commit_refused(self) -> None:
+        """Commit what a rebalance refused, for the partitions this member still owns.
+
+        Why: kafka-python keeps its fetch position on a partition it owns before and after a
+        rebalance, so a batch whose commit was refused is not fetched again. Its records are
+        durable; without this, nothing would commit them until a later batch on the same
+        partition did, and at the end of a stream the group's lag would stay above 0 for
+        ever. A partition that moved is left to its new owner, which redoes it from the last
+        commit (idempotent writes)."""
+        if not self._refused or self.consumer is None:
+            return
+        consumer = self.consumer
+        try:
+            owned = await self.kafka(consumer.assigned)
+            offsets = {k: v for k, v in self._refused.items() if k in owned}
+            if offsets:
+                await self.kafka(consumer.commit, offsets)
+                self.stats.commits += 1
+        except CommitRejectedError:
+            return  # still rebalancing: after the next poll
+        except TransportError as exc:
+            self.log.debug("%s: refused offsets not committed yet: %s", self.name, exc)
+            return
+        self._refused.clear()
 
     async def finish(
         self, records: Sequence[Record], letters: Sequence[DeadLetter], *, commit: bool = True
@@ -482,6 +519,7 @@ class KafkaRuntime(Runtime):
                             res = on_batch(report)
                             if inspect.isawaitable(res):
                                 await res
+                    await self.commit_refused()
                     if after_poll is not None:
                         await after_poll()
                     if time.monotonic() - self._lag_read_at >= LAG_EVERY_S:

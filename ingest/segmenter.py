@@ -53,7 +53,7 @@ from sessionvault.settings import Settings, require
 from storage import pg
 from storage import segment_store as store
 from storage.chunkstore import SEGMENT_CHANNEL
-from storage.codec import Decompressor
+from storage.codec import Decompressor, load_index
 from storage.datakeys import DATA_KEYS, configure, text_kept
 from storage.dicts import dictionary
 from storage.pg import translate
@@ -174,7 +174,7 @@ class Segmenter:
         for stored in await store.chunks_after(conn, sid, after, self.chunk_batch):
             try:
                 payload = await self._payload(conn, tenant, sid, stored)
-                frames = tuple(unpack_frames(stored.frames, payload))
+                frames = tuple(unpack_frames(load_index(stored.frames), payload))
             except (ValueError, KeyError, IntegrityError, ShreddedError) as exc:
                 # A chunk we cannot decode must not stop the session's text for ever: its text
                 # is left out (replay and verify report the damage), the rest is rendered.

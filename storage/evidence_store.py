@@ -271,7 +271,7 @@ async def manifests_due(
 async def manifest_inputs(db: Executor, tenant: str, sid: str) -> ManifestInput | None:
     """``db`` is a pool. The session row, bytes per stream (from the chunks' frame indexes,
     no payload read), and its events' leaves."""
-    from storage.codec import frame_index_totals
+    from storage.codec import frame_index_totals, load_index
 
     try:
         session = await db.fetchrow(
@@ -288,7 +288,7 @@ async def manifest_inputs(db: Executor, tenant: str, sid: str) -> ManifestInput 
                 tenant,
             ):
                 chunks += 1
-                for stream, n in frame_index_totals(r["frames"]).items():
+                for stream, n in frame_index_totals(load_index(bytes(r["frames"]))).items():
                     totals[stream] = totals.get(stream, 0) + n
         events = await db.fetch(
             "SELECT uid, time_us, sid, encode(sha256(convert_to(body::text, 'UTF8')), 'hex')"

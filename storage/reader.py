@@ -35,7 +35,7 @@ from sessionvault.errors import (
     StorageError,
     ValidationError,
 )
-from storage.codec import Decompressor, RawOutput, raw_output
+from storage.codec import Decompressor, RawOutput, load_index, raw_output
 from storage.datakeys import DATA_KEYS
 from storage.pg import translate
 
@@ -297,7 +297,7 @@ class _ChunkDecoder:
     async def frames(self, sid: str, row: Any) -> list[Frame]:
         payload = await self.payload(sid, row)
         try:
-            return unpack_frames(bytes(row["frames"]), payload)
+            return unpack_frames(load_index(bytes(row["frames"])), payload)
         except Exception as exc:
             raise _index_error(sid, row, exc) from exc
 
@@ -305,7 +305,7 @@ class _ChunkDecoder:
         """The chunk's :class:`RawOutput` (output bytes from ``from_ms``, no frame objects)."""
         payload = await self.payload(sid, row)
         try:
-            return raw_output(bytes(row["frames"]), payload, from_ms=from_ms)
+            return raw_output(load_index(bytes(row["frames"])), payload, from_ms=from_ms)
         except Exception as exc:
             raise _index_error(sid, row, exc) from exc
 

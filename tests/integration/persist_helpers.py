@@ -20,7 +20,7 @@ from schemas import GENESIS_HASH, Chunk, Frame, SessionInfo, Stream, chain_hash,
 from schemas.frameindex import unpack_frames
 from sessionvault.settings import Settings
 from storage import pg
-from storage.codec import Decompressor
+from storage.codec import Decompressor, load_index
 
 AWKWARD = b"\x00\xff\xfe\x1b[31mred\x1b[0m\r\n\xc3\x28 bad utf8 \x80\x00"
 
@@ -203,7 +203,7 @@ async def stored_payloads(dsn: str) -> dict[str, tuple[list[int], bytes, list[Fr
     for r in rows:
         data = dec.decompress(r["codec"], r["dict_id"], bytes(r["payload"]), r["raw_len"])
         seqs, payload, frames = out.get(r["sid"], ([], b"", []))
-        frames = frames + unpack_frames(bytes(r["frames"]), data)
+        frames = frames + unpack_frames(load_index(bytes(r["frames"])), data)
         out[r["sid"]] = ([*seqs, r["seq"]], payload + data, frames)
     return out
 
