@@ -429,7 +429,7 @@ def test_rules_test_on_a_stored_session_gives_the_workers_alert_and_only_for_its
 
 
 def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_with_one_id(
-    settings: Settings, sv_env: dict[str, str]
+    settings: Settings, sv_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Two `worker detect` processes in one group over many sessions' events, one SIGKILLed
     while the topic drains and a third started: every matching command gets its alert (none
@@ -453,19 +453,27 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
     produce_events(settings, events)
     exe = Path(sys.executable).parent / "sessionvault"
 
+    logs: list[Path] = []
+
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(exe), "worker", "detect", "--status-every", "0"],
-            env=sv_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        logs.append(tmp_path / f"member-{len(logs)}.log")
+        with logs[-1].open("wb") as out:
+            return subprocess.Popen(
+                [str(exe), "worker", "detect", "--status-every", "1"],
+                env=sv_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def said() -> str:
+        return "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in logs)
 
     members = [start(), start()]
     try:
-        deadline = time.monotonic() + 60
+        # Two members joining at once: tansu may need a few session timeouts to settle.
+        deadline = time.monotonic() + 120
         while not alerts_on_kafka(settings):
-            assert time.monotonic() < deadline, "no member raised an alert"
+            assert time.monotonic() < deadline, f"no member raised an alert\n{said()}"
             time.sleep(0.2)
         members[0].kill()  # SIGKILL: its batch in hand is redelivered to the others
         members[0].wait(10)
@@ -473,7 +481,7 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
         deadline = time.monotonic() + 120
         while not drained(settings, [settings.topic_events], "detect"):
             assert all(m.poll() is None for m in members[1:]), "a detect member died"
-            assert time.monotonic() < deadline, "the group did not drain the topic"
+            assert time.monotonic() < deadline, f"the group did not drain the topic\n{said()}"
             time.sleep(0.5)
     finally:
         for m in members[1:]:
