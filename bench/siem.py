@@ -290,6 +290,8 @@ def measure(
                     f"{label}: events/s, one sink worker",
                     rate_eps,
                     "events/s",
+                    ">= 10,000",
+                    rate_eps >= 10_000,
                     note=f"{n} events, batches of 500",
                 )
             )
