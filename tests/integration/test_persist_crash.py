@@ -32,10 +32,10 @@ SESSIONS = 200
 CHUNKS = 20
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log: Path, group: str = "persist") -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*sessionvault_argv(), "worker", "persist", "--status-every", "0.5"],
+            [*sessionvault_argv(), "worker", "persist", "--group", group, "--status-every", "0.5"],
             env={**env, "SESSIONVAULT_PERSIST_BATCH_MAX_RECORDS": "100"},
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -164,18 +164,19 @@ def test_members_joining_and_leaving_while_batches_are_prefetched_lose_and_dupli
             time.sleep(0.1)
 
     total = produce_sessions(settings, waves[0])
-    a = start_worker(sv_env, log_a)
+    group = f"persist-{settings.tenant}"  # its own: no member of another test can hold it
+    a = start_worker(sv_env, log_a, group)
     b: subprocess.Popen[bytes] | None = None
     try:
         wait_for(lambda: chunk_count(dsn) >= total // 4, a, log_a)
-        b = start_worker(sv_env, log_b)
+        b = start_worker(sv_env, log_b, group)
         wait_for(lambda: joined(log_b), b, log_b)
         total += produce_sessions(settings, waves[1])
         wait_for(lambda: chunk_count(dsn) >= total * 3 // 4, b, log_b)
         a.send_signal(signal.SIGTERM)
         assert a.wait(30) == 0, log_a.read_text()[-3000:]
         total += produce_sessions(settings, waves[2])
-        wait_for(lambda: drained(settings, [settings.topic_chunks]), b, log_b)
+        wait_for(lambda: drained(settings, [settings.topic_chunks], group), b, log_b)
         b.send_signal(signal.SIGTERM)
         assert b.wait(30) == 0, log_b.read_text()[-3000:]
     finally:

@@ -454,12 +454,15 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
     exe = Path(sys.executable).parent / "sessionvault"
 
     logs: list[Path] = []
+    # A group of its own: the suite's tests share one broker, and a member another test left
+    # behind (killed mid-join) must not hold this group's rebalance.
+    group = f"detect-{settings.tenant}"
 
     def start() -> subprocess.Popen[bytes]:
         logs.append(tmp_path / f"member-{len(logs)}.log")
         with logs[-1].open("wb") as out:
             return subprocess.Popen(
-                [str(exe), "worker", "detect", "--status-every", "1"],
+                [str(exe), "worker", "detect", "--group", group, "--status-every", "1"],
                 env=sv_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -479,7 +482,7 @@ def test_detect_members_running_at_once_one_killed_mid_batch_alert_every_match_w
         members[0].wait(10)
         members.append(start())
         deadline = time.monotonic() + 120
-        while not drained(settings, [settings.topic_events], "detect"):
+        while not drained(settings, [settings.topic_events], group):
             assert all(m.poll() is None for m in members[1:]), "a detect member died"
             assert time.monotonic() < deadline, f"the group did not drain the topic\n{said()}"
             time.sleep(0.5)
