@@ -150,6 +150,7 @@ def _stack(
 WORKER_CODE = """
 import asyncio, json, os, signal, sys, time
 from ingest.persist import run_persist_worker
+from ingest.runtime import settle_heap
 from sessionvault.settings import load_settings
 
 out = open(sys.argv[1], "a", buffering=1)
@@ -164,6 +165,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    settle_heap()  # as the CLI's worker shell does once start-up is over
     await run_persist_worker(load_settings(), stop=stop, on_batch=on_batch)
 
 asyncio.run(main())

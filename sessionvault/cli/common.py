@@ -164,6 +164,7 @@ def run_async_worker(
         logging.getLogger(logger_name).setLevel(max(root_level, logging.ERROR))
 
     from ingest.health import Reporter, status_suffix
+    from ingest.runtime import settle_heap
 
     async def main_task() -> None:
         stop = asyncio.Event()
@@ -171,6 +172,7 @@ def run_async_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         worker = make()
+        settle_heap()  # start-up is over: see its docstring (issue 16)
 
         async def ticker() -> None:
             assert status_line is not None
