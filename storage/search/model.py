@@ -666,8 +666,13 @@ def segment_document(row: SegmentRow) -> dict[str, Any]:
 
 def encode_times(times: Sequence[int]) -> tuple[int, ...]:
     """Run-length encode per-character offsets as a flat ``(ms, count, ms, count, ...)``."""
+    if not times:
+        return ()
+    first = times[0]
+    # A line of bulk output is usually one run (written in one read): checked in C.
+    if times.count(first) == len(times):
+        return (first, len(times))
     out: list[int] = []
-    # groupby runs in C: a line of bulk output is usually one run (written in one read).
     for t, run in itertools.groupby(times):
         out += (t, len(list(run)))
     return tuple(out)

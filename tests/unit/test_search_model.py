@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sessionvault.errors import ValidationError
 from storage.search.model import (
@@ -161,6 +163,20 @@ def test_times_rle_round_trips() -> None:
     rle = encode_times(times)
     assert rle == (0, 3, 5, 2, 9, 1, 0, 1)
     assert decode_times(rle) == times
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=40))
+def test_times_rle_is_the_runs_of_equal_offsets_whatever_their_shape(times: list[int]) -> None:
+    # Reference: one (offset, count) pair per maximal run, written out plainly.
+    runs: list[int] = []
+    for t in times:
+        if runs and runs[-2] == t:
+            runs[-1] += 1
+        else:
+            runs += [t, 1]
+    assert encode_times(times) == tuple(runs)
+    assert decode_times(encode_times(times)) == times
 
 
 def test_match_offset_is_when_the_last_matched_character_was_written() -> None:
