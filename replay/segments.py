@@ -146,7 +146,10 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
     for text, times in lines:
         if not text:
             continue
-        start, end = min(times), max(times)
+        rle = encode_times(times)
+        # From the runs, not the characters: a line is usually one run (written in one read).
+        offsets = rle[0::2]
+        start, end = min(offsets), max(offsets)
         out.append(
             SegmentRow(
                 tenant=ctx.tenant,
@@ -156,7 +159,7 @@ def render_session(ctx: SessionText, chunks: Iterable[Chunk]) -> Rendered:
                 end_ms=end,
                 time_us=ctx.started_us + start * 1000,
                 text=text,
-                times=encode_times(times),
+                times=rle,
                 user=ctx.user,
                 login=ctx.login,
                 server_id=ctx.server_id,
