@@ -157,7 +157,7 @@ def _frames(raw_frames: object, value: bytes, start: int) -> list[Frame]:
 def _pack_fast(raw_frames: object, payload_len: int) -> tuple[bytes, int | None, int | None]:
     """``(index, first offset, largest offset)`` of a header's frames, checked column-wise
     (a few C-level passes instead of Python per frame). Raises (TypeError, ValueError,
-    KeyError, struct.error) on anything :func:`_frames` would reject; the caller then asks
+    KeyError, OverflowError) on anything :func:`_frames` would reject; the caller then asks
     :func:`_frames` for the message naming the first bad frame."""
     if type(raw_frames) is not list:
         raise TypeError("frames")
@@ -165,16 +165,17 @@ def _pack_fast(raw_frames: object, payload_len: int) -> tuple[bytes, int | None,
         if payload_len:
             raise ValueError("payload beyond frames")
         return b"", None, None
-    if set(map(type, raw_frames)) != {list} or set(map(len, raw_frames)) != {3}:
-        raise TypeError("frame spec")
+    # No per-element shape check: the header is JSON, so an element that is not a
+    # [offset, stream, length] list (a string, an object, a number, another length) fails in
+    # zip, in the unpacking or in the type checks below.
     offsets, streams, lengths = zip(*raw_frames, strict=True)
     # type() rather than isinstance: bool is an int subclass and is not a valid count here.
     if set(map(type, offsets)) != {int} or set(map(type, lengths)) != {int}:
         raise TypeError("offset or length")
-    if min(offsets) < 0 or min(lengths) < 0 or sum(lengths) != payload_len:
-        raise ValueError("offset, length or payload size")
-    codes = list(map(STREAM_CODES.__getitem__, streams))
-    return pack_specs(offsets, codes, lengths), offsets[0], max(offsets)
+    if sum(lengths) != payload_len:  # (negative values are refused by pack_specs)
+        raise ValueError("payload size")
+    index = pack_specs(offsets, map(STREAM_CODES.__getitem__, streams), lengths)
+    return index, offsets[0], max(offsets)
 
 
 def _frame_index(
@@ -182,7 +183,7 @@ def _frame_index(
 ) -> tuple[bytes, int | None, int | None]:
     try:
         return _pack_fast(raw_frames, len(value) - start)
-    except (TypeError, ValueError, KeyError, struct.error):
+    except (TypeError, ValueError, KeyError, OverflowError):
         pass
     _frames(raw_frames, value, start)  # raises, naming the first bad frame
     # _frames accepts what the index cannot hold: an offset past 2^64-1.

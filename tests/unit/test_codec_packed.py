@@ -92,6 +92,10 @@ any_frame = st.one_of(
 @example(frames=[[0, 1, 1]], slack=1)
 @example(frames=[[0, "o", 1, 2]], slack=0)
 @example(frames=[[2**64 - 1, "o", 1]], slack=0)
+@example(frames=["oio"], slack=0)
+@example(frames=[{"a": 1, "b": 2, "c": 3}], slack=0)
+@example(frames=[[0, "o", -1], [1, "o", 2]], slack=-1)
+@example(frames=[[0, "o", 2**32]], slack=0)
 def test_packed_decoder_matches_the_per_frame_rules(frames: list[Any], slack: int) -> None:
     lengths = [f[2] for f in frames if isinstance(f, list) and len(f) == 3]
     lengths = [x for x in lengths if isinstance(x, int)]
