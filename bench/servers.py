@@ -165,8 +165,10 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    settle_heap()  # as the CLI's worker shell does once start-up is over
-    await run_persist_worker(load_settings(), stop=stop, on_batch=on_batch)
+    settings = load_settings()
+    # As the CLI's worker shell does once start-up is over.
+    settle_heap(settings.worker_heap_keep_bytes)
+    await run_persist_worker(settings, stop=stop, on_batch=on_batch)
 
 asyncio.run(main())
 """

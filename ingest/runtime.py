@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import inspect
 import logging
@@ -552,23 +553,61 @@ class KafkaRuntime(Runtime):
         self._thread.shutdown(wait=True)
 
 
-def settle_heap() -> int:
-    """Collect once, then move every object alive now out of the cyclic garbage collector's
-    view (:func:`gc.freeze`); returns how many objects were moved. For the process that runs a
-    long-lived worker, called once by its owner after start-up (the CLI's worker shell does),
-    never by library code: like logging, the collector is the process's to configure.
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: glibc refuses an mmap threshold above this on 64-bit systems.
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
-    Why: a worker allocates tens of thousands of short-lived containers per batch (a
-    keystroke-heavy chunk header alone is about 240 small lists), which sets off collections
-    that also walk every module, class and function imported at start-up, objects that never
-    become garbage. Freezing them left the persist worker's rate 20% higher on the mixed corpus
-    (87 -> 107 MB/s, the same as with the collector off; issue 16 in docs/benchmarks.md).
-    Garbage made later is still collected; only what is frozen here is never freed, and it is
-    the start-up heap, which lives as long as the process anyway.
+
+@dataclass(frozen=True)
+class SettledHeap:
+    """What :func:`settle_heap` did."""
+
+    frozen_objects: int
+    malloc_tuned: bool
+
+
+def _keep_freed_memory(keep_bytes: int) -> bool:
+    """Ask glibc's malloc to serve blocks up to 32 MiB (or ``keep_bytes``) from its heap and
+    to keep up to ``keep_bytes`` of freed memory; False where there is no glibc ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, min(keep_bytes, _MMAP_THRESHOLD_MAX))
+        and mallopt(_M_TRIM_THRESHOLD, min(keep_bytes, 2**31 - 1))
+    )
+
+
+def settle_heap(keep_freed_bytes: int = 0) -> SettledHeap:
+    """Prepare the process that runs a long-lived worker, once start-up is over: called by the
+    process's owner (the CLI's worker shell does, with ``SESSIONVAULT_WORKER_HEAP_KEEP_BYTES``),
+    never by library code: like logging, these are the process's to configure.
+
+    1. Collect once, then move every object alive now out of the cyclic garbage collector's
+       view (:func:`gc.freeze`). Why: a worker allocates tens of thousands of short-lived
+       containers per batch (a keystroke-heavy chunk header alone is about 240 small lists),
+       which sets off collections that also walked every module, class and function imported
+       at start-up, objects that never become garbage. Garbage made later is still collected;
+       only what is frozen here is never freed, and that is the start-up heap, which lives as
+       long as the process anyway.
+    2. With ``keep_freed_bytes`` > 0 (glibc only), have malloc keep that much freed memory for
+       reuse and serve blocks up to 32 MiB from its heap. Why: every Kafka fetch allocates and
+       frees buffers of megabytes (kafka-python copies a response several times); by default
+       each is a fresh mmap whose pages fault in one by one, with the interpreter lock held.
+       The price is a resident size that stays near its peak (bounded by ``keep_freed_bytes``
+       above what is in use).
+
+    Measured on the persist worker (issue 16, docs/benchmarks.md): the first gave 20% on the
+    mixed corpus, the second raised kafka-python's MB per CPU-second by about 40%.
     """
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    tuned = keep_freed_bytes > 0 and _keep_freed_memory(keep_freed_bytes)
+    return SettledHeap(gc.get_freeze_count(), tuned)
 
 
 def run_blocking(main: Callable[[asyncio.Event], Awaitable[None]], stop: threading.Event) -> None:
@@ -604,6 +643,7 @@ __all__ = [
     "KafkaRuntime",
     "PollLimits",
     "Runtime",
+    "SettledHeap",
     "Stopped",
     "run_blocking",
     "settle_heap",

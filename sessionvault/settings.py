@@ -117,6 +117,11 @@ class Settings:
     # Poll the next batch while this one is decoded and written (fetching overlaps the CPU
     # stage and PostgreSQL; see ingest.runtime.KafkaRuntime.run). Off: strictly one at a time.
     persist_prefetch: bool = True
+    # Freed memory a worker process keeps for reuse rather than handing back to the OS (glibc
+    # malloc's trim threshold; buffers up to 32 MiB then come from the heap, not fresh mmaps).
+    # A Kafka fetch allocates and frees buffers of megabytes; faulting their pages in again each
+    # time was a third of kafka-python's cost (ingest.runtime.settle_heap). 0: C library defaults.
+    worker_heap_keep_bytes: int = 256 * 1024 * 1024
     zstd_level: int = 3
     retry_backoff_max_ms: int = 30_000
     # A session with no chunk for this long and no final chunk (its recorder was killed) is
@@ -291,6 +296,8 @@ def _check(s: Settings) -> None:
             f"SESSIONVAULT_OPENSEARCH_INDEX_PREFIX={s.opensearch_index_prefix!r}: use 1-41 of"
             " [a-z0-9_.-] (OpenSearch index names are lower case)"
         )
+    if s.worker_heap_keep_bytes < 0:
+        raise ConfigError(f"{ENV_PREFIX}WORKER_HEAP_KEEP_BYTES must be 0 or more")
     for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")

@@ -136,6 +136,7 @@ def run_async_worker(
     name: str = "",
     metrics_port: int = 0,
     spool_dir: Path | None = None,
+    heap_keep_bytes: int = 0,
 ) -> None:
     """Run a long-lived asyncio worker until SIGTERM/SIGINT: the shared shell of the
     ``worker ...`` commands.
@@ -146,6 +147,9 @@ def run_async_worker(
     With ``home`` and ``name``, the worker's health (its ``health`` and ``stats``) is written
     for ``status`` about once a second (:class:`ingest.health.Reporter`), and a stalled worker's
     status lines say ``STALLED`` and why.
+
+    Once the worker is built, the process's heap is settled
+    (:func:`ingest.runtime.settle_heap`, keeping ``heap_keep_bytes`` of freed memory).
 
     Prints ``banner`` (or ``banner(worker)``) on stderr, then every ``status_every`` seconds
     the line ``status_line(worker, seconds since the last line)`` returns (0: no status lines),
@@ -172,7 +176,7 @@ def run_async_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         worker = make()
-        settle_heap()  # start-up is over: see its docstring (issue 16)
+        settle_heap(heap_keep_bytes)  # start-up is over: see its docstring (issue 16)
 
         async def ticker() -> None:
             assert status_line is not None
@@ -335,6 +339,7 @@ def run_worker_command(
         name=name,
         metrics_port=settings.metrics_port,
         spool_dir=settings.resolved_spool_dir,
+        heap_keep_bytes=settings.worker_heap_keep_bytes,
     )
 
 
