@@ -126,7 +126,8 @@ def import_recording(
     n_chunks = n_bytes = 0
     tenant = tenant or settings.tenant
     for chunk in recording_chunks(rec, tenant=tenant, max_bytes=settings.chunk_max_bytes):
-        sender.send(settings.topic_chunks, key, encode_chunk(chunk), chunk.payload_len)
+        record = encode_chunk(chunk, version=settings.chunk_wire_version)
+        sender.send(settings.topic_chunks, key, record, chunk.payload_len)
         n_chunks += 1
         n_bytes += chunk.payload_len
     for ev in rec.events:

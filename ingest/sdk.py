@@ -532,7 +532,11 @@ class SessionRecorder:
     def _ship(self, chunks: list[Chunk]) -> None:
         # Under self._lock: submission order is seq order.
         for chunk in chunks:
-            self.transport.submit(self.settings.topic_chunks, self._key, encode_chunk(chunk))
+            self.transport.submit(
+                self.settings.topic_chunks,
+                self._key,
+                encode_chunk(chunk, version=self.settings.chunk_wire_version),
+            )
 
 
 class AuditEmitter:

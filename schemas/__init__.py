@@ -4,6 +4,7 @@ from schemas.chain import chain_hash, verify_chain
 from schemas.codec import decode_chunk, decode_event, encode_chunk, encode_event, validate_event
 from schemas.models import (
     CHUNK_VERSION,
+    CHUNK_VERSIONS,
     EVENT_VERSION,
     GENESIS_HASH,
     AuditEvent,
@@ -15,6 +16,7 @@ from schemas.models import (
 
 __all__ = [
     "CHUNK_VERSION",
+    "CHUNK_VERSIONS",
     "EVENT_VERSION",
     "GENESIS_HASH",
     "AuditEvent",

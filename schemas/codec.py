@@ -2,9 +2,13 @@
 
 Pure: no Kafka or database imports. Decoding never decodes terminal bytes as text.
 
-Chunk wire format (v1): ``b"SVCK" | u32 BE header length | header JSON | payload``, where the
-header satisfies ``schemas/json/chunk.v1.json`` and the payload is the frames' bytes
-concatenated in order. Events are JSON objects satisfying ``schemas/json/event.v1.json``.
+Chunk wire format: ``b"SVCK" | u32 BE header length | header JSON | [frame index] | payload``.
+Version 2 (written): the header satisfies ``schemas/json/chunk.v2.json`` and names
+``frame_count``; the frame index that follows it is ``frame_count`` rows of 13 bytes
+(:mod:`schemas.frameindex`: offset_ms u64 BE, stream byte, length u32 BE), then the payload, the
+frames' bytes concatenated in order. Version 1 (still read): the header (``chunk.v1.json``)
+lists the frames as ``[offset_ms, stream, length]`` and the payload follows it directly. Both
+hash the same bytes. Events are JSON objects satisfying ``schemas/json/event.v1.json``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ from typing import Any
 import orjson
 
 from schemas.chain import chain_hash_packed
-from schemas.frameindex import STREAM_CODES, pack_specs, unpack_chunk
+from schemas.frameindex import (
+    FRAME_BYTES,
+    STREAM_CODES,
+    first_bad_stream,
+    index_columns,
+    pack_frames,
+    pack_specs,
+    unpack_chunk,
+)
 from schemas.models import (
     CHUNK_VERSION,
+    CHUNK_VERSIONS,
     EVENT_VERSION,
     AuditEvent,
     Chunk,
@@ -39,23 +52,32 @@ _HASH_RE = re.compile(r"[0-9a-f]{64}")
 _STREAMS = {s.value: s for s in Stream}
 
 
-def encode_chunk(chunk: Chunk) -> bytes:
+def encode_chunk(chunk: Chunk, *, version: int = CHUNK_VERSION) -> bytes:
+    """The chunk record of ``chunk`` in wire ``version`` (2 unless a consumer still running an
+    older release needs 1: ``SESSIONVAULT_CHUNK_WIRE_VERSION``)."""
     header: dict[str, Any] = {
-        "sv_version": CHUNK_VERSION,
+        "sv_version": version,
         "tenant": chunk.tenant,
         "sid": chunk.sid,
         "seq": chunk.seq,
-        "frames": [[f.offset_ms, f.stream.value, len(f.data)] for f in chunk.frames],
-        "prev_hash": chunk.prev_hash,
-        "hash": chunk.hash,
     }
+    parts = [f.data for f in chunk.frames]
+    if version == 1:
+        header["frames"] = [[f.offset_ms, f.stream.value, len(f.data)] for f in chunk.frames]
+    elif version == 2:
+        header["frame_count"] = len(chunk.frames)
+        parts.insert(0, pack_frames(chunk.frames))
+    else:
+        raise ValueError(f"chunk wire version {version} is not one of {CHUNK_VERSIONS}")
+    header["prev_hash"] = chunk.prev_hash
+    header["hash"] = chunk.hash
     if chunk.final:
         header["final"] = True
         header["exit_code"] = chunk.exit_code
     if chunk.session is not None:
         header["session"] = chunk.session.to_json()
     h = orjson.dumps(header)
-    return b"".join([CHUNK_MAGIC, _HLEN.pack(len(h)), h, *(f.data for f in chunk.frames)])
+    return b"".join([CHUNK_MAGIC, _HLEN.pack(len(h)), h, *parts])
 
 
 def _bad(reason: str, message: str) -> ValidationError:
@@ -99,9 +121,13 @@ def _check_identity(header: dict[str, Any]) -> None:
     version = header.get("sv_version")
     if version is None:
         raise _bad("missing_field", "chunk header: required field 'sv_version' is missing")
-    if version != CHUNK_VERSION:
-        raise UnknownVersionError(f"chunk header: sv_version {version!r} is not known (1)")
-    for name in ("tenant", "sid", "seq", "frames", "prev_hash", "hash"):
+    if type(version) is not int or version not in CHUNK_VERSIONS:
+        raise UnknownVersionError(
+            f"chunk header: sv_version {version!r} is not known"
+            f" ({', '.join(map(str, CHUNK_VERSIONS))})"
+        )
+    frames = "frames" if version == 1 else "frame_count"
+    for name in ("tenant", "sid", "seq", frames, "prev_hash", "hash"):
         if name not in header:
             raise _bad("missing_field", f"chunk header: required field {name!r} is missing")
     tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
@@ -190,6 +216,43 @@ def _frame_index(
     raise _bad("wrong_type", "chunk header: a frame's offset_ms does not fit 64 bits")
 
 
+def _carried_index(count: object, value: bytes, start: int) -> tuple[bytes, int | None, int | None]:
+    """``(index, first offset, largest offset)`` of a version-2 record, whose frame index of
+    ``count`` rows starts at ``start``; checked column-wise (stream bytes, lengths against the
+    payload), with the same reasons and messages as version 1's per-frame rules."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise _bad("wrong_type", "chunk header: 'frame_count' must be an integer >= 0")
+    end = start + FRAME_BYTES * count
+    if end > len(value):
+        raise _bad(
+            "bad_framing", f"a frame index of {count} frames runs past the end of the record"
+        )
+    index = value[start:end]
+    payload_len = len(value) - end
+    if not count:
+        if payload_len:
+            raise _bad("bad_framing", f"payload has {payload_len} bytes beyond the last frame")
+        return b"", None, None
+    cols = index_columns(index)
+    bad = first_bad_stream(cols.codes)
+    if bad is not None:
+        raise _bad(
+            "wrong_type",
+            f"frame index: frames[{bad}] stream {cols.codes[bad : bad + 1]!r} is not one of"
+            " o,i,r,m,e,x",
+        )
+    if sum(cols.lengths) != payload_len:
+        pos = 0
+        for i, ln in enumerate(cols.lengths):
+            if pos + ln > payload_len:
+                raise _bad(
+                    "bad_framing", f"frames[{i}] needs {ln} bytes but the payload ends first"
+                )
+            pos += ln
+        raise _bad("bad_framing", f"payload has {payload_len - pos} bytes beyond the last frame")
+    return index, cols.offsets[0], max(cols.offsets)
+
+
 def decode_packed_chunk(
     value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True
 ) -> PackedChunk:
@@ -203,7 +266,11 @@ def decode_packed_chunk(
     header, start = decode_chunk_header(value, max_bytes)
     _check_identity(header)
     tenant, sid, seq = header["tenant"], header["sid"], header["seq"]
-    index, first, last = _frame_index(header["frames"], value, start)
+    if header["sv_version"] == 1:
+        index, first, last = _frame_index(header["frames"], value, start)
+    else:
+        index, first, last = _carried_index(header["frame_count"], value, start)
+        start += len(index)
     session = None
     if "session" in header:
         session = _decode_session(header["session"])

@@ -3,9 +3,10 @@
 
 One definition used three ways: it is what a chunk's hash covers for its frames
 (:mod:`schemas.chain`), what is stored beside each payload (the ``chunks.frames`` column), and
-what the persist worker builds straight from a chunk header, with no :class:`Frame` made per
-frame (:func:`schemas.codec.decode_packed_chunk`). Keeping the three the same bytes is what
-lets the worker hash and store a chunk without ever cutting its payload into frames.
+what a chunk record carries (version 2; a version-1 record lists its frames in its JSON header,
+and the persist worker builds this index from that list), with no :class:`Frame` made per frame
+(:func:`schemas.codec.decode_packed_chunk`). Keeping them the same bytes is what lets the worker
+hash and store a chunk without ever cutting its payload into frames.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from schemas.models import Chunk, Frame, PackedChunk, Stream
 
@@ -55,6 +57,49 @@ def pack_specs(offsets: Sequence[int], codes: Iterable[bytes], lengths: Sequence
     for k in range(4):
         rows[9 + k :: FRAME_BYTES] = len_bytes[k::4]
     return bytes(rows)
+
+
+STREAM_BYTES = frozenset(STREAM_CODES.values())
+"""Every byte a stream may be in the index."""
+_STREAM_ALPHABET = b"".join(sorted(STREAM_BYTES))
+
+
+def _column(index: bytes, at: int, width: int, count: int) -> bytes:
+    """Bytes ``at .. at+width`` of each of the ``count`` rows, row after row."""
+    col = bytearray(width * count)
+    for k in range(width):
+        col[k::width] = index[at + k :: FRAME_BYTES]
+    return bytes(col)
+
+
+@dataclass(frozen=True)
+class IndexColumns:
+    """A frame index read column-wise (what a chunk record of version 2 carries): checked and
+    summed in C, no Python work per frame."""
+
+    offsets: array[int]
+    codes: bytes
+    lengths: array[int]
+
+
+def index_columns(index: bytes) -> IndexColumns:
+    """The columns of ``index``; raises :class:`ValueError` if it is not whole rows."""
+    count, rest = divmod(len(index), FRAME_BYTES)
+    if rest:
+        raise ValueError(f"frame index of {len(index)} bytes is not whole {FRAME_BYTES}-byte rows")
+    offsets = array("Q", _column(index, 0, 8, count))
+    lengths = array("I", _column(index, 9, 4, count))
+    if _LITTLE:
+        offsets.byteswap()
+        lengths.byteswap()
+    return IndexColumns(offsets, index[8::FRAME_BYTES], lengths)
+
+
+def first_bad_stream(codes: bytes) -> int | None:
+    """The position of the first byte of ``codes`` that is not a stream's, or None."""
+    if not codes.translate(None, _STREAM_ALPHABET):
+        return None
+    return next(i for i, c in enumerate(codes) if bytes((c,)) not in STREAM_BYTES)
 
 
 def unpack_frames(index: bytes, payload: bytes) -> list[Frame]:

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-CHUNK_VERSION = 1
+CHUNK_VERSION = 2
+"""The chunk record version written (:func:`schemas.codec.encode_chunk`); every version in
+:data:`CHUNK_VERSIONS` is read."""
+CHUNK_VERSIONS = (1, 2)
 EVENT_VERSION = 1
 GENESIS_HASH = "0" * 64
 

@@ -11,7 +11,11 @@ from typing import Any
 import jsonschema
 import orjson
 
-SCHEMA_FILES = {"chunk": "chunk.v1.json", "event": "event.v1.json"}
+SCHEMA_FILES = {
+    "chunk": "chunk.v2.json",  # the version written
+    "chunk.v1": "chunk.v1.json",  # still read
+    "event": "event.v1.json",
+}
 
 
 @cache

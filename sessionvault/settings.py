@@ -22,6 +22,10 @@ import orjson
 from sessionvault.errors import ConfigError
 from sessionvault.names import TENANT_RULE, is_tenant_name
 
+#: The chunk record versions a producer may write: schemas.models.CHUNK_VERSIONS (settings sit
+#: below schemas in the import order, so it is restated here; a unit test holds them equal).
+CHUNK_WIRE_VERSIONS = (1, 2)
+
 ENV_PREFIX = "SESSIONVAULT_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 STACK_FILE = "stack.json"
@@ -103,6 +107,10 @@ class Settings:
     # Producer side: frames are batched into a chunk until one of these limits is reached.
     chunk_max_bytes: int = 64 * 1024
     chunk_linger_ms: int = 50
+    # The chunk record version producers write (schemas.codec.encode_chunk). 2 carries the
+    # frame index as binary rows; 1 lists the frames in the JSON header. Workers read both;
+    # write 1 only while a consumer of an older release (which knows only 1) still runs.
+    chunk_wire_version: int = 2
     # How long the Kafka producer waits to fill a request (small: terminal writes want low
     # latency, and chunks are batched already).
     producer_linger_ms: int = 5
@@ -296,6 +304,8 @@ def _check(s: Settings) -> None:
             f"SESSIONVAULT_OPENSEARCH_INDEX_PREFIX={s.opensearch_index_prefix!r}: use 1-41 of"
             " [a-z0-9_.-] (OpenSearch index names are lower case)"
         )
+    if s.chunk_wire_version not in CHUNK_WIRE_VERSIONS:
+        raise ConfigError(f"{ENV_PREFIX}CHUNK_WIRE_VERSION={s.chunk_wire_version}: use 1 or 2")
     if s.worker_heap_keep_bytes < 0:
         raise ConfigError(f"{ENV_PREFIX}WORKER_HEAP_KEEP_BYTES must be 0 or more")
     for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):

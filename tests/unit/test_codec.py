@@ -17,7 +17,8 @@ from schemas import (
     encode_chunk,
     verify_chain,
 )
-from schemas.codec import CHUNK_MAGIC
+from schemas.codec import CHUNK_MAGIC, decode_packed_chunk
+from schemas.frameindex import FRAME, pack_frames
 from schemas.validate import schema_errors
 from sessionvault.errors import UnknownVersionError, ValidationError
 
@@ -62,7 +63,8 @@ def test_tampered_payload_byte_is_rejected_as_bad_hash() -> None:
 @pytest.mark.parametrize(
     ("mutate", "reason", "needle"),
     [
-        (lambda h: h.update(sv_version=2), "unknown_version", "sv_version 2"),
+        (lambda h: h.update(sv_version=3), "unknown_version", "sv_version 3"),
+        (lambda h: h.update(sv_version=True), "unknown_version", "sv_version True"),
         (lambda h: h.update(seq=-1), "wrong_type", "'seq'"),
         (lambda h: h.update(seq="1"), "wrong_type", "'seq'"),
         (lambda h: h.pop("tenant"), "missing_field", "'tenant'"),
@@ -71,7 +73,7 @@ def test_tampered_payload_byte_is_rejected_as_bad_hash() -> None:
     ],
 )
 def test_bad_chunk_header_is_rejected_with_reason_naming_the_field(mutate, reason, needle) -> None:  # type: ignore[no-untyped-def]
-    value = encode_chunk(make_chunk())
+    value = encode_chunk(make_chunk(), version=1)
     hlen = int.from_bytes(value[4:8], "big")
     header = orjson.loads(value[8 : 8 + hlen])
     mutate(header)
@@ -83,6 +85,69 @@ def test_bad_chunk_header_is_rejected_with_reason_naming_the_field(mutate, reaso
     assert needle in str(err.value)
     if reason == "unknown_version":
         assert isinstance(err.value, UnknownVersionError)
+
+
+def test_both_wire_versions_decode_to_the_same_chunk_and_hash_alike() -> None:
+    chunk = make_chunk()
+    v1, v2 = encode_chunk(chunk, version=1), encode_chunk(chunk)
+    assert v1 != v2
+    # Version 2 carries the same index bytes the hash covers, right after its header.
+    assert v2[8 + int.from_bytes(v2[4:8], "big") :].startswith(pack_frames(chunk.frames))
+    assert decode_chunk(v1) == decode_chunk(v2) == chunk
+    assert decode_packed_chunk(v1) == decode_packed_chunk(v2)
+    hlen = int.from_bytes(v1[4:8], "big")
+    assert schema_errors("chunk.v1", orjson.loads(v1[8 : 8 + hlen])) == []
+
+
+def _v2(header_changes: dict[str, object], tail: bytes | None = None) -> bytes:
+    """A version-2 record of make_chunk() with its header changed, or its index and payload
+    replaced by ``tail``."""
+    value = encode_chunk(make_chunk())
+    hlen = int.from_bytes(value[4:8], "big")
+    header = {**orjson.loads(value[8 : 8 + hlen]), **header_changes}
+    h = orjson.dumps(header)
+    return (
+        CHUNK_MAGIC + len(h).to_bytes(4, "big") + h + (value[8 + hlen :] if tail is None else tail)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "needle"),
+    [
+        (lambda: _v2({"frame_count": -1}), "wrong_type", "'frame_count'"),
+        (lambda: _v2({"frame_count": True}), "wrong_type", "'frame_count'"),
+        (lambda: _v2({"frame_count": 10**6}), "bad_framing", "runs past the end"),
+        (
+            lambda: _v2({"frame_count": 1}, FRAME.pack(0, b"z", 1) + b"x"),
+            "wrong_type",
+            "frames[0] stream b'z'",
+        ),
+        (
+            lambda: _v2(
+                {"frame_count": 2}, FRAME.pack(0, b"o", 1) + FRAME.pack(1, b"o", 5) + b"xy"
+            ),
+            "bad_framing",
+            "frames[1] needs 5 bytes",
+        ),
+        (
+            lambda: _v2({"frame_count": 1}, FRAME.pack(0, b"o", 1) + b"xyz"),
+            "bad_framing",
+            "2 bytes beyond the last frame",
+        ),
+        (lambda: _v2({"frame_count": 0}, b"x"), "bad_framing", "1 bytes beyond the last frame"),
+        (
+            lambda: _v2({"frame_count": 0}, b""),
+            "bad_hash",
+            "does not match",
+        ),
+    ],
+)
+def test_bad_version_2_frame_index_is_rejected_naming_the_frame(value, reason, needle) -> None:  # type: ignore[no-untyped-def]
+    for decode in (decode_packed_chunk, decode_chunk):
+        with pytest.raises(ValidationError) as err:
+            decode(value())
+        assert err.value.reason == reason
+        assert needle in str(err.value)
 
 
 def test_oversize_and_garbage_chunk_records_are_rejected() -> None:
@@ -125,3 +190,10 @@ def test_event_keeps_unknown_fields_and_rejects_bad_types() -> None:
     with pytest.raises(ValidationError) as err:
         decode_event(orjson.dumps({**raw, "time": "yesterday"}))
     assert "time" in str(err.value)
+
+
+def test_the_settings_accept_exactly_the_chunk_versions_the_codec_reads() -> None:
+    from schemas.models import CHUNK_VERSIONS
+    from sessionvault.settings import CHUNK_WIRE_VERSIONS
+
+    assert CHUNK_WIRE_VERSIONS == CHUNK_VERSIONS

@@ -128,3 +128,81 @@ def test_a_tampered_payload_byte_is_bad_hash_on_the_packed_path() -> None:
     with pytest.raises(ValidationError) as err:
         decode_packed_chunk(good[:-1] + b"y")
     assert err.value.reason == "bad_hash"
+
+
+def _record_v2(count: int, index: bytes, payload: bytes, hash_: str = GENESIS_HASH) -> bytes:
+    header = {
+        "sv_version": 2,
+        "tenant": "acme",
+        "sid": "s-1",
+        "seq": 1,
+        "frame_count": count,
+        "prev_hash": GENESIS_HASH,
+        "hash": hash_,
+    }
+    h = orjson.dumps(header)
+    return CHUNK_MAGIC + struct.pack(">I", len(h)) + h + index + payload
+
+
+def _reference_v2(count: int, tail: bytes) -> list[Frame] | tuple[str, str]:
+    """Row by row, the rules of a version-2 record (schemas/json/chunk.v2.json) for a header
+    naming ``count`` frames followed by ``tail``."""
+    if 13 * count > len(tail):
+        return ("bad_framing", "runs past the end")
+    index, payload = tail[: 13 * count], tail[13 * count :]
+    rows = [struct.unpack(">QcI", index[k : k + 13]) for k in range(0, len(index), 13)]
+    for i, (_, code, _) in enumerate(rows):
+        if code not in {s.value.encode() for s in Stream}:
+            return ("wrong_type", f"frames[{i}] stream")
+    out, pos = [], 0
+    for i, (off, code, ln) in enumerate(rows):
+        if pos + ln > len(payload):
+            return ("bad_framing", f"frames[{i}] needs")
+        out.append(Frame(off, Stream(code.decode()), payload[pos : pos + ln]))
+        pos += ln
+    if pos != len(payload):
+        return ("bad_framing", "beyond the last frame")
+    return out
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    frames=st.lists(good_frame, max_size=10),
+    count_delta=st.integers(min_value=-1, max_value=1),
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=2),
+    slack=st.integers(min_value=-3, max_value=3),
+)
+@example(frames=[[0, "o", 1]], count_delta=0, flips=[(8, ord("z"))], slack=0)
+@example(frames=[[2**64 - 1, "x", 0]], count_delta=0, flips=[], slack=0)
+def test_version_2_decoder_matches_the_row_rules(
+    frames: list[Any], count_delta: int, flips: list[tuple[int, int]], slack: int
+) -> None:
+    """Version-2 records whose index or payload was damaged (bytes changed, a wrong count, too
+    few or too many payload bytes): accepted exactly when the rows cover the payload, with the
+    reason and message of the first bad row otherwise."""
+    index = bytearray(pack_frames(Frame(o, Stream(s), b"") for o, s, _ in frames))
+    for k, (_, _, ln) in enumerate(frames):
+        index[13 * k + 9 : 13 * k + 13] = ln.to_bytes(4, "big")
+    for at, byte in flips:
+        if index:
+            index[at % len(index)] = byte
+    payload = bytes(range(256))[: max(0, sum(f[2] for f in frames) + slack)]
+    count = max(0, len(frames) + count_delta)
+    tail = bytes(index) + payload
+    expected = _reference_v2(count, tail)
+    if isinstance(expected, list):
+        value = _record_v2(count, b"", tail, chain_hash(GENESIS_HASH, "s-1", 1, expected))
+        packed = decode_packed_chunk(value)
+        assert packed.index == pack_frames(expected)
+        assert unpack_frames(packed.index, packed.payload) == expected
+        offsets = [f.offset_ms for f in expected]
+        assert packed.first_offset_ms == (offsets[0] if offsets else None)
+        assert packed.last_offset_ms == (max(offsets) if offsets else None)
+        assert decode_chunk(value).frames == tuple(expected)
+    else:
+        reason, fragment = expected
+        for decode in (decode_packed_chunk, decode_chunk):
+            with pytest.raises(ValidationError) as err:
+                decode(_record_v2(count, b"", tail))
+            assert err.value.reason == reason
+            assert fragment in str(err.value)
