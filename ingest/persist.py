@@ -108,8 +108,9 @@ def prepare_batch(
             if value is None:
                 raise ValidationError("empty", "record has no value")
             if rec.topic == settings.topic_chunks:
-                # Packed: the frame index straight from the header, the payload the record's
-                # tail; no frame object is made (per-frame work was most of this stage).
+                # Packed: the frame index as the record carries it (version 2) or built from
+                # the header's list (version 1), the payload the record's tail; no frame
+                # object is made (per-frame work was most of this stage).
                 chunk = decode_packed_chunk(value, max_bytes=settings.max_record_bytes)
                 check_chunk_storable(chunk)
                 codec, dict_id, stored = compressor.compress(chunk.payload)

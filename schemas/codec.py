@@ -256,9 +256,10 @@ def _carried_index(count: object, value: bytes, start: int) -> tuple[bytes, int 
 def decode_packed_chunk(
     value: bytes, *, max_bytes: int = 4 * 1024 * 1024, verify: bool = True
 ) -> PackedChunk:
-    """Decode and validate a chunk record into a :class:`PackedChunk`: its frame index is
-    built straight from the header and its payload is the record's tail, so no frame object
-    is made (the persist worker's path). Raises :class:`ValidationError` with a reason code,
+    """Decode and validate a chunk record (either version) into a :class:`PackedChunk`: its
+    frame index is the record's own (version 2) or built from the header's list (version 1),
+    and its payload is the record's tail, so no frame object is made (the persist worker's
+    path). Raises :class:`ValidationError` with a reason code,
     exactly as :func:`decode_chunk` does.
 
     With ``verify`` the chunk's own hash is recomputed; a mismatch is ``bad_hash``.

@@ -70,7 +70,7 @@ def test_each_bad_record_is_dead_lettered_with_reason_and_original_bytes(
         (b"good", encode_chunk(good.chunks[1]), None),
         (b"good", encode_chunk(good.chunks[1]), None),  # redelivered: a silent duplicate
         (b"good", encode_chunk(forged), "conflicting_duplicate"),
-        (b"good", with_header(encode_chunk(good.chunks[2]), sv_version=2), "unknown_version"),
+        (b"good", with_header(encode_chunk(good.chunks[2]), sv_version=3), "unknown_version"),
         (b"good", bytes(tampered), "bad_hash"),
         (b"good", with_header(encode_chunk(good.chunks[2]), seq="2"), "wrong_type"),
         (b"good", encode_chunk(big), "oversize"),
