@@ -5,6 +5,7 @@ the ones it accepts, the same reason and message for the ones it rejects."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -55,6 +56,30 @@ def _reference(frames: list[Any], payload: bytes) -> list[Frame] | tuple[str, st
     return out
 
 
+def _assert_decodes_as(
+    expected: list[Frame] | tuple[str, str], record: Callable[[str], bytes]
+) -> None:
+    """Both decoders on ``record(hash)``: the frames ``expected`` (the record then carrying
+    their right hash), or the reason and message fragment ``expected`` names."""
+    if isinstance(expected, list):
+        value = record(chain_hash(GENESIS_HASH, "s-1", 1, expected))
+        packed = decode_packed_chunk(value)
+        assert packed.index == pack_frames(expected)
+        assert packed.payload == b"".join(f.data for f in expected)
+        assert unpack_frames(packed.index, packed.payload) == expected
+        offsets = [f.offset_ms for f in expected]
+        assert packed.first_offset_ms == (offsets[0] if offsets else None)
+        assert packed.last_offset_ms == (max(offsets) if offsets else None)
+        assert decode_chunk(value).frames == tuple(expected)
+    else:
+        reason, fragment = expected
+        for decode in (decode_packed_chunk, decode_chunk):
+            with pytest.raises(ValidationError) as err:
+                decode(record(GENESIS_HASH))
+            assert err.value.reason == reason
+            assert fragment in str(err.value)
+
+
 scalars = st.one_of(
     st.integers(min_value=-2, max_value=2**40),
     st.booleans(),
@@ -100,24 +125,7 @@ def test_packed_decoder_matches_the_per_frame_rules(frames: list[Any], slack: in
     lengths = [f[2] for f in frames if isinstance(f, list) and len(f) == 3]
     lengths = [x for x in lengths if isinstance(x, int)]
     payload = bytes(range(256))[: max(0, sum(x for x in lengths if x > 0) + slack)]
-    expected = _reference(frames, payload)
-    if isinstance(expected, list):
-        value = _record(frames, payload, chain_hash(GENESIS_HASH, "s-1", 1, expected))
-        packed = decode_packed_chunk(value)
-        assert packed.index == pack_frames(expected)
-        assert packed.payload == payload
-        assert unpack_frames(packed.index, packed.payload) == expected
-        offsets = [f.offset_ms for f in expected]
-        assert packed.first_offset_ms == (offsets[0] if offsets else None)
-        assert packed.last_offset_ms == (max(offsets) if offsets else None)
-        assert decode_chunk(value).frames == tuple(expected)
-    else:
-        reason, fragment = expected
-        for decode in (decode_packed_chunk, decode_chunk):
-            with pytest.raises(ValidationError) as err:
-                decode(_record(frames, payload))
-            assert err.value.reason == reason
-            assert fragment in str(err.value)
+    _assert_decodes_as(_reference(frames, payload), lambda h: _record(frames, payload, h))
 
 
 def test_a_tampered_payload_byte_is_bad_hash_on_the_packed_path() -> None:
@@ -189,20 +197,4 @@ def test_version_2_decoder_matches_the_row_rules(
     payload = bytes(range(256))[: max(0, sum(f[2] for f in frames) + slack)]
     count = max(0, len(frames) + count_delta)
     tail = bytes(index) + payload
-    expected = _reference_v2(count, tail)
-    if isinstance(expected, list):
-        value = _record_v2(count, b"", tail, chain_hash(GENESIS_HASH, "s-1", 1, expected))
-        packed = decode_packed_chunk(value)
-        assert packed.index == pack_frames(expected)
-        assert unpack_frames(packed.index, packed.payload) == expected
-        offsets = [f.offset_ms for f in expected]
-        assert packed.first_offset_ms == (offsets[0] if offsets else None)
-        assert packed.last_offset_ms == (max(offsets) if offsets else None)
-        assert decode_chunk(value).frames == tuple(expected)
-    else:
-        reason, fragment = expected
-        for decode in (decode_packed_chunk, decode_chunk):
-            with pytest.raises(ValidationError) as err:
-                decode(_record_v2(count, b"", tail))
-            assert err.value.reason == reason
-            assert fragment in str(err.value)
+    _assert_decodes_as(_reference_v2(count, tail), lambda h: _record_v2(count, b"", tail, h))
