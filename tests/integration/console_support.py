@@ -76,7 +76,10 @@ def tmux_screen_at(env: dict[str, str], sid: str, at_ms: int, cols: int, rows: i
     speed so low that no frame after the moment arrives while the pane is read."""
     assert shutil.which("tmux"), "tmux is needed (scripts/system-packages.sh)"
     sock = f"sv-console-{uuid.uuid4().hex[:8]}"
-    cmd = f"{SV} play --speed 0.00001 --start-at {at_ms / 1000:.3f} {sid}; sleep 600"
+    # Echo off for the whole pane: a recording's terminal queries (cursor position, device
+    # attributes) make tmux write its answers into the pane's input, and with echo on they
+    # showed on the reference screen or not, by a race with play's own terminal handling.
+    cmd = f"stty -echo; {SV} play --speed 0.00001 --start-at {at_ms / 1000:.3f} {sid}; sleep 600"
     subprocess.run(
         ["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-x", str(cols),
          "-y", str(rows), cmd],
