@@ -18,6 +18,7 @@ from schemas.codec import CHUNK_MAGIC, decode_chunk, decode_packed_chunk
 from schemas.frameindex import pack_frames, unpack_frames
 from schemas.models import GENESIS_HASH, Frame, Stream
 from sessionvault.errors import ValidationError
+from tests.examples import examples
 
 
 def _record(frames: list[Any], payload: bytes, hash_: str = GENESIS_HASH) -> bytes:
@@ -106,7 +107,7 @@ any_frame = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(
     frames=st.one_of(st.lists(good_frame, max_size=12), st.lists(any_frame, max_size=6)),
     slack=st.integers(min_value=-3, max_value=3),
@@ -173,7 +174,7 @@ def _reference_v2(count: int, tail: bytes) -> list[Frame] | tuple[str, str]:
     return out
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(
     frames=st.lists(good_frame, max_size=10),
     count_delta=st.integers(min_value=-1, max_value=1),

@@ -24,6 +24,7 @@ from schemas import Frame, Stream, chain_hash, encode_chunk, encode_event
 from schemas.codec import decode_chunk, decode_event
 from schemas.models import Chunk, SessionInfo
 from sessionvault.errors import SessionVaultError
+from tests.examples import examples
 from tests.unit.test_import_sudo import make_iolog
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -32,7 +33,7 @@ FUZZ = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=150,
+    max_examples=examples(150),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from schemas.frameindex import pack_frames
 from schemas.models import Frame, Stream
 from storage.codec import INDEX_ZSTD_MARK, load_index, store_index
+from tests.examples import examples
 
 frames = st.lists(
     st.builds(
@@ -21,7 +22,7 @@ frames = st.lists(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(fs=frames)
 def test_a_stored_index_reads_back_exactly_and_a_raw_one_is_never_taken_for_compressed(
     fs: list[Frame],

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from schemas.frameindex import pack_frames
 from schemas.models import Frame, Stream
 from storage.codec import raw_output
+from tests.examples import examples
 
 frames_st = st.lists(
     st.builds(
@@ -22,7 +23,7 @@ frames_st = st.lists(
 ).map(lambda fs: sorted(fs, key=lambda f: f.offset_ms))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(frames=frames_st, from_ms=st.integers(min_value=0, max_value=5_500))
 def test_raw_output_is_the_output_and_stderr_bytes_of_the_frames_from_the_cut(
     frames: list[Frame], from_ms: int

@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from replay.screen import TimedScreen
+from tests.examples import examples
 
 WORDS = [
     " " * 9,
@@ -76,7 +77,7 @@ def writes(draw: st.DrawFn) -> tuple[int, int, list[tuple[int, bytes]]]:
     return cols, rows, out
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(case=writes(), stand_ms=st.sampled_from([0, 1000]))
 # Spaces written on the bottom row, then a line over them: the cells after it keep their times.
 @example(case=(8, 3, [(0, b"\r\n\r\n\r\n"), (5, b"      \r"), (9, b"ab\r\n")]), stand_ms=0)

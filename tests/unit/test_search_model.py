@@ -34,6 +34,7 @@ from storage.search.model import (
     segment_id,
     to_us,
 )
+from tests.examples import examples
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
@@ -165,7 +166,7 @@ def test_times_rle_round_trips() -> None:
     assert decode_times(rle) == times
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.lists(st.integers(0, 3), max_size=40))
 def test_times_rle_is_the_runs_of_equal_offsets_whatever_their_shape(times: list[int]) -> None:
     # Reference: one (offset, count) pair per maximal run, written out plainly.

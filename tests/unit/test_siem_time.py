@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from siem.formats.common import event_time_ms
+from tests.examples import examples
 
 
 def _reference(value: str) -> int:
@@ -41,7 +42,7 @@ times = st.builds(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(value=st.one_of(times, st.text(max_size=30), times.map(lambda t: f" {t} ")))
 def test_event_time_ms_matches_the_slow_rule(value: str) -> None:
     assert event_time_ms({"time": value}) == _reference(value)

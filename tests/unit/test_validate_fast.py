@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.validate import _fast_check, _validator, load_schema
+from tests.examples import examples
 
 FIELDS = [*load_schema("event")["properties"], "extra", "addr.local"]
 values = st.one_of(
@@ -38,7 +39,7 @@ def _valid(**extra: Any) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(data=events, base=st.booleans())
 def test_the_fast_check_accepts_only_what_the_validator_accepts(
     data: dict[str, Any], base: bool
