@@ -131,10 +131,20 @@ class BatchConsumer:
             raise to_transport_error(exc, f"join consumer group {group_id}") from exc
 
     def poll_batch(
-        self, *, max_records: int, max_bytes: int, linger_ms: int, wait_ms: int
+        self,
+        *,
+        max_records: int,
+        max_bytes: int,
+        linger_ms: int,
+        wait_ms: int,
+        on_records: Callable[[Sequence[Record]], object] | None = None,
     ) -> list[Record]:
         """Wait up to ``wait_ms`` for a first record, then gather more for up to ``linger_ms``
-        or until ``max_records`` / ``max_bytes``. Sorted by (topic, partition, offset)."""
+        or until ``max_records`` / ``max_bytes``. Sorted by (topic, partition, offset).
+
+        ``on_records`` is called (on this thread) with the records of each fetch as it comes,
+        before the batch is complete: the very objects the batch returns, each in exactly one
+        call, in offset order per partition (the batch's own order may interleave them)."""
         records: list[Record] = []
         size = 0
         start = time.monotonic()
@@ -151,11 +161,14 @@ class BatchConsumer:
                 )
             except (kerr.KafkaError, OSError) as exc:
                 raise to_transport_error(exc, "poll") from exc
+            fresh = len(records)
             for tp, batch in got.items():
                 for m in batch:
                     rec = Record.of(tp.topic, tp.partition, m)
                     records.append(rec)
                     size += rec.size
+            if on_records is not None and len(records) > fresh:
+                on_records(records[fresh:])
             now = time.monotonic()
             if records and first_at is None:
                 first_at = now

@@ -25,8 +25,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from operator import attrgetter, itemgetter
 from typing import TypeVar
 
 from ingest.consumer import BatchConsumer, Record
@@ -125,6 +126,32 @@ def prepare_batch(
                 raise ValidationError("unknown_topic", f"no handler for topic {rec.topic!r}")
         except ValidationError as exc:
             out.rejects.append(Reject(i, exc.reason, str(exc)))
+    return out
+
+
+def merge_pieces(
+    records: Sequence[Record], pieces: Sequence[PreparedBatch]
+) -> PreparedBatch | None:
+    """The batch ``records`` from pieces of it prepared apart, as they were fetched (each
+    piece's refs index its own ``records``): refs re-pointed into ``records`` and every list in
+    ref order, so the result equals ``prepare_batch(records, ...)``. None when the pieces hold
+    other records than exactly those of the batch (the caller then prepares it whole)."""
+    if sum(len(p.records) for p in pieces) != len(records):
+        return None
+    where = {id(r): i for i, r in enumerate(records)}
+    out = PreparedBatch(records)
+    seen: set[int] = set()
+    for piece in pieces:
+        own = [where.get(id(r), -1) for r in piece.records]
+        seen.update(own)
+        out.chunks.extend(replace(c, ref=own[c.ref]) for c in piece.chunks)
+        out.events.extend((own[i], row) for i, row in piece.events)
+        out.rejects.extend(replace(r, ref=own[r.ref]) for r in piece.rejects)
+    if -1 in seen or len(seen) != len(records):
+        return None
+    out.chunks.sort(key=attrgetter("ref"))
+    out.events.sort(key=itemgetter(0))
+    out.rejects.sort(key=attrgetter("ref"))
     return out
 
 
@@ -276,7 +303,11 @@ class PersistWorker:
         # thread-safe), so a prefetched batch is decoded and compressed while the batch before
         # it is written: zstd and sha256 release the GIL.
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="sv-persist-cpu")
-        self._ahead: tuple[Sequence[Record], asyncio.Future[PreparedBatch]] | None = None
+        # A prefetching poll's fetches, handed to the CPU stage as they arrive (on the Kafka
+        # thread), then the batch they make up: its CPU stage runs while the poll gathers the
+        # rest, not only once the poll is over (KafkaRuntime.run's ahead_piece and ahead).
+        self._pieces: list[Future[PreparedBatch]] = []
+        self._ahead: tuple[Sequence[Record], list[Future[PreparedBatch]]] | None = None
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
@@ -401,22 +432,30 @@ class PersistWorker:
         s.events_inserted += report.events_inserted
         return report
 
-    def _prepare(self, records: Sequence[Record]) -> asyncio.Future[PreparedBatch]:
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(
-            self._cpu, prepare_batch, records, self.settings, self._compressor
-        )
+    def _prepare(self, records: Sequence[Record]) -> Future[PreparedBatch]:
+        """The CPU stage of ``records`` on its thread (callable from any thread: one CPU
+        thread runs the jobs in turn, so the zstd context is never shared)."""
+        return self._cpu.submit(prepare_batch, records, self.settings, self._compressor)
+
+    def _prepare_piece(self, piece: Sequence[Record]) -> None:
+        """On the Kafka thread: start the CPU stage of one fetch of a prefetching poll."""
+        self._pieces.append(self._prepare(piece))
 
     def _prepare_ahead(self, records: Sequence[Record]) -> None:
-        """Start the CPU stage of a prefetched batch (see :meth:`KafkaRuntime.run`)."""
-        self._ahead = (records, self._prepare(records))
+        """The prefetched batch the pieces started so far make up (see
+        :meth:`KafkaRuntime.run`); without pieces its CPU stage starts now, whole."""
+        pieces, self._pieces = self._pieces, []
+        self._ahead = (records, pieces or [self._prepare(records)])
 
     async def _prepared(self, records: Sequence[Record]) -> PreparedBatch:
-        """``records`` decoded and compressed: the work started ahead for them, or now."""
+        """``records`` decoded and compressed: from the work started ahead for them, or now."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] is records:
-            return await ahead[1]
-        return await self._prepare(records)
+            parts = [await asyncio.wrap_future(f) for f in ahead[1]]
+            merged = merge_pieces(records, parts)
+            if merged is not None:
+                return merged
+        return await asyncio.wrap_future(self._prepare(records))
 
     async def _close_abandoned(self) -> None:
         """When idle (caught up), at most once a minute: close sessions whose recorder stopped
@@ -466,6 +505,7 @@ class PersistWorker:
                 on_idle=self._close_abandoned,
                 prefetch=self.settings.persist_prefetch,
                 ahead=self._prepare_ahead,
+                ahead_piece=self._prepare_piece,
             )
         finally:
             await self._close()
@@ -493,6 +533,7 @@ __all__ = [
     "PreparedBatch",
     "StoreResult",
     "WorkerStats",
+    "merge_pieces",
     "prepare_batch",
     "run_persist_worker",
     "store_batch",

@@ -307,9 +307,12 @@ class KafkaRuntime(Runtime):
         self.consumer = opened
         return opened
 
-    async def poll(self) -> list[Record]:
+    async def poll(
+        self, on_records: Callable[[Sequence[Record]], object] | None = None
+    ) -> list[Record]:
         """One bounded batch (the settings' batch limits); [] when none came or the poll failed
-        (reported to health, then a pause)."""
+        (reported to health, then a pause). ``on_records``: see
+        :meth:`ingest.consumer.BatchConsumer.poll_batch` (called on the Kafka thread)."""
         consumer = await self.open()
         lim = self.limits
 
@@ -320,6 +323,7 @@ class KafkaRuntime(Runtime):
                 max_bytes=lim.max_bytes,
                 linger_ms=lim.linger_ms,
                 wait_ms=lim.wait_ms,
+                on_records=on_records,
             )
 
         try:
@@ -473,6 +477,7 @@ class KafkaRuntime(Runtime):
         after_poll: Callable[[], Awaitable[None]] | None = None,
         prefetch: bool = False,
         ahead: Callable[[Sequence[Record]], object] | None = None,
+        ahead_piece: Callable[[Sequence[Record]], object] | None = None,
     ) -> None:
         """Poll and handle until stopped. ``handle`` is the stage's whole batch step (it calls
         :meth:`finish`); ``on_idle`` runs after a poll that found nothing, ``after_poll`` after
@@ -488,7 +493,11 @@ class KafkaRuntime(Runtime):
         prefetch). A prefetched batch not yet handled at a stop is dropped, uncommitted.
         ``ahead(records)`` is called with a prefetched batch as soon as it arrives, while the
         batch before it is still being handled: a stage may start work for it there (and find
-        that work again in ``handle``); it must not store or commit anything.
+        that work again in ``handle``); it must not store or commit anything. ``ahead_piece``
+        is called earlier still, on the Kafka thread, with the records of each fetch of a
+        prefetching poll as they arrive (the same objects ``ahead`` then gets in batch order,
+        see :meth:`ingest.consumer.BatchConsumer.poll_batch`); the same rule holds, and the
+        stage must expect pieces of a poll whose batch it then never handles (at a stop).
         """
         async with self.watching(stop):
             ahead_poll: asyncio.Future[list[Record]] | None = None
@@ -507,7 +516,7 @@ class KafkaRuntime(Runtime):
                             await on_idle()
                     else:
                         if prefetch:
-                            ahead_poll = asyncio.ensure_future(self._poll_ahead(ahead))
+                            ahead_poll = asyncio.ensure_future(self._poll_ahead(ahead, ahead_piece))
                         started = time.monotonic()
                         report = await handle(records)
                         metrics.observe_batch(
@@ -536,8 +545,12 @@ class KafkaRuntime(Runtime):
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await ahead_poll
 
-    async def _poll_ahead(self, ahead: Callable[[Sequence[Record]], object] | None) -> list[Record]:
-        records = await self.poll()
+    async def _poll_ahead(
+        self,
+        ahead: Callable[[Sequence[Record]], object] | None,
+        piece: Callable[[Sequence[Record]], object] | None,
+    ) -> list[Record]:
+        records = await self.poll(piece)
         if records and ahead is not None:
             ahead(records)
         return records
