@@ -110,10 +110,38 @@ def play(
     return PlayResult(n, written, False)
 
 
+#: Before the terminal is restored, input is read and dropped until none has come for this long
+#: (at most ANSWER_MAX_S in all). A recording's terminal queries (cursor position, device
+#: attributes) make the real terminal answer into its input; an answer that arrived after the
+#: terminal was restored would be echoed and then read by the user's shell as if typed.
+ANSWER_QUIET_S = 0.1
+ANSWER_MAX_S = 1.0
+
+
+def drain_answers(
+    read: KeyReader,
+    *,
+    quiet_s: float = ANSWER_QUIET_S,
+    max_s: float = ANSWER_MAX_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Read and drop input until none came for ``quiet_s`` or ``max_s`` has passed; returns
+    the number of bytes dropped."""
+    end = clock() + max_s
+    dropped = 0
+    while (left := end - clock()) > 0:
+        got = read(min(quiet_s, left))
+        if not got:
+            break
+        dropped += len(got)
+    return dropped
+
+
 @contextlib.contextmanager
 def tty_keys(stdin: TextIO | None = None) -> Iterator[KeyReader | None]:
-    """A key reader on the terminal behind ``stdin`` (cbreak mode, restored on exit), or None
-    when stdin is not a terminal."""
+    """A key reader on the terminal behind ``stdin`` (cbreak mode, restored on exit, after the
+    terminal's late answers are dropped: :func:`drain_answers`), or None when stdin is not a
+    terminal."""
     stream = stdin if stdin is not None else sys.stdin
     try:
         fd = stream.fileno()
@@ -136,4 +164,7 @@ def tty_keys(stdin: TextIO | None = None) -> Iterator[KeyReader | None]:
         tty.setcbreak(fd)
         yield read
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        try:
+            drain_answers(read)
+        finally:
+            termios.tcsetattr(fd, termios.TCSAFLUSH, saved)

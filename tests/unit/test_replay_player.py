@@ -8,7 +8,7 @@ import pty
 
 import pytest
 
-from replay.player import play, tty_keys
+from replay.player import KeyReader, drain_answers, play, tty_keys
 from schemas.models import Frame, Stream
 
 OUT, INP, E = Stream.OUTPUT, Stream.INPUT, Stream.STDERR
@@ -163,3 +163,32 @@ def test_tty_keys_switches_a_terminal_to_cbreak_and_always_restores_it() -> None
     finally:
         os.close(master)
         os.close(slave)
+
+
+def _scripted(chunks: list[bytes], t: list[float], step_s: float) -> KeyReader:
+    """A key reader that returns ``chunks`` in turn (``b""`` after them, having waited its
+    whole timeout), each taking ``step_s`` of the fake clock ``t``."""
+    it = iter(chunks)
+
+    def read(timeout: float | None) -> bytes:
+        got = next(it, b"")
+        t[0] += step_s if got else (timeout or 0.0)
+        return got
+
+    return read
+
+
+def test_late_terminal_answers_are_dropped_until_the_input_is_quiet() -> None:
+    t = [0.0]
+    answers = [b"\x1b[2;2R", b"\x1b[3;1R", b"\x1b[>84;0;0c"]
+    read = _scripted(answers, t, 0.01)
+    assert drain_answers(read, quiet_s=0.1, max_s=1.0, clock=lambda: t[0]) == 22
+    assert read(0.0) == b""  # nothing was left behind
+    assert t[0] == pytest.approx(0.13)  # three answers, then one quiet 0.1 s
+
+
+def test_draining_answers_ends_after_the_longest_wait_even_if_input_never_stops() -> None:
+    t = [0.0]
+    read = _scripted([b"k"] * 1000, t, 0.05)
+    assert drain_answers(read, quiet_s=0.1, max_s=1.0, clock=lambda: t[0]) == 20
+    assert t[0] == pytest.approx(1.0)
