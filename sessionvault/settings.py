@@ -307,7 +307,10 @@ def _check(s: Settings) -> None:
             " [a-z0-9_.-] (OpenSearch index names are lower case)"
         )
     if s.chunk_wire_version not in CHUNK_WIRE_VERSIONS:
-        raise ConfigError(f"{ENV_PREFIX}CHUNK_WIRE_VERSION={s.chunk_wire_version}: use 1 or 2")
+        raise ConfigError(
+            f"{ENV_PREFIX}CHUNK_WIRE_VERSION={s.chunk_wire_version}: use one of"
+            f" {', '.join(map(str, CHUNK_WIRE_VERSIONS))}"
+        )
     if s.worker_heap_keep_bytes < 0:
         raise ConfigError(f"{ENV_PREFIX}WORKER_HEAP_KEEP_BYTES must be 0 or more")
     for name in ("chunk_max_bytes", "chunk_linger_ms", "max_record_bytes", "topic_partitions"):
